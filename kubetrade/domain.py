@@ -1,0 +1,146 @@
+"""Domain types shared by every component: candles, predictions, orders, fills, equity.
+
+Times are integer milliseconds since the Unix epoch (UTC) everywhere inside the product, so
+ordering, hashing and idempotency keys never depend on float rounding or time zones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+TIMEFRAME_MS: dict[str, int] = {
+    "1m": 60_000,
+    "3m": 3 * 60_000,
+    "5m": 5 * 60_000,
+    "15m": 15 * 60_000,
+    "30m": 30 * 60_000,
+    "1h": 3_600_000,
+    "2h": 2 * 3_600_000,
+    "4h": 4 * 3_600_000,
+    "6h": 6 * 3_600_000,
+    "12h": 12 * 3_600_000,
+    "1d": 86_400_000,
+}
+
+
+def timeframe_ms(timeframe: str) -> int:
+    """Length of a timeframe such as ``"15m"`` in milliseconds."""
+    try:
+        return TIMEFRAME_MS[timeframe]
+    except KeyError:
+        known = ", ".join(TIMEFRAME_MS)
+        raise ValueError(f"unknown timeframe {timeframe!r}; use one of {known}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Candle:
+    """One closed OHLCV candle of one symbol."""
+
+    symbol: str
+    timeframe: str
+    open_time: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+    @property
+    def close_time(self) -> int:
+        """The instant the candle closed (exclusive end of its interval), in ms."""
+        return self.open_time + timeframe_ms(self.timeframe)
+
+    @property
+    def key(self) -> str:
+        """Idempotency key: symbol + timeframe + open time (the JetStream message id)."""
+        return f"{self.symbol}:{self.timeframe}:{self.open_time}"
+
+
+class Direction(StrEnum):
+    """What a model's probability says about the next move."""
+
+    UP = "up"
+    DOWN = "down"
+    FLAT = "flat"
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """A model's opinion on one candle: probability that the price goes up next."""
+
+    prob_up: float
+    direction: Direction
+    confidence: float
+    model_name: str
+    model_version: str
+    feature_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarketEvent:
+    """What the executor acts on: a closed candle and, once the model is warm, its prediction."""
+
+    candle: Candle
+    prediction: Prediction | None
+
+
+class Side(StrEnum):
+    """Order side."""
+
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OrderReason(StrEnum):
+    """Why an order was created; exits name the rule that fired."""
+
+    ENTRY_LONG = "entry_long"
+    ENTRY_SHORT = "entry_short"
+    EXIT_SIGNAL = "exit_signal"
+    STOP_LOSS = "stop_loss"
+    TAKE_PROFIT = "take_profit"
+    TRAILING_STOP = "trailing_stop"
+    TIME_EXIT = "time_exit"
+    FLATTEN = "flatten"
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """A decision to trade. ``client_order_id`` is deterministic and the idempotency key."""
+
+    client_order_id: str
+    symbol: str
+    side: Side
+    quantity: float
+    reason: OrderReason
+    created_at: int
+    reference_price: float
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """An executed order (paper or live)."""
+
+    client_order_id: str
+    symbol: str
+    side: Side
+    quantity: float
+    price: float
+    fee: float
+    time: int
+    reason: OrderReason
+    realized_pnl: float
+
+
+@dataclass(frozen=True, slots=True)
+class EquityPoint:
+    """Account value at the close of one candle time."""
+
+    time: int
+    equity: float
+    cash: float
+    realized_pnl: float
+    unrealized_pnl: float
+    open_positions: int
+    drawdown_pct: float
