@@ -1,0 +1,475 @@
+"""The ``TradingBot`` resource: spec and status as Pydantic models.
+
+This module is the single source of truth for the resource. The CRD in ``crds/`` is generated
+from it (``make crds``), manifests are validated by it, and every worker reads its configuration
+from a serialized copy of it.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from kubetrade.domain import TIMEFRAME_MS
+
+API_GROUP = "kubetrade.io"
+API_VERSION = "v1alpha1"
+KIND = "TradingBot"
+PLURAL = "tradingbots"
+
+Percent = Annotated[float, Field(ge=0, le=100)]
+PositivePercent = Annotated[float, Field(gt=0, le=100)]
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_SYMBOL = re.compile(r"^[A-Z0-9]{2,12}/[A-Z0-9]{2,12}$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a duration such as ``"24h"``, ``"1d12h"`` or ``"90m"``."""
+    match = _DURATION.match(text.strip())
+    if not text.strip() or match is None:
+        raise ValueError(f"invalid duration {text!r}: use e.g. 30m, 24h, 1d12h")
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+class _Model(BaseModel):
+    """Base: camelCase on the wire, unknown fields refused (a typo must not pass silently)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class Mode(StrEnum):
+    """Paper trading simulates fills; live sends real orders."""
+
+    PAPER = "paper"
+    LIVE = "live"
+
+
+class ExchangeSpec(_Model):
+    """Where candles come from: ``synthetic``, ``replay`` (a file) or a ccxt exchange id."""
+
+    name: str = Field(
+        default="synthetic",
+        pattern=r"^[a-z0-9_]+$",
+        description="synthetic | replay | a ccxt exchange id such as binance",
+    )
+    uri: str | None = Field(default=None, description="Candle file for replay (CSV or Parquet).")
+    speed: float = Field(
+        default=0,
+        ge=0,
+        description="Replay pacing as a multiple of real time; 0 publishes as fast as possible.",
+    )
+    seed: int = Field(default=7, ge=0, description="Seed of the synthetic generator.")
+    limit: int | None = Field(
+        default=None, ge=1, description="Stop after this many candles per symbol."
+    )
+    credentials_secret: str | None = Field(
+        default=None, description="Secret holding apiKey/secret for live trading."
+    )
+    sandbox: bool = Field(default=False, description="Use the exchange's testnet, if it has one.")
+
+    @model_validator(mode="after")
+    def _replay_needs_uri(self) -> ExchangeSpec:
+        if self.name == "replay" and not self.uri:
+            raise ValueError("exchange.name 'replay' needs exchange.uri (a CSV or Parquet file)")
+        return self
+
+    @property
+    def is_exchange(self) -> bool:
+        """True when candles come from a real exchange through ccxt."""
+        return self.name not in ("synthetic", "replay")
+
+
+class ModelRef(_Model):
+    """A registered ONNX model: name and version in the model store."""
+
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    version: str = Field(default="latest", min_length=1)
+
+
+class StrategySpec(_Model):
+    """Threshold strategy on the model's probability that the price goes up."""
+
+    type: Literal["threshold"] = "threshold"
+    long_above: float = Field(default=0.6, ge=0, le=1)
+    exit_below: float = Field(default=0.5, ge=0, le=1)
+    allow_short: bool = False
+    short_below: float = Field(default=0.4, ge=0, le=1)
+    exit_above: float = Field(default=0.5, ge=0, le=1)
+    min_confidence: float = Field(default=0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> StrategySpec:
+        if self.exit_below > self.long_above:
+            raise ValueError("exitBelow must not exceed longAbove")
+        if self.allow_short and self.exit_above < self.short_below:
+            raise ValueError("exitAbove must not be below shortBelow")
+        return self
+
+
+class SizingSpec(_Model):
+    """Position sizing: Kelly, fixed fraction of equity, or volatility targeting."""
+
+    method: Literal["kelly", "fixed-fraction", "volatility"] = "fixed-fraction"
+    kelly_fraction: float = Field(
+        default=0.5, gt=0, le=1, description="Fraction of the full Kelly bet (half-Kelly = 0.5)."
+    )
+    payoff_ratio: float = Field(
+        default=1.0, gt=0, description="Expected win/loss size ratio used by Kelly."
+    )
+    fraction_pct: PositivePercent = Field(
+        default=10, description="Share of equity per position for fixed-fraction."
+    )
+    risk_per_trade_pct: PositivePercent = Field(
+        default=1, description="Equity risked to the stop per trade for volatility sizing."
+    )
+    max_position_pct: PositivePercent = Field(
+        default=25, description="Cap on any one position as a share of equity."
+    )
+
+
+class StopLossSpec(_Model):
+    """Stop-loss at a multiple of the Average True Range below (long) or above (short) entry."""
+
+    atr_multiplier: float = Field(default=2.0, gt=0)
+    atr_period: int = Field(default=14, ge=2, le=500)
+
+
+class TakeProfitSpec(_Model):
+    """Take-profit at ``riskReward`` times the stop distance."""
+
+    risk_reward: float = Field(default=2.0, gt=0)
+
+
+class TrailingStopSpec(_Model):
+    """Trailing stop: armed at ``activationPct`` profit, then trails the best price."""
+
+    activation_pct: PositivePercent = 2.0
+    trail_pct: PositivePercent = 1.0
+
+
+class BreakerSpec(_Model):
+    """Circuit breakers: each halts new entries when tripped; exits keep running."""
+
+    max_daily_loss_pct: PositivePercent | None = 5
+    max_drawdown_pct: PositivePercent | None = 15
+    max_consecutive_losses: int | None = Field(default=5, ge=1)
+    consecutive_loss_cooldown: str = Field(
+        default="12h", description="How long entries stay halted after the loss streak."
+    )
+    min_seconds_between_trades: int | None = Field(default=0, ge=0)
+    max_trades_per_day: int | None = Field(default=None, ge=1)
+
+    @field_validator("consecutive_loss_cooldown")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
+class RiskSpec(_Model):
+    """Risk management: sizing, exits and circuit breakers."""
+
+    sizing: SizingSpec = SizingSpec()
+    stop_loss: StopLossSpec | None = StopLossSpec()
+    take_profit: TakeProfitSpec | None = TakeProfitSpec()
+    trailing_stop: TrailingStopSpec | None = None
+    max_holding: str | None = Field(default=None, description="Time exit, e.g. 24h.")
+    breakers: BreakerSpec = BreakerSpec()
+
+    @field_validator("max_holding")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @property
+    def max_holding_seconds(self) -> int | None:
+        """``maxHolding`` in seconds, or None when there is no time exit."""
+        return None if self.max_holding is None else parse_duration(self.max_holding)
+
+
+class ExecutionSpec(_Model):
+    """Account and trading costs (paper fills use them; live fills report their own)."""
+
+    initial_capital: float = Field(default=10_000, gt=0)
+    quote: str = Field(default="USDT", pattern=r"^[A-Z0-9]{2,12}$")
+    fee_rate: float = Field(
+        default=0.001, ge=0, le=0.1, description="Fee per notional, 0.001=0.1%."
+    )
+    slippage_bps: float = Field(default=5, ge=0, le=1000)
+
+
+class ResourceSpec(_Model):
+    """Kubernetes resources of one component, e.g. ``{memory: 256Mi, cpu: 250m}``."""
+
+    requests: dict[str, str] | None = None
+    limits: dict[str, str] | None = None
+
+
+class ComponentResources(_Model):
+    """Per-component resource overrides; render fills in measured defaults."""
+
+    feed: ResourceSpec | None = None
+    inference: ResourceSpec | None = None
+    executor: ResourceSpec | None = None
+
+
+class TradingBotSpec(_Model):
+    """What the user asks for."""
+
+    mode: Mode = Mode.PAPER
+    live_confirmed: bool = Field(
+        default=False, description="Must be true, with a credentials secret, for live mode."
+    )
+    exchange: ExchangeSpec = ExchangeSpec()
+    symbols: list[str] = Field(min_length=1, max_length=100)
+    timeframe: str = "1h"
+    model: ModelRef
+    strategy: StrategySpec = StrategySpec()
+    risk: RiskSpec = RiskSpec()
+    execution: ExecutionSpec = ExecutionSpec()
+    paused: bool = False
+    on_delete: Literal["flatten", "leave"] = Field(
+        default="leave", description="What the finalizer does with open positions."
+    )
+    resources: ComponentResources | None = None
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols(cls, symbols: list[str]) -> list[str]:
+        bad = [s for s in symbols if not _SYMBOL.match(s)]
+        if bad:
+            raise ValueError(f"symbols must look like BTC/USDT; got {', '.join(bad)}")
+        if len(set(symbols)) != len(symbols):
+            raise ValueError("symbols must be unique")
+        return symbols
+
+    @field_validator("timeframe")
+    @classmethod
+    def _timeframe(cls, value: str) -> str:
+        if value not in TIMEFRAME_MS:
+            raise ValueError(f"must be one of {', '.join(TIMEFRAME_MS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _live_is_deliberate(self) -> TradingBotSpec:
+        if self.mode is Mode.LIVE:
+            if not self.exchange.is_exchange:
+                raise ValueError("live mode needs a real exchange, not synthetic or replay")
+            if not self.exchange.credentials_secret:
+                raise ValueError("live mode needs exchange.credentialsSecret")
+            if not self.live_confirmed:
+                raise ValueError("live mode needs liveConfirmed: true (it sends real orders)")
+        return self
+
+
+class Metadata(_Model):
+    """The parts of Kubernetes object metadata a bot uses."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, alias_generator=to_camel)
+
+    name: str = Field(max_length=63)
+    namespace: str = "default"
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    generation: int | None = None
+    uid: str | None = None
+
+    @field_validator("name", "namespace")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not _DNS_LABEL.match(value):
+            raise ValueError("must be a DNS label: lowercase letters, digits and '-'")
+        return value
+
+
+class Phase(StrEnum):
+    """The bot's lifecycle phase, shown by ``kubectl get tradingbots``."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    PAUSED = "Paused"
+    HALTED = "Halted"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+
+
+class Condition(_Model):
+    """A Kubernetes-style status condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class TradingSummary(_Model):
+    """Trading figures reflected into status from the executor."""
+
+    equity: float | None = None
+    realized_pnl: float | None = None
+    unrealized_pnl: float | None = None
+    open_positions: int | None = None
+    trades: int | None = None
+    last_signal_at: str | None = None
+    halt_reason: str | None = None
+
+
+class TradingBotStatus(_Model):
+    """What the operator observed."""
+
+    phase: Phase = Phase.PENDING
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    trading: TradingSummary | None = None
+
+
+class TradingBot(_Model):
+    """A whole ``TradingBot`` object as it appears in a manifest or the API."""
+
+    api_version: Literal["kubetrade.io/v1alpha1"] = "kubetrade.io/v1alpha1"
+    kind: Literal["TradingBot"] = "TradingBot"
+    metadata: Metadata
+    spec: TradingBotSpec
+    status: TradingBotStatus | None = None
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``: how the bot is named in the database and in logs."""
+        return f"{self.metadata.namespace}/{self.metadata.name}"
+
+
+class ManifestError(ValueError):
+    """A manifest that does not describe a valid TradingBot; ``errors`` names every bad field."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source = source
+        self.errors = errors
+        listing = "\n".join(f"  - {e}" for e in errors)
+        super().__init__(f"{source}: invalid TradingBot manifest:\n{listing}")
+
+
+def _field_bounds(model: type[BaseModel], loc: tuple[str | int, ...]) -> tuple[Any, Any] | None:
+    """The (lower, upper) bounds declared on the field at ``loc``, when it has both."""
+    current: Any = model
+    field = None
+    for part in loc:
+        if isinstance(part, int) or not (
+            isinstance(current, type) and issubclass(current, BaseModel)
+        ):
+            continue
+        field = next((f for n, f in current.model_fields.items() if part in (n, f.alias)), None)
+        if field is None:
+            return None
+        current = _model_in(field.annotation)
+    if field is None:
+        return None
+    low = high = None
+    for meta in _constraints(field.metadata, field.annotation):
+        low = next(
+            (v for v in (getattr(meta, "ge", None), getattr(meta, "gt", None)) if v is not None),
+            low,
+        )
+        high = next(
+            (v for v in (getattr(meta, "le", None), getattr(meta, "lt", None)) if v is not None),
+            high,
+        )
+    return (low, high) if low is not None and high is not None else None
+
+
+def _constraints(metadata: list[Any], annotation: Any) -> list[Any]:
+    """Constraint objects on a field, including those inside ``Annotated[...] | None``."""
+    found = list(metadata)
+    for arg in getattr(annotation, "__args__", ()):
+        for meta in getattr(arg, "__metadata__", ()):
+            found.extend(getattr(meta, "metadata", [meta]))
+    return found
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel class inside ``X | None`` or ``list[X]``, else the annotation itself."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if isinstance(found, type) and issubclass(found, BaseModel):
+            return found
+    return annotation
+
+
+def _format_number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def format_errors(error: ValidationError, root: type[BaseModel] = TradingBot) -> list[str]:
+    """Turn a Pydantic error into ``path: message`` lines with camelCase paths."""
+    lines = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        path = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc)
+        path = path.replace(".[", "[") or "(manifest)"
+        kind = item["type"]
+        if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+            bounds = _field_bounds(root, loc)
+            if bounds is not None:
+                low, high = (_format_number(b) for b in bounds)
+                message = f"must be between {low} and {high}"
+            else:
+                message = item["msg"].replace("Input should be", "must be")
+        elif kind == "extra_forbidden":
+            message = "unknown field (check the spelling; fields are camelCase)"
+        elif kind == "missing":
+            message = "required field is missing"
+        elif kind == "value_error":
+            message = str(item["ctx"]["error"]) if "ctx" in item else item["msg"]
+        else:
+            message = item["msg"].replace("Input should be", "must be")
+        lines.append(f"{path}: {message}")
+    return lines
+
+
+def parse_bot(document: dict[str, Any], source: str = "<manifest>") -> TradingBot:
+    """Validate one manifest document; raise ManifestError naming every bad field."""
+    if not isinstance(document, dict):
+        raise ManifestError(source, ["(manifest): must be a mapping with apiVersion, kind, spec"])
+    try:
+        return TradingBot.model_validate(document)
+    except ValidationError as error:
+        raise ManifestError(source, format_errors(error)) from None
+
+
+def load_bot(path: str | Path) -> TradingBot:
+    """Read and validate a TradingBot manifest file (the first TradingBot document in it)."""
+    path = Path(path)
+    try:
+        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except FileNotFoundError:
+        raise ManifestError(str(path), ["file not found"]) from None
+    except yaml.YAMLError as error:
+        raise ManifestError(str(path), [f"not valid YAML: {error}"]) from None
+    bots = [d for d in documents if isinstance(d, dict) and d.get("kind") == KIND]
+    if not bots:
+        raise ManifestError(str(path), [f"no document with kind: {KIND}"])
+    return parse_bot(bots[0], str(path))
+
+
+def dump_spec(bot: TradingBot) -> str:
+    """The bot as compact JSON (camelCase), the form handed to workers."""
+    return bot.model_dump_json(by_alias=True, exclude={"status"}, exclude_none=True)
