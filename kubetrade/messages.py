@@ -1,0 +1,242 @@
+"""Versioned, validated message schemas on NATS, and their codecs.
+
+Every message is JSON with a schema version ``v``. Decoding validates the whole message; a
+message that fails raises :class:`MessageError`, which workers turn into a dead letter instead
+of a crash. Adding an optional field is compatible; anything else needs a new ``v``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kubetrade.domain import (
+    Candle,
+    Direction,
+    EquityPoint,
+    Fill,
+    MarketEvent,
+    Order,
+    OrderReason,
+    Prediction,
+    Side,
+)
+
+SCHEMA_VERSION = 1
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Price = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class MessageError(ValueError):
+    """A message that is not valid JSON or does not match its schema."""
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    v: Literal[1] = 1
+
+
+class CandleMessage(_Message):
+    """A closed candle published by the feed."""
+
+    symbol: str = Field(min_length=3)
+    timeframe: str
+    open_time: int = Field(ge=0)
+    open: Price
+    high: Price
+    low: Price
+    close: Price
+    volume: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    published_at: int = Field(description="Wall-clock ms when the feed published it.")
+
+    @classmethod
+    def from_candle(cls, candle: Candle, published_at: int) -> CandleMessage:
+        """Wrap a domain candle."""
+        return cls(
+            symbol=candle.symbol,
+            timeframe=candle.timeframe,
+            open_time=candle.open_time,
+            open=candle.open,
+            high=candle.high,
+            low=candle.low,
+            close=candle.close,
+            volume=candle.volume,
+            published_at=published_at,
+        )
+
+    def to_candle(self) -> Candle:
+        """The domain candle."""
+        return Candle(
+            self.symbol,
+            self.timeframe,
+            self.open_time,
+            self.open,
+            self.high,
+            self.low,
+            self.close,
+            self.volume,
+        )
+
+
+class PredictionBody(BaseModel):
+    """The model's opinion inside a signal."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, protected_namespaces=())
+
+    prob_up: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+    direction: Direction
+    confidence: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+    model_name: str
+    model_version: str
+    feature_hash: str
+
+
+class SignalMessage(_Message):
+    """A candle with the model's prediction (``None`` while the model is warming up)."""
+
+    candle: CandleMessage
+    prediction: PredictionBody | None
+    produced_at: int
+
+    @classmethod
+    def from_event(cls, event: MarketEvent, published_at: int, produced_at: int) -> SignalMessage:
+        """Wrap what the inference pipeline produced for one candle."""
+        p = event.prediction
+        body = (
+            None
+            if p is None
+            else PredictionBody(
+                prob_up=p.prob_up,
+                direction=p.direction,
+                confidence=p.confidence,
+                model_name=p.model_name,
+                model_version=p.model_version,
+                feature_hash=p.feature_hash,
+            )
+        )
+        return cls(
+            candle=CandleMessage.from_candle(event.candle, published_at),
+            prediction=body,
+            produced_at=produced_at,
+        )
+
+    def to_event(self) -> MarketEvent:
+        """The domain event the executor acts on."""
+        p = self.prediction
+        prediction = (
+            None
+            if p is None
+            else Prediction(
+                p.prob_up, p.direction, p.confidence, p.model_name, p.model_version, p.feature_hash
+            )
+        )
+        return MarketEvent(self.candle.to_candle(), prediction)
+
+
+class OrderMessage(_Message):
+    """An order the executor decided."""
+
+    client_order_id: str
+    symbol: str
+    side: Side
+    quantity: Finite
+    reason: OrderReason
+    created_at: int
+    reference_price: Finite
+
+    @classmethod
+    def from_order(cls, order: Order) -> OrderMessage:
+        """Wrap a domain order."""
+        return cls(
+            client_order_id=order.client_order_id,
+            symbol=order.symbol,
+            side=order.side,
+            quantity=order.quantity,
+            reason=order.reason,
+            created_at=order.created_at,
+            reference_price=order.reference_price,
+        )
+
+
+class FillMessage(_Message):
+    """A fill of an order."""
+
+    client_order_id: str
+    symbol: str
+    side: Side
+    quantity: Finite
+    price: Finite
+    fee: Finite
+    time: int
+    reason: OrderReason
+    realized_pnl: Finite
+
+    @classmethod
+    def from_fill(cls, fill: Fill) -> FillMessage:
+        """Wrap a domain fill."""
+        return cls(
+            client_order_id=fill.client_order_id,
+            symbol=fill.symbol,
+            side=fill.side,
+            quantity=fill.quantity,
+            price=fill.price,
+            fee=fill.fee,
+            time=fill.time,
+            reason=fill.reason,
+            realized_pnl=fill.realized_pnl,
+        )
+
+
+class StatusMessage(_Message):
+    """A component's periodic heartbeat with its figures; the operator and runner read it."""
+
+    component: Literal["feed", "inference", "executor"]
+    bot: str
+    state: Literal["starting", "running", "finished", "degraded", "failed", "halted"]
+    message: str = ""
+    time: int
+    counters: dict[str, int] = Field(default_factory=dict)
+    trading: dict[str, Any] | None = None
+
+
+class ControlMessage(_Message):
+    """An operator or user command to the executor."""
+
+    action: Literal["pause", "resume", "kill", "reset"]
+    reason: str = ""
+
+
+M = TypeVar("M", bound=_Message)
+
+
+def encode(message: _Message) -> bytes:
+    """Serialize a message to JSON bytes."""
+    return message.model_dump_json().encode()
+
+
+def decode(kind: type[M], data: bytes) -> M:
+    """Parse and validate a message; raise MessageError saying what is wrong."""
+    try:
+        return kind.model_validate_json(data)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(message)'}: {e['msg']}"
+            for e in error.errors()
+        )
+        raise MessageError(f"invalid {kind.__name__}: {problems}") from None
+
+
+def equity_payload(point: EquityPoint) -> dict[str, float | int]:
+    """An equity point as a plain dict for status messages."""
+    return {
+        "time": point.time,
+        "equity": point.equity,
+        "cash": point.cash,
+        "realizedPnl": point.realized_pnl,
+        "unrealizedPnl": point.unrealized_pnl,
+        "openPositions": point.open_positions,
+        "drawdownPct": point.drawdown_pct,
+    }
