@@ -1,0 +1,337 @@
+"""Render a ``TradingBot`` into the Kubernetes objects the operator creates for it.
+
+``render`` is pure: the same bot and platform give the same objects, with no I/O and no clock,
+so the operator can diff, the tests can assert, and ``kubetrade run`` can start exactly what a
+cluster would run (see ``kubetrade/processes.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubetrade import __version__
+from kubetrade.settings import (
+    COMPONENTS,
+    DEFAULT_HTTP_PORTS,
+    ENV_COMPONENT,
+    ENV_DATABASE_URL,
+    ENV_HTTP_HOST,
+    ENV_HTTP_PORT,
+    ENV_NATS_URL,
+    ENV_SPEC,
+    QUIET_ENV,
+)
+from kubetrade.spec import API_GROUP, API_VERSION, KIND, Metadata, Mode, TradingBot, dump_spec
+
+Object = dict[str, Any]
+
+# Read by the executor in live mode; the values come from the bot's credentials Secret.
+ENV_EXCHANGE_API_KEY = "KUBETRADE_EXCHANGE_API_KEY"
+ENV_EXCHANGE_SECRET = "KUBETRADE_EXCHANGE_SECRET"
+CREDENTIAL_KEYS = {ENV_EXCHANGE_API_KEY: "apiKey", ENV_EXCHANGE_SECRET: "secret"}
+
+CONFIG_KEY = "bot.json"
+CONFIG_HASH_ANNOTATION = f"{API_GROUP}/config-hash"
+BOT_LABEL = f"{API_GROUP}/bot"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+RUN_AS_USER = 10001
+TMP_VOLUME = "tmp"
+MODEL_STORE_VOLUME = "model-store"
+
+# Requests and memory limits per component. The bench figures decide them: change them with
+# the measurement that justifies it. No CPU limit, because throttling delays trading decisions.
+DEFAULT_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
+    "feed": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+    "inference": {"requests": {"cpu": "250m", "memory": "384Mi"}, "limits": {"memory": "512Mi"}},
+    "executor": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+}
+
+# The feed and executor serve the worker's own health endpoints; inference serves BentoML's.
+PROBE_PATHS: dict[str, dict[str, str]] = {
+    "feed": {"liveness": "/healthz", "readiness": "/readyz"},
+    "inference": {"liveness": "/livez", "readiness": "/readyz"},
+    "executor": {"liveness": "/healthz", "readiness": "/readyz"},
+}
+
+# Two feeds would publish every candle twice and two executors would trade twice: the old pod
+# must be gone before the new one starts. Inference is stateless, so it rolls without a gap.
+ROLLOUT: dict[str, Object] = {
+    "feed": {"type": "Recreate"},
+    "inference": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+    "executor": {"type": "Recreate"},
+}
+
+# Names a Service may have (DNS-1035 label); the inference Service is named after the bot.
+_SERVICE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Platform:
+    """Where the bots run: image, shared services and how pods reach them.
+
+    ``database_url`` is a plain value (local runs); otherwise the URL is read from the Secret
+    ``database_secret`` (key ``url``). The model store is mounted read-only from the
+    PersistentVolumeClaim ``model_store_claim`` when set, otherwise taken from the image.
+    """
+
+    image: str = f"ghcr.io/kubetrade/kubetrade:{__version__}"
+    image_pull_policy: str = "IfNotPresent"
+    nats_url: str = "nats://nats.kubetrade-system.svc:4222"
+    database_url: str | None = None
+    database_secret: str = "kubetrade-database"
+    otlp_endpoint: str | None = None
+    model_store: str = "/var/lib/kubetrade/bentoml"
+    model_store_claim: str | None = None
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+
+class RenderError(ValueError):
+    """The bot cannot be turned into valid Kubernetes objects."""
+
+
+def labels(bot: TradingBot, component: str | None = None) -> dict[str, str]:
+    """The recommended Kubernetes labels of an object that belongs to ``bot``."""
+    found = {
+        "app.kubernetes.io/name": "kubetrade",
+        INSTANCE_LABEL: bot.metadata.name,
+        "app.kubernetes.io/part-of": "kubetrade",
+        "app.kubernetes.io/managed-by": "kubetrade-operator",
+        BOT_LABEL: bot.metadata.name,
+    }
+    if component is not None:
+        found[COMPONENT_LABEL] = component
+    return found
+
+
+def selector(bot: TradingBot, component: str) -> dict[str, str]:
+    """The labels that select one component's pods."""
+    return {INSTANCE_LABEL: bot.metadata.name, COMPONENT_LABEL: component}
+
+
+def _metadata(bot: TradingBot, name: str, component: str | None = None) -> Object:
+    meta: Object = {
+        "name": name,
+        "namespace": bot.metadata.namespace,
+        "labels": labels(bot, component),
+    }
+    if bot.metadata.uid:
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": KIND,
+                "name": bot.metadata.name,
+                "uid": bot.metadata.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    return meta
+
+
+def worker_spec(bot: TradingBot) -> str:
+    """The bot as the workers read it: name, namespace and spec only.
+
+    The API server's bookkeeping (resourceVersion, managedFields, the operator's annotations)
+    changes on every status write; passing it on would change the ConfigMap and the config hash
+    and restart the pods for nothing.
+    """
+    stable = Metadata(name=bot.metadata.name, namespace=bot.metadata.namespace)
+    return dump_spec(bot.model_copy(update={"metadata": stable}))
+
+
+def _value(name: str, value: str) -> Object:
+    return {"name": name, "value": value}
+
+
+def _secret_ref(name: str, secret: str, key: str) -> Object:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def _env(bot: TradingBot, platform: Platform, component: str) -> list[Object]:
+    """The container environment of one component, secrets as references only."""
+    name, namespace = bot.metadata.name, bot.metadata.namespace
+    config_ref = {"configMapKeyRef": {"name": f"{name}-config", "key": CONFIG_KEY}}
+    env: dict[str, Object] = {
+        ENV_COMPONENT: _value(ENV_COMPONENT, component),
+        ENV_SPEC: {"name": ENV_SPEC, "valueFrom": config_ref},
+        ENV_NATS_URL: _value(ENV_NATS_URL, platform.nats_url),
+        ENV_DATABASE_URL: (
+            _value(ENV_DATABASE_URL, platform.database_url)
+            if platform.database_url
+            else _secret_ref(ENV_DATABASE_URL, platform.database_secret, "url")
+        ),
+        ENV_HTTP_HOST: _value(ENV_HTTP_HOST, "0.0.0.0"),
+        ENV_HTTP_PORT: _value(ENV_HTTP_PORT, str(DEFAULT_HTTP_PORTS[component])),
+        "OTEL_SERVICE_NAME": _value("OTEL_SERVICE_NAME", f"kubetrade-{component}"),
+        "OTEL_RESOURCE_ATTRIBUTES": _value(
+            "OTEL_RESOURCE_ATTRIBUTES", f"kubetrade.bot={name},k8s.namespace.name={namespace}"
+        ),
+    }
+    if platform.otlp_endpoint:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = _value(
+            "OTEL_EXPORTER_OTLP_ENDPOINT", platform.otlp_endpoint
+        )
+    if component == "inference":
+        env["BENTOML_HOME"] = _value("BENTOML_HOME", platform.model_store)
+    for key, value in QUIET_ENV.items():
+        env[key] = _value(key, value)
+    credentials = bot.spec.exchange.credentials_secret
+    if component == "executor" and bot.spec.mode is Mode.LIVE and credentials:
+        for env_name, key in CREDENTIAL_KEYS.items():
+            env[env_name] = _secret_ref(env_name, credentials, key)
+    for key, value in sorted(platform.extra_env.items()):
+        env[key] = _value(key, value)
+    return list(env.values())
+
+
+def _resources(bot: TradingBot, component: str) -> Object:
+    """The component's defaults, overridden key by key by ``spec.resources``."""
+    default = DEFAULT_RESOURCES[component]
+    chosen = getattr(bot.spec.resources, component) if bot.spec.resources else None
+    requests = {**default["requests"], **((chosen.requests or {}) if chosen else {})}
+    limits = {**default["limits"], **((chosen.limits or {}) if chosen else {})}
+    return {"requests": requests, "limits": limits}
+
+
+def _probe(path: str, period: int, failures: int) -> Object:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def config_hash(spec_json: str, env: list[Object]) -> str:
+    """sha256 of what a component's pods read at start-up: the spec and their environment."""
+    payload = json.dumps({"spec": spec_json, "env": env}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _deployment(bot: TradingBot, platform: Platform, component: str, spec_json: str) -> Object:
+    name = bot.metadata.name
+    port = DEFAULT_HTTP_PORTS[component]
+    env = _env(bot, platform, component)
+    probes = PROBE_PATHS[component]
+    mounts: list[Object] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
+    volumes: list[Object] = [{"name": TMP_VOLUME, "emptyDir": {}}]
+    if component == "inference" and platform.model_store_claim:
+        mounts.append(
+            {"name": MODEL_STORE_VOLUME, "mountPath": platform.model_store, "readOnly": True}
+        )
+        volumes.append(
+            {
+                "name": MODEL_STORE_VOLUME,
+                "persistentVolumeClaim": {
+                    "claimName": platform.model_store_claim,
+                    "readOnly": True,
+                },
+            }
+        )
+    container: Object = {
+        "name": component,
+        "image": platform.image,
+        "imagePullPolicy": platform.image_pull_policy,
+        "command": ["kubetrade", "worker", component],
+        "env": env,
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        # Loading a model can take a while: the startup probe holds the liveness probe back.
+        "startupProbe": _probe(probes["liveness"], period=2, failures=60),
+        "livenessProbe": _probe(probes["liveness"], period=10, failures=3),
+        "readinessProbe": _probe(probes["readiness"], period=5, failures=2),
+        "resources": _resources(bot, component),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": mounts,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(bot, f"{name}-{component}", component),
+        "spec": {
+            "replicas": 1,
+            "revisionHistoryLimit": 3,
+            "strategy": copy.deepcopy(ROLLOUT[component]),
+            "selector": {"matchLabels": selector(bot, component)},
+            "template": {
+                "metadata": {
+                    "labels": labels(bot, component),
+                    "annotations": {CONFIG_HASH_ANNOTATION: config_hash(spec_json, env)},
+                },
+                "spec": {
+                    "serviceAccountName": name,
+                    "automountServiceAccountToken": False,
+                    # Service links would add a variable per Service in the namespace.
+                    "enableServiceLinks": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": RUN_AS_USER,
+                        "runAsGroup": RUN_AS_USER,
+                        "fsGroup": RUN_AS_USER,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+def render(bot: TradingBot, platform: Platform) -> list[Object]:
+    """The Kubernetes objects of ``bot``: ConfigMap, ServiceAccount, Deployments, Service."""
+    name = bot.metadata.name
+    service = f"{name}-inference"
+    if not _SERVICE_NAME.match(service):
+        raise RenderError(
+            f"TradingBot {bot.key}: the inference Service would be named {service!r}, which is "
+            "not a valid Service name (it must start with a letter and have at most 63 "
+            "characters): rename the bot to start with a letter and have at most 53 characters"
+        )
+    spec_json = worker_spec(bot)
+    config_map: Object = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(bot, f"{name}-config"),
+        "data": {CONFIG_KEY: spec_json},
+    }
+    service_account: Object = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(bot, name),
+        # The workers never call the Kubernetes API: no token, no rights.
+        "automountServiceAccountToken": False,
+    }
+    inference_service: Object = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(bot, service, "inference"),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(bot, "inference"),
+            "ports": [
+                {
+                    "name": "http",
+                    "port": DEFAULT_HTTP_PORTS["inference"],
+                    "targetPort": "http",
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+    deployments = [_deployment(bot, platform, c, spec_json) for c in COMPONENTS]
+    return [config_map, service_account, *deployments, inference_service]
