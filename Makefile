@@ -1,0 +1,56 @@
+# kubetrade: `make demo` runs a bot end to end on this machine; `make test` runs every check.
+# Both install what they need into .venv first (Python 3.11, pip, network to PyPI).
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+KT := $(VENV)/bin/kubetrade
+STAMP := $(VENV)/.installed
+export BENTOML_DO_NOT_TRACK := true
+export ORT_DISABLE_TELEMETRY := 1
+export BENTOML_HOME ?= $(HOME)/bentoml
+
+DEMO_BOT ?= k8s/examples/synthetic-paper.yaml
+DEMO_MODEL ?= kubetrade-baseline
+
+.PHONY: install demo test test-fast lint format crds bench controlplane test-controlplane clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## demo: train the baseline model on synthetic candles, then run a paper bot on embedded NATS and PostgreSQL
+demo: install
+	$(KT) train --synthetic --name $(DEMO_MODEL)
+	$(KT) run $(DEMO_BOT) --report-dir reports/demo
+
+## test: lint, type-check, then every test tier this machine can run
+test: lint
+	$(PY) -m pytest -q -ra
+
+test-fast: install
+	$(PY) -m pytest -q -ra -m "not integration and not controlplane"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+## crds: regenerate crds/tradingbot.yaml from kubetrade/spec.py
+crds: install
+	$(PY) -m kubetrade.crd --write
+
+bench: install
+	$(PY) bench/pipeline.py
+
+clean:
+	rm -rf reports .mypy_cache .ruff_cache .pytest_cache

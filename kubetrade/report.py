@@ -1,0 +1,147 @@
+"""The end-of-run report: ``report.json``, ``fills.csv``, ``equity.png`` and a summary table.
+
+``kubetrade run`` builds it from the database (the ledger); ``kubetrade backtest`` from the
+in-process result. Both go through :func:`build_report`, so their figures compare directly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from kubetrade.store import Store
+from kubetrade.domain import EquityPoint, Fill
+from kubetrade.spec import TradingBot
+from kubetrade.trading.performance import compute_performance
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def build_report(
+    bot: TradingBot,
+    *,
+    candles: int,
+    signals: int,
+    orders: int,
+    fills: Sequence[Fill],
+    equity: Sequence[EquityPoint],
+) -> dict[str, Any]:
+    """The report's figures as a JSON-ready dict."""
+    initial = bot.spec.execution.initial_capital
+    perf = compute_performance(
+        equity, fills, initial_capital=initial, timeframe=bot.spec.timeframe
+    )
+    return {
+        "bot": bot.key,
+        "mode": bot.spec.mode.value,
+        "symbols": list(bot.spec.symbols),
+        "timeframe": bot.spec.timeframe,
+        "model": f"{bot.spec.model.name}:{bot.spec.model.version}",
+        "start": _iso(equity[0].time) if equity else None,
+        "end": _iso(equity[-1].time) if equity else None,
+        "candles": candles,
+        "signals": signals,
+        "orders": orders,
+        "fills": len(fills),
+        "initial_capital": initial,
+        "final_equity": round(equity[-1].equity if equity else initial, 2),
+        **perf.to_dict(),
+    }
+
+
+def write_fills_csv(fills: Sequence[Fill], path: Path) -> None:
+    """Every fill, one row each, in time order."""
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(
+            ["time", "symbol", "side", "quantity", "price", "fee", "realized_pnl", "reason", "client_order_id"]
+        )
+        for f in fills:
+            writer.writerow(
+                [_iso(f.time), f.symbol, f.side.value, repr(f.quantity), repr(f.price), repr(f.fee),
+                 repr(f.realized_pnl), f.reason.value, f.client_order_id]
+            )  # fmt: skip
+
+
+def plot_equity(equity: Sequence[EquityPoint], path: Path, title: str) -> None:
+    """Equity curve above its drawdown, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    times = [datetime.fromtimestamp(p.time / 1000, UTC) for p in equity]
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    top.plot(times, [p.equity for p in equity], color="#1f77b4", linewidth=1.2)
+    top.set_title(title)
+    top.set_ylabel("equity")
+    top.grid(alpha=0.3)
+    bottom.fill_between(times, [-p.drawdown_pct for p in equity], 0, color="#d62728", alpha=0.4)
+    bottom.set_ylabel("drawdown %")
+    bottom.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary_table(report: dict[str, Any]) -> Table:
+    """The headline figures as a rich table."""
+    table = Table(title=f"{report['bot']} ({report['mode']}, {report['model']})")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key in (
+        "candles", "signals", "orders", "fills", "trades", "final_equity", "total_return_pct",
+        "max_drawdown_pct", "sharpe", "sortino", "win_rate", "profit_factor",
+    ):  # fmt: skip
+        value = report.get(key)
+        text = f"{value:,.4f}".rstrip("0").rstrip(".") if isinstance(value, float) else str(value)
+        table.add_row(key, text)
+    return table
+
+
+def write_report(
+    report: dict[str, Any],
+    fills: Sequence[Fill],
+    equity: Sequence[EquityPoint],
+    report_dir: Path,
+    console: Console,
+) -> None:
+    """Write report.json, fills.csv and equity.png into ``report_dir``; print the summary."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_fills_csv(fills, report_dir / "fills.csv")
+    if equity:
+        plot_equity(equity, report_dir / "equity.png", f"{report['bot']} equity")
+    console.print(summary_table(report))
+    console.print(f"report written to {report_dir}/ (report.json, fills.csv, equity.png)")
+
+
+def report_from_database(bot: TradingBot, database_url: str, report_dir: Path, console: Console) -> dict[str, Any]:
+    """Build and write the report of a run from what reached the database."""
+    with Store.connect(database_url) as db:
+        fills = db.read_fills(bot.key)
+        equity = db.read_equity(bot.key)
+        counts = db.count_rows(bot.key)
+        signals = sum(1 for s in db.read_signals(bot.key) if s.prob_up is not None)
+    report = build_report(
+        bot,
+        candles=counts.candles,
+        signals=signals,
+        orders=counts.orders,
+        fills=fills,
+        equity=equity,
+    )
+    write_report(report, fills, equity, report_dir, console)
+    return report

@@ -1,0 +1,214 @@
+"""``kubetrade run``: the bot rendered exactly as the operator would, run as local processes.
+
+The runner renders the bot with ``operator/render.py``, turns each Deployment's container into
+a local process (same command, same environment after resolving ConfigMap and Secret refs),
+starts embedded NATS and PostgreSQL unless URLs are given, shows progress from the workers'
+status messages, stops everything it started (also on Ctrl-C), and reports from the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from kubetrade.bus import connect
+from kubetrade.embedded import embedded_servers, free_port
+from kubetrade.messages import MessageError, StatusMessage, decode
+from kubetrade.operator.render import Platform, render
+from kubetrade.processes import LocalProcess, local_processes
+from kubetrade.settings import (
+    ENV_DATA_FILE,
+    ENV_HTTP_HOST,
+    ENV_HTTP_PORT,
+    ENV_TRACE_FILE,
+    QUIET_ENV,
+)
+from kubetrade.spec import Mode, TradingBot
+from kubetrade.subjects import Subjects
+
+log = logging.getLogger(__name__)
+
+# Each local process is started the way its container would be: `kubetrade worker <component>`,
+# with this interpreter standing in for the image's `kubetrade` entry point.
+LOCAL_ENTRY = [sys.executable, "-m", "kubetrade"]
+
+
+class RunError(RuntimeError):
+    """The local run could not complete; the message says which process and why."""
+
+
+@dataclass
+class RunOptions:
+    """Options of ``kubetrade run``."""
+
+    data_file: Path | None = None
+    report_dir: Path = Path("reports/run")
+    nats_url: str | None = None
+    database_url: str | None = None
+    timeout_s: float = 1800.0
+    trace_file: Path | None = None
+    quiet: bool = False
+
+
+@dataclass
+class Progress:
+    """The newest status of each component."""
+
+    statuses: dict[str, StatusMessage] = field(default_factory=dict)
+
+    def done(self) -> bool:
+        """True when the feed finished and the executor processed every candle it published."""
+        feed, executor = self.statuses.get("feed"), self.statuses.get("executor")
+        if feed is None or executor is None or feed.state != "finished":
+            return False
+        return executor.counters.get("processed", 0) >= feed.counters.get("candles", 0)
+
+    def table(self, bot: TradingBot) -> Table:
+        """A live table of the components' states and counters."""
+        table = Table(title=f"kubetrade run {bot.key}", expand=False)
+        for column in ("component", "state", "candles", "signals", "orders", "fills", "equity"):
+            table.add_column(column)
+        for component in ("feed", "inference", "executor"):
+            status = self.statuses.get(component)
+            if status is None:
+                table.add_row(component, "starting", "", "", "", "", "")
+                continue
+            c = status.counters
+            equity = (status.trading or {}).get("equity")
+            table.add_row(
+                component,
+                status.state + (f" ({status.message[:60]})" if status.message else ""),
+                str(c.get("candles", c.get("processed", ""))),
+                str(c.get("signals", "")),
+                str(c.get("orders", "")),
+                str(c.get("fills", "")),
+                "" if equity is None else f"{equity:,.2f}",
+            )
+        return table
+
+
+class LocalProcesses:
+    """Starts rendered containers as process groups and stops every one of them."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, process: LocalProcess) -> None:
+        """Start one component in its own process group, logging to ``<component>.log``."""
+        command = list(process.command)
+        if command[0] == "kubetrade":
+            command = LOCAL_ENTRY + command[1:]
+        env = {**os.environ, **QUIET_ENV, **process.env}
+        out = open(self.log_dir / f"{process.component}.log", "ab")  # noqa: SIM115 - closed by the child
+        self.running[process.component] = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        out.close()
+
+    def check(self) -> None:
+        """Raise RunError when a component exited on its own."""
+        for component, proc in self.running.items():
+            if proc.poll() is not None:
+                tail = (self.log_dir / f"{component}.log").read_text(errors="replace")[-3000:]
+                raise RunError(f"the {component} process exited with code {proc.returncode}:\n{tail}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM every process group, then SIGKILL what is still alive after ``timeout``."""
+        for proc in self.running.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.running.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            with contextlib.suppress(ProcessLookupError):
+                # The group may hold children (bentoml's workers) even after the leader exited.
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def plan(bot: TradingBot, nats_url: str, database_url: str, options: RunOptions) -> list[LocalProcess]:
+    """The local processes of a bot: rendered objects plus local ports, host and data file."""
+    objects = render(bot, Platform(nats_url=nats_url, database_url=database_url))
+    overrides: dict[str, dict[str, str]] = {}
+    for component in ("feed", "inference", "executor"):
+        env = {ENV_HTTP_HOST: "127.0.0.1", ENV_HTTP_PORT: str(free_port())}
+        if options.data_file is not None:
+            env[ENV_DATA_FILE] = str(options.data_file.resolve())
+        if options.trace_file is not None:
+            env[ENV_TRACE_FILE] = str(options.trace_file.resolve())
+        overrides[component] = env
+    return local_processes(objects, overrides=overrides)
+
+
+async def _watch(bot: TradingBot, nats_url: str, procs: LocalProcesses, options: RunOptions, console: Console) -> Progress:
+    progress = Progress()
+    subjects = Subjects(bot.metadata.namespace, bot.metadata.name)
+    nc = await connect(nats_url, f"{bot.key}/runner")
+
+    async def on_status(msg: object) -> None:
+        with contextlib.suppress(MessageError):
+            status = decode(StatusMessage, msg.data)  # type: ignore[attr-defined]
+            progress.statuses[status.component] = status
+
+    sub = await nc.subscribe(subjects.status, cb=on_status)
+    deadline = time.monotonic() + options.timeout_s
+    try:
+        with Live(progress.table(bot), console=console, refresh_per_second=4, transient=options.quiet) as live:
+            while not progress.done():
+                procs.check()
+                if time.monotonic() > deadline:
+                    raise RunError(f"the run did not finish within {options.timeout_s:.0f}s")
+                await asyncio.sleep(0.25)
+                live.update(progress.table(bot))
+            # One more status round so the table shows the final figures.
+            await asyncio.sleep(1.2)
+            live.update(progress.table(bot))
+    finally:
+        await sub.unsubscribe()
+        await nc.drain()
+    return progress
+
+
+@contextlib.contextmanager
+def _workdir(report_dir: Path) -> Iterator[Path]:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="kubetrade-run-") as tmp:
+        yield Path(tmp)
+
+
+def run_bot(bot: TradingBot, options: RunOptions, console: Console | None = None) -> Path:
+    """Run the bot locally until its source is exhausted; return the report directory."""
+    from kubetrade.report import report_from_database
+
+    console = console or Console()
+    if bot.spec.mode is Mode.LIVE:
+        raise RunError("kubetrade run trades on paper only; live mode runs in a cluster with credentials")
+    with _workdir(options.report_dir) as work, embedded_servers(work, options.nats_url, options.database_url) as (nats_url, db_url):
+        log_dir = options.report_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        procs = LocalProcesses(log_dir)
+        try:
+            for process in plan(bot, nats_url, db_url, options):
+                procs.start(process)
+            asyncio.run(_watch(bot, nats_url, procs, options, console))
+        finally:
+            procs.stop()
+        report_from_database(bot, db_url, options.report_dir, console)
+    return options.report_dir

@@ -1,0 +1,174 @@
+"""The NATS bridge of the inference worker: candles in, signals out.
+
+It runs inside the BentoML service process (one model in memory), on its own thread and event
+loop. Every candle yields a signal: with a prediction once the symbol's features are warm,
+without one before, so the executor sees every candle in stream order and can run its exits.
+A model whose FeatureSpec does not match this code never predicts: the bridge reports the
+mismatch in its status (naming both feature lists) and consumes nothing, so candles wait in
+the stream for a good model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import trace
+
+from kubetrade.bus import BatchConsumer, Delivery, connect, dead_letter, ensure_stream, publish_all
+from kubetrade.domain import Candle
+from kubetrade.features import FeatureMismatchError
+from kubetrade.messages import CandleMessage, MessageError, SignalMessage, decode, encode
+from kubetrade.metrics import CANDLES_RECEIVED, PREDICT_SECONDS, SIGNALS_PUBLISHED
+from kubetrade.serving.pipeline import Predictor, SignalPipeline
+from kubetrade.settings import WorkerSettings
+from kubetrade.subjects import Subjects
+from kubetrade.telemetry import context_from_headers, inject_headers
+from kubetrade.workers.runtime import WorkerStatus, now_ms, publish_status_forever
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("kubetrade.inference")
+
+BATCH_MAX = 512
+
+
+@dataclass
+class BridgeHandle:
+    """A running bridge: its status for health checks, and a way to stop it."""
+
+    thread: threading.Thread
+    status_ref: WorkerStatus
+    loop: asyncio.AbstractEventLoop
+    stop_event: asyncio.Event
+
+    def status(self) -> dict[str, Any]:
+        """State, message and counters, as ``/readyz`` reports them."""
+        return {
+            "state": self.status_ref.state,
+            "message": self.status_ref.message,
+            "counters": dict(self.status_ref.counters),
+        }
+
+    @property
+    def ready(self) -> bool:
+        """True while the bridge is connected and predicting."""
+        return self.status_ref.state == "running" and self.thread.is_alive()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the bridge to finish its batch and stop; wait for the thread."""
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.stop_event.set)
+            self.thread.join(timeout)
+
+
+def start_bridge(predictor: Predictor, settings: WorkerSettings | None = None) -> BridgeHandle:
+    """Start the bridge on a daemon thread; configuration comes from the pod's environment."""
+    settings = settings or WorkerSettings.from_env("inference")
+    status = WorkerStatus("inference", settings.bot.key)
+    loop = asyncio.new_event_loop()
+    stop_event = asyncio.Event()
+
+    def main() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(_serve(predictor, settings, status, stop_event))
+        except Exception as error:
+            status.state, status.message = "failed", f"bridge stopped: {error}"
+            log.exception("inference bridge failed")
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=main, name="nats-bridge", daemon=True)
+    handle = BridgeHandle(thread, status, loop, stop_event)
+    thread.start()
+    return handle
+
+
+async def _serve(
+    predictor: Predictor, settings: WorkerSettings, status: WorkerStatus, stop: asyncio.Event
+) -> None:
+    bot = settings.bot
+    subjects = Subjects(bot.metadata.namespace, bot.metadata.name)
+    nc = await connect(settings.nats_url, f"{bot.key}/inference")
+    js = nc.jetstream()
+    await ensure_stream(js, subjects)
+    heartbeat = asyncio.create_task(publish_status_forever(nc, subjects, status))
+    try:
+        try:
+            pipeline = SignalPipeline(predictor)
+        except FeatureMismatchError as error:
+            status.state, status.message = "degraded", str(error)
+            log.error("model refused: feature mismatch", extra={"error": str(error)})
+            await stop.wait()
+            return
+        consumer = BatchConsumer(js, subjects, subjects.all_candles, subjects.durable("inference"))
+        await consumer.start()
+        status.state = "running"
+        status.message = f"serving {predictor.model_name}:{predictor.model_version}"
+        log.info("bridge running", extra={"model": predictor.model_name})
+        while not stop.is_set():
+            batch = await consumer.next_batch(BATCH_MAX, timeout=0.5)
+            if batch:
+                await _handle(batch, pipeline, js, subjects, status)
+                await consumer.ack_through(batch)
+        await consumer.stop()
+    finally:
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+        await nc.drain()
+
+
+async def _handle(
+    batch: list[Delivery],
+    pipeline: SignalPipeline,
+    js: Any,
+    subjects: Subjects,
+    status: WorkerStatus,
+) -> None:
+    bot = status.bot
+    candles: list[Candle] = []
+    sources: list[tuple[CandleMessage, Delivery]] = []
+    for delivery in batch:
+        try:
+            message = decode(CandleMessage, delivery.msg.data)
+        except MessageError as error:
+            await dead_letter(js, subjects, delivery.msg, error, component="inference", bot=bot)
+            status.count("dead_letters")
+            continue
+        candles.append(message.to_candle())
+        sources.append((message, delivery))
+    if not candles:
+        return
+    CANDLES_RECEIVED.labels(bot).inc(len(candles))
+    status.count("candles", len(candles))
+    with PREDICT_SECONDS.labels(bot).time():
+        events = pipeline.process(candles)
+    produced = now_ms()
+    outgoing = []
+    predicted = 0
+    for event, (message, delivery) in zip(events, sources, strict=True):
+        parent = context_from_headers(delivery.msg.headers)
+        with tracer.start_as_current_span(
+            "inference.signal",
+            context=parent,
+            attributes={
+                "kubetrade.bot": bot,
+                "kubetrade.symbol": event.candle.symbol,
+                "kubetrade.model_version": pipeline.predictor.model_version,
+                "kubetrade.warm": event.prediction is not None,
+            },
+        ):
+            headers = inject_headers(
+                {"Nats-Msg-Id": f"{event.candle.key}:{pipeline.predictor.model_version}"}
+            )
+        signal = SignalMessage.from_event(event, message.published_at, produced)
+        outgoing.append((subjects.signals(event.candle.symbol), encode(signal), headers))
+        predicted += event.prediction is not None
+    await publish_all(js, outgoing)
+    SIGNALS_PUBLISHED.labels(bot).inc(predicted)
+    status.count("signals", predicted)

@@ -1,0 +1,24 @@
+"""Shared test configuration: fixture plugins and paths to real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kubetrade.settings import quiet_environment
+
+quiet_environment()
+
+pytest_plugins = ["tests.fixtures_db", "tests.controlplane.fixtures"]
+
+REPO = Path(__file__).resolve().parents[1]
+BTC_CSV = REPO.parent / "shared" / "data" / "coinbase_btcusd_1h.csv"
+
+
+@pytest.fixture(scope="session")
+def btc_csv() -> Path:
+    """The real BTC/USD hourly file (CryptoDataDownload); tests skip when it is absent."""
+    if not BTC_CSV.exists():
+        pytest.skip(f"real BTC data not found at {BTC_CSV}")
+    return BTC_CSV

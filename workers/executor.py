@@ -1,0 +1,260 @@
+"""The executor worker: signals in, orders and fills out, the database as the ledger.
+
+Exactly-once effect across crashes: each micro-batch of signals is applied to the trading
+engine, then its signals, orders, fills, equity points and the engine's full snapshot with the
+last stream sequence are written in one transaction, and only then acknowledged. Killed at any
+point, the executor restores the snapshot, skips redelivered messages at or below the
+checkpoint sequence, and replays the rest: the fills come out exactly as in an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from opentelemetry import trace
+
+from kubetrade.bus import BatchConsumer, Delivery, connect, dead_letter, ensure_stream, publish_all
+from kubetrade.domain import EquityPoint, Fill, Order
+from kubetrade.health import HealthServer
+from kubetrade.messages import (
+    ControlMessage,
+    FillMessage,
+    MessageError,
+    OrderMessage,
+    SignalMessage,
+    decode,
+    encode,
+)
+from kubetrade.metrics import (
+    DB_WRITE_SECONDS,
+    DECISION_SECONDS,
+    EQUITY,
+    FILLS,
+    HALTED,
+    OPEN_POSITIONS,
+    ORDERS,
+    SIGNALS_PROCESSED,
+)
+from kubetrade.settings import SettingsError, WorkerSettings
+from kubetrade.spec import TradingBot
+from kubetrade.store import AsyncStore, Checkpoint, SignalRecord
+from kubetrade.subjects import Subjects
+from kubetrade.telemetry import context_from_headers, inject_headers
+from kubetrade.trading import ControlCommand, EngineOutput, TradingEngine
+from kubetrade.workers import runtime
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("kubetrade.executor")
+
+BATCH_MAX = 1000
+
+
+@dataclass
+class Pending:
+    """What one batch produced, waiting for its transaction."""
+
+    signals: list[SignalRecord] = field(default_factory=list)
+    orders: list[Order] = field(default_factory=list)
+    fills: list[Fill] = field(default_factory=list)
+    equity: list[EquityPoint] = field(default_factory=list)
+    outgoing: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
+
+    def add(self, out: EngineOutput, subjects: Subjects) -> None:
+        """Collect an engine output and the order/fill messages to publish after commit."""
+        self.orders.extend(out.orders)
+        self.fills.extend(out.fills)
+        self.equity.extend(out.equity)
+        headers = inject_headers()
+        for order in out.orders:
+            data = encode(OrderMessage.from_order(order))
+            self.outgoing.append((subjects.orders, data, {**headers, "Nats-Msg-Id": order.client_order_id}))
+        for fill in out.fills:
+            data = encode(FillMessage.from_fill(fill))
+            msg_id = f"fill:{fill.client_order_id}"
+            self.outgoing.append((subjects.fills, data, {**headers, "Nats-Msg-Id": msg_id}))
+
+    def __bool__(self) -> bool:
+        return bool(self.signals or self.orders or self.fills or self.equity)
+
+
+class Executor:
+    """Owns the engine, the checkpoint and the database connection of one bot."""
+
+    def __init__(self, bot: TradingBot, db: AsyncStore, js: JetStreamContext) -> None:
+        self.bot = bot
+        self.db = db
+        self.js = js
+        self.subjects = Subjects(bot.metadata.namespace, bot.metadata.name)
+        self.status = runtime.WorkerStatus("executor", bot.key)
+        self.engine = TradingEngine(bot)
+        self.sequence = 0
+        self.processed = 0
+        self.controls: asyncio.Queue[ControlMessage] = asyncio.Queue()
+
+    async def restore(self) -> None:
+        """Resume from the database checkpoint, if there is one."""
+        checkpoint = await self.db.load_checkpoint(self.bot.key)
+        if checkpoint is not None:
+            self.engine = TradingEngine.restore(self.bot, checkpoint.state)
+            self.sequence, self.processed = checkpoint.stream_seq, checkpoint.processed
+            log.info(
+                "restored from checkpoint",
+                extra={"stream_seq": self.sequence, "processed": self.processed},
+            )
+        self.status.count("signals", 0)
+        self._publish_summary()
+
+    async def on_control(self, msg: Msg) -> None:
+        """Queue a control command; it is applied between batches, in the engine's order."""
+        try:
+            self.controls.put_nowait(decode(ControlMessage, msg.data))
+        except MessageError as error:
+            await dead_letter(self.js, self.subjects, msg, error, component="executor", bot=self.bot.key)
+
+    async def apply_batch(self, batch: list[Delivery]) -> None:
+        """Apply controls and one batch of signals; commit; then acknowledge and publish."""
+        pending = Pending()
+        while not self.controls.empty():
+            command = self.controls.get_nowait()
+            log.warning("control command", extra={"action": command.action, "reason": command.reason})
+            pending.add(self.engine.control(ControlCommand(command.action, command.reason)), self.subjects)
+        last_seq = self.sequence
+        for delivery in batch:
+            if delivery.sequence <= self.sequence:
+                continue  # applied before a restart; its effects are already in the database
+            last_seq = delivery.sequence
+            await self._apply_signal(delivery, pending)
+        if pending or last_seq != self.sequence:
+            checkpoint = Checkpoint(last_seq, self.processed, self.engine.snapshot())
+            with DB_WRITE_SECONDS.labels(self.bot.key, "executor").time():
+                await self.db.write_batch(
+                    self.bot.key,
+                    signals=pending.signals,
+                    orders=pending.orders,
+                    fills=pending.fills,
+                    equity=pending.equity,
+                    checkpoint=checkpoint,
+                )
+            self.sequence = last_seq
+        await BatchConsumer.ack_through(batch)
+        if pending.outgoing:
+            await publish_all(self.js, pending.outgoing)
+        self._count(pending)
+
+    async def _apply_signal(self, delivery: Delivery, pending: Pending) -> None:
+        try:
+            message = decode(SignalMessage, delivery.msg.data)
+        except MessageError as error:
+            await dead_letter(self.js, self.subjects, delivery.msg, error, component="executor", bot=self.bot.key)
+            self.status.count("dead_letters")
+            return
+        event = message.to_event()
+        parent = context_from_headers(delivery.msg.headers)
+        attributes = {"kubetrade.bot": self.bot.key, "kubetrade.symbol": event.candle.symbol}
+        if event.prediction is not None:
+            attributes["kubetrade.model_version"] = event.prediction.model_version
+        with tracer.start_as_current_span("executor.decide", context=parent, attributes=attributes):
+            out = self.engine.on_event(event)
+            decided = time.time_ns() // 1_000_000
+            pending.add(out, self.subjects)
+        self.processed += 1
+        published = message.candle.published_at
+        DECISION_SECONDS.labels(self.bot.key).observe(max(decided - published, 0) / 1000.0)
+        p = event.prediction
+        pending.signals.append(
+            SignalRecord(
+                symbol=event.candle.symbol,
+                time=event.candle.open_time,
+                prob_up=None if p is None else p.prob_up,
+                direction=None if p is None else p.direction.value,
+                confidence=None if p is None else p.confidence,
+                model_name="" if p is None else p.model_name,
+                model_version="" if p is None else p.model_version,
+                feature_hash="" if p is None else p.feature_hash,
+                candle_published_at=published,
+                received_at=delivery.received_ns // 1_000_000,
+                decided_at=decided,
+            )
+        )
+
+    def _count(self, pending: Pending) -> None:
+        bot = self.bot.key
+        SIGNALS_PROCESSED.labels(bot).inc(len(pending.signals))
+        self.status.count("signals", len(pending.signals))
+        self.status.count("orders", len(pending.orders))
+        self.status.count("fills", len(pending.fills))
+        for order in pending.orders:
+            ORDERS.labels(bot, order.side.value, order.reason.value).inc()
+        for fill in pending.fills:
+            FILLS.labels(bot, fill.side.value, fill.reason.value).inc()
+        self._publish_summary()
+
+    def _publish_summary(self) -> None:
+        summary = self.engine.summary()
+        EQUITY.labels(self.bot.key).set(summary.equity)
+        OPEN_POSITIONS.labels(self.bot.key).set(summary.open_positions)
+        HALTED.labels(self.bot.key).set(1 if summary.halted else 0)
+        self.status.counters["processed"] = self.processed
+        self.status.counters["stream_seq"] = self.sequence
+        self.status.trading = summary.to_dict()
+        if summary.halted:
+            self.status.state, self.status.message = "halted", summary.halt_reason or "halted"
+        elif self.status.state == "halted":
+            self.status.state, self.status.message = "running", ""
+
+
+async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
+    """Run the executor until ``stop`` is set."""
+    bot = settings.bot
+    if settings.database_url is None:
+        raise SettingsError("the executor needs KUBETRADE_DATABASE_URL: the database is its ledger")
+    db = await AsyncStore.connect(settings.database_url)
+    await db.migrate()
+    nc = await connect(settings.nats_url, f"{bot.key}/executor")
+    js = nc.jetstream()
+    executor = Executor(bot, db, js)
+    await ensure_stream(js, executor.subjects)
+    await executor.restore()
+    control = await nc.subscribe(executor.subjects.control, cb=executor.on_control)
+    consumer = BatchConsumer(js, executor.subjects, executor.subjects.all_signals, executor.subjects.durable("executor"))
+    await consumer.start()
+    if executor.status.state == "starting":
+        executor.status.state = "running"
+    health = HealthServer(
+        settings.http_host, settings.http_port, lambda: (nc.is_connected, executor.status.state)
+    )
+    await health.start()
+    heartbeat = asyncio.create_task(runtime.publish_status_forever(nc, executor.subjects, executor.status))
+    log.info("executor running", extra={"symbols": bot.spec.symbols, "mode": bot.spec.mode.value})
+    try:
+        while not stop.is_set():
+            batch = await consumer.next_batch(BATCH_MAX, timeout=0.25)
+            if batch or not executor.controls.empty():
+                await executor.apply_batch(batch)
+    finally:
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+        await control.unsubscribe()
+        await consumer.stop()
+        await nc.publish(executor.subjects.status, encode(executor.status.to_message()))
+        await health.stop()
+        await nc.drain()
+        await db.close()
+
+
+def cli() -> None:
+    """Entry point: ``kubetrade worker executor``."""
+    settings = runtime.prepare("executor")
+    if settings.bot.spec.mode.value == "live":
+        raise SystemExit(
+            "live order routing is not available in this build: the executor refuses live mode "
+            "rather than trade real money through an untested path; use mode: paper"
+        )
+    runtime.run(lambda stop: main(settings, stop))

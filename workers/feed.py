@@ -1,0 +1,144 @@
+"""The feed worker: publishes closed candles to JetStream and writes them to the database.
+
+Each candle goes to ``….candles.<symbol>`` with the message id symbol+timeframe+open time, so
+a restart or a second replay never duplicates: the feed first asks the stream for the last
+candle of each symbol and skips everything up to it, and the server's duplicate window
+catches the rest. ``exchange.speed`` paces a replay (a multiple of real time); 0 publishes as
+fast as the pipeline takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from opentelemetry import trace
+
+from kubetrade.store import AsyncStore
+from kubetrade.bus import connect, ensure_stream, publish_all
+from kubetrade.domain import Candle, timeframe_ms
+from kubetrade.health import HealthServer
+from kubetrade.messages import CandleMessage, MessageError, decode, encode
+from kubetrade.metrics import CANDLES_PUBLISHED, DB_WRITE_SECONDS
+from kubetrade.settings import WorkerSettings
+from kubetrade.subjects import Subjects
+from kubetrade.telemetry import inject_headers
+from kubetrade.workers import runtime
+from kubetrade.workers.sources import candle_source
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("kubetrade.feed")
+
+BATCH_MAX = 500
+
+
+async def last_published(js: JetStreamContext, subjects: Subjects, symbol: str) -> int | None:
+    """Open time of the newest candle of ``symbol`` already in the stream, if any."""
+    try:
+        raw = await js.get_last_msg(subjects.stream, subjects.candles(symbol))
+    except NotFoundError:
+        return None
+    try:
+        return decode(CandleMessage, raw.data or b"").open_time
+    except MessageError:
+        return None
+
+
+async def paced(candles: AsyncIterator[Candle], speed: float) -> AsyncIterator[list[Candle]]:
+    """Group candles into batches; with ``speed`` > 0, release each at its replay time."""
+    if speed <= 0:
+        batch: list[Candle] = []
+        async for candle in candles:
+            batch.append(candle)
+            if len(batch) >= BATCH_MAX:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+        return
+    start_wall: float | None = None
+    start_close = 0
+    async for candle in candles:
+        if start_wall is None:
+            start_wall, start_close = time.monotonic(), candle.close_time
+        due = start_wall + (candle.close_time - start_close) / 1000.0 / speed
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield [candle]
+
+
+async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
+    """Run the feed until the source ends (then idle, reporting finished) or ``stop`` is set."""
+    bot = settings.bot
+    subjects = Subjects(bot.metadata.namespace, bot.metadata.name)
+    status = runtime.WorkerStatus("feed", bot.key)
+    nc = await connect(settings.nats_url, f"{bot.key}/feed")
+    js = nc.jetstream()
+    await ensure_stream(js, subjects)
+    db = await AsyncStore.connect(settings.database_url) if settings.database_url else None
+    if db is not None:
+        await db.migrate()
+    health = HealthServer(
+        settings.http_host, settings.http_port, lambda: (nc.is_connected, status.state)
+    )
+    await health.start()
+    heartbeat = asyncio.create_task(runtime.publish_status_forever(nc, subjects, status))
+    resume = {s: await last_published(js, subjects, s) for s in bot.spec.symbols}
+    status.state = "running"
+    tf = timeframe_ms(bot.spec.timeframe)
+    log.info("feed started", extra={"source": bot.spec.exchange.name, "resume": resume, "tf_ms": tf})
+    try:
+        source = candle_source(bot, settings.data_file)
+        async for batch in paced(source, bot.spec.exchange.speed):
+            if stop.is_set():
+                break
+            fresh = [c for c in batch if (resume.get(c.symbol) or -1) < c.open_time]
+            if not fresh:
+                continue
+            await _publish(js, subjects, fresh, bot.key)
+            status.count("candles", len(fresh))
+            if db is not None:
+                with DB_WRITE_SECONDS.labels(bot.key, "feed").time():
+                    await db.write_candles(bot.key, fresh)
+        else:
+            status.state = "finished"
+            status.message = f"source exhausted after {status.counters.get('candles', 0)} candles"
+            log.info("feed finished", extra={"candles": status.counters.get("candles", 0)})
+        await stop.wait()
+    finally:
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+        await nc.publish(subjects.status, encode(status.to_message()))
+        await health.stop()
+        await nc.drain()
+        if db is not None:
+            await db.close()
+
+
+async def _publish(js: JetStreamContext, subjects: Subjects, candles: list[Candle], bot: str) -> None:
+    published_at = runtime.now_ms()
+    items = []
+    for candle in candles:
+        # One trace per candle starts here and continues through inference and the executor.
+        with tracer.start_as_current_span(
+            "feed.candle",
+            attributes={"kubetrade.bot": bot, "kubetrade.symbol": candle.symbol},
+        ):
+            headers = inject_headers({"Nats-Msg-Id": candle.key})
+        message = CandleMessage.from_candle(candle, published_at)
+        items.append((subjects.candles(candle.symbol), encode(message), headers))
+        CANDLES_PUBLISHED.labels(bot, candle.symbol).inc()
+    await publish_all(js, items)
+
+
+def cli() -> None:
+    """Entry point: ``kubetrade worker feed``."""
+    settings = runtime.prepare("feed")
+    runtime.run(lambda stop: main(settings, stop))

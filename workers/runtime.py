@@ -1,0 +1,88 @@
+"""What every worker process shares: start-up from the environment, stop on SIGTERM, status."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from nats.aio.client import Client
+
+from kubetrade.messages import StatusMessage, encode
+from kubetrade.settings import WorkerSettings, quiet_environment
+from kubetrade.subjects import Subjects
+from kubetrade.telemetry import setup_logging, setup_tracing
+
+log = logging.getLogger(__name__)
+
+State = Literal["starting", "running", "finished", "degraded", "failed", "halted"]
+STATUS_INTERVAL_S = 1.0
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds (latency figures compare these across processes)."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class WorkerStatus:
+    """A worker's state and counters, published on the bot's status subject every second."""
+
+    component: Literal["feed", "inference", "executor"]
+    bot: str
+    state: State = "starting"
+    message: str = ""
+    counters: dict[str, int] = field(default_factory=dict)
+    trading: dict[str, Any] | None = None
+
+    def count(self, name: str, amount: int = 1) -> None:
+        """Add to a counter."""
+        self.counters[name] = self.counters.get(name, 0) + amount
+
+    def to_message(self) -> StatusMessage:
+        """The status as a message."""
+        return StatusMessage(
+            component=self.component,
+            bot=self.bot,
+            state=self.state,
+            message=self.message,
+            time=now_ms(),
+            counters=dict(self.counters),
+            trading=self.trading,
+        )
+
+
+async def publish_status_forever(nc: Client, subjects: Subjects, status: WorkerStatus) -> None:
+    """Publish the status every STATUS_INTERVAL_S until cancelled."""
+    while True:
+        if nc.is_connected:
+            await nc.publish(subjects.status, encode(status.to_message()))
+        await asyncio.sleep(STATUS_INTERVAL_S)
+
+
+def prepare(component: str) -> WorkerSettings:
+    """Read settings and set up logs and traces for a worker process."""
+    quiet_environment()
+    settings = WorkerSettings.from_env(component)
+    setup_logging(component, settings.log_level)
+    setup_tracing(f"kubetrade-{component}", settings.bot.key)
+    return settings
+
+
+def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``main(stop)`` on a fresh loop; SIGTERM and SIGINT set ``stop`` for a clean exit."""
+
+    async def wrapper() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(wrapper())
