@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kubetrade.operator.render import COMPONENT_LABEL
 from kubetrade.settings import ENV_HTTP_PORT
 
-COMPONENT_LABEL = "app.kubernetes.io/component"
 PROBE_FIELDS = {
     "startup": "startupProbe",
     "liveness": "livenessProbe",

@@ -450,7 +450,9 @@ def parse_bot(document: dict[str, Any], source: str = "<manifest>") -> TradingBo
     if not isinstance(document, dict):
         raise ManifestError(source, ["(manifest): must be a mapping with apiVersion, kind, spec"])
     try:
-        return TradingBot.model_validate(document)
+        # camelCase only: the API server prunes a snake_case field, so accepting one here would
+        # make a local run differ from the same manifest in a cluster.
+        return TradingBot.model_validate(document, by_alias=True, by_name=False)
     except ValidationError as error:
         raise ManifestError(source, format_errors(error)) from None
 
