@@ -1,0 +1,172 @@
+"""Closed candles from an exchange through ccxt: REST polling of ``fetch_ohlcv``.
+
+Exchanges return the still-open candle as the last row, with partial values that change until
+it closes; publishing it would feed the model a candle that never existed. So each poll keeps
+only candles whose close time has passed on the exchange's clock, drops those already
+delivered, de-duplicates, and advances a cursor. The parsing and selection are pure functions
+(tested on recorded responses); ``poll_closed_candles`` is the async loop around them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import ccxt.async_support as ccxt_async
+from ccxt.base.errors import NetworkError
+
+from kubetrade.domain import Candle, timeframe_ms
+from kubetrade.market.symbols import normalize_symbol
+
+log = logging.getLogger(__name__)
+
+
+class OhlcvExchange(Protocol):
+    """What the poller needs of a ``ccxt.async_support`` exchange."""
+
+    has: dict[str, Any]
+
+    async def fetch_ohlcv(
+        self, symbol: str, timeframe: str = ..., since: int | None = ..., limit: int | None = ...
+    ) -> list[list[Any]]:
+        """Rows ``[timestamp ms, open, high, low, close, volume]``, oldest first."""
+        ...
+
+    async def fetch_time(self) -> int | None:
+        """The exchange's clock in ms."""
+        ...
+
+    def milliseconds(self) -> int:
+        """The local clock in ms."""
+        ...
+
+
+def create_exchange(name: str, config: dict[str, Any] | None = None) -> ccxt_async.Exchange:
+    """An async ccxt exchange by id (``binance``, ``kraken``, ...), rate limiting on.
+
+    The caller owns it and must ``await exchange.close()``.
+    """
+    factory = getattr(ccxt_async, name, None)
+    if not isinstance(factory, type):
+        raise ValueError(
+            f"unknown exchange {name!r}; use a ccxt exchange id such as "
+            f"{', '.join(ccxt_async.exchanges[:6])} (full list: ccxt.exchanges)"
+        )
+    exchange: ccxt_async.Exchange = factory({"enableRateLimit": True, **(config or {})})
+    return exchange
+
+
+def parse_ohlcv_row(row: Sequence[Any], *, symbol: str, timeframe: str) -> Candle:
+    """One ccxt OHLCV row → Candle; a malformed row is refused naming its content and fault.
+
+    A missing (None) volume, which some exchanges return for candles without trades, becomes 0.
+    """
+    where = f"{symbol} {timeframe} OHLCV row {list(row)!r}"
+    if len(row) < 6:
+        raise ValueError(f"{where}: expected [timestamp, open, high, low, close, volume]")
+    try:
+        open_time = int(row[0])
+        o, h, low, c = (float(v) for v in row[1:5])
+        volume = 0.0 if row[5] is None else float(row[5])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: not numeric ({error})") from None
+    if open_time % timeframe_ms(timeframe):
+        raise ValueError(f"{where}: open time is not on the {timeframe} grid")
+    if not all(math.isfinite(p) and p > 0 for p in (o, h, low, c)) or not volume >= 0:
+        raise ValueError(f"{where}: prices must be positive and volume non-negative")
+    if h < max(o, c, low) or low > min(o, c, h):
+        raise ValueError(f"{where}: high/low do not envelope open and close")
+    return Candle(symbol, timeframe, open_time, o, h, low, c, volume)
+
+
+def parse_ohlcv(
+    rows: Sequence[Sequence[Any]], *, symbol: str, timeframe: str
+) -> tuple[list[Candle], list[str]]:
+    """A ``fetch_ohlcv`` response → (valid Candles, one error message per refused row).
+
+    A bad row must not stop a feed, so it is reported instead of raised; the caller logs it.
+    """
+    name = normalize_symbol(symbol)
+    candles: list[Candle] = []
+    errors: list[str] = []
+    for row in rows:
+        try:
+            candles.append(parse_ohlcv_row(row, symbol=name, timeframe=timeframe))
+        except ValueError as error:
+            errors.append(str(error))
+    return candles, errors
+
+
+def select_closed(candles: Sequence[Candle], *, now_ms: int, after: int | None) -> list[Candle]:
+    """Closed candles (close time <= now) newer than ``after``, one per open time, ascending.
+
+    Duplicates keep the last row returned (the exchange's latest word on that candle).
+    """
+    fresh = {
+        c.open_time: c
+        for c in candles
+        if c.close_time <= now_ms and (after is None or c.open_time > after)
+    }
+    return [fresh[t] for t in sorted(fresh)]
+
+
+async def poll_closed_candles(
+    exchange: OhlcvExchange,
+    symbol: str,
+    timeframe: str,
+    *,
+    since: int | None = None,
+    limit: int = 500,
+    settle_ms: int = 1_500,
+    max_backoff_s: float = 60.0,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> AsyncIterator[Candle]:
+    """Yield each closed candle of ``symbol`` once, in time order, forever.
+
+    Starts at ``since`` (ms; None: the exchange's latest ``limit`` candles). While behind it
+    pages through history without waiting; once caught up it sleeps until the next candle
+    closes (plus ``settle_ms`` for the exchange to finalize it). Network errors are retried
+    with exponential backoff; other exchange errors propagate. The exchange clock is read once
+    (``fetch_time``) to correct the local clock.
+    """
+    symbol = normalize_symbol(symbol)
+    step = timeframe_ms(timeframe)
+    offset = await _clock_offset(exchange)
+    last: int | None = None if since is None else since - since % step - step
+    backoff = 1.0
+    while True:
+        cursor = None if last is None else last + step
+        try:
+            rows = await exchange.fetch_ohlcv(symbol, timeframe, since=cursor, limit=limit)
+        except NetworkError as error:
+            log.warning(
+                "fetch_ohlcv failed, retrying",
+                extra={"symbol": symbol, "error": str(error), "retry_in_s": backoff},
+            )
+            await sleep(backoff)
+            backoff = min(backoff * 2, max_backoff_s)
+            continue
+        backoff = 1.0
+        now = exchange.milliseconds() + offset
+        candles, errors = parse_ohlcv(rows, symbol=symbol, timeframe=timeframe)
+        for message in errors:
+            log.error("exchange returned a malformed candle, skipped", extra={"error": message})
+        for candle in select_closed(candles, now_ms=now, after=last):
+            yield candle
+            last = candle.open_time
+        open_rows = any(c.close_time > now for c in candles)
+        if len(rows) >= limit and not open_rows:
+            continue  # a full page of closed candles: more history is waiting
+        next_close = (now // step + 1) * step
+        await sleep((next_close - now + settle_ms) / 1000)
+
+
+async def _clock_offset(exchange: OhlcvExchange) -> int:
+    """Exchange clock minus local clock in ms (0 when the exchange cannot tell its time)."""
+    if not exchange.has.get("fetchTime"):
+        return 0
+    server = await exchange.fetch_time()
+    return 0 if server is None else int(server) - exchange.milliseconds()

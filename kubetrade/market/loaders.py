@@ -1,0 +1,328 @@
+"""Candle files (CSV or Parquet) in three layouts, read into cleaned candle frames.
+
+Layouts (``layout="auto"`` detects them from the header, or from the column count when there
+is no header):
+
+- ``binance``: Binance kline archives: ``open_time, open, high, low, close, volume, close_time,
+  quote_volume, count, taker_buy_volume, taker_buy_quote_volume, ignore``, with or without the
+  header. Times in ms (µs in the 2025+ spot archives; detected). The symbol and timeframe are
+  read from the archive's file name (``BTCUSDT-1h-2024-01.csv``) when not given.
+- ``ccxt``: ``fetch_ohlcv`` rows ``timestamp, open, high, low, close, volume``, optionally with
+  that header and an optional ``symbol`` column.
+- ``cryptodatadownload``: a banner line, then ``[unix,] date, symbol, open, high, low, close,
+  volume_<base>, volume[_<quote>]``, newest row first, dates like ``2019-10-17 09-AM``. The
+  base-currency volume column is used as volume.
+
+Every load is cleaned (``kubetrade.market.clean``); the report is logged and returned by
+``load_candles_with_report``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from kubetrade.domain import TIMEFRAME_MS
+from kubetrade.market.clean import CleaningReport, clean_candles
+from kubetrade.market.frame import (
+    CANDLE_COLUMNS,
+    PRICE_COLUMNS,
+    infer_frame_timeframe,
+    to_epoch_ms,
+)
+from kubetrade.market.symbols import base_currency, normalize_symbol
+
+Layout = Literal["binance", "ccxt", "cryptodatadownload"]
+_LAYOUT_NAMES: dict[str, Layout] = {
+    "binance": "binance",
+    "ccxt": "ccxt",
+    "cryptodatadownload": "cryptodatadownload",
+}
+LAYOUTS: tuple[str, ...] = tuple(_LAYOUT_NAMES)
+
+BINANCE_COLUMNS = (
+    "open_time",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "close_time",
+    "quote_volume",
+    "count",
+    "taker_buy_volume",
+    "taker_buy_quote_volume",
+    "ignore",
+)
+CCXT_COLUMNS = ("timestamp", "open", "high", "low", "close", "volume")
+# Binance archive names: BTCUSDT-1h-2024-01.csv, BTCUSDT-15m-2024-01-31.zip.csv, ...
+_BINANCE_NAME = re.compile(r"^([A-Za-z0-9]+)-(\d+[mhdw])-\d{4}")
+_CDD_DATE_FORMATS = ("%Y-%m-%d %I-%p", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedCandles:
+    """A loaded file: the cleaned frame, its timeframe, the layout read, the cleaning report."""
+
+    frame: pd.DataFrame
+    timeframe: str
+    layout: Layout
+    report: CleaningReport
+
+
+def load_candles(
+    path: str | Path,
+    *,
+    symbol: str | None = None,
+    timeframe: str | None = None,
+    layout: str = "auto",
+    max_damage: float = 0.05,
+) -> pd.DataFrame:
+    """Read a CSV or Parquet candle file into a cleaned candle frame (see ``frame``).
+
+    ``symbol`` names the market when the file has no symbol column, or selects one when it has
+    several; ``timeframe`` is inferred from the median spacing when not given, and checked
+    against the data when given. See ``load_candles_with_report`` for the cleaning report.
+    """
+    return load_candles_with_report(
+        path, symbol=symbol, timeframe=timeframe, layout=layout, max_damage=max_damage
+    ).frame
+
+
+def load_candles_with_report(
+    path: str | Path,
+    *,
+    symbol: str | None = None,
+    timeframe: str | None = None,
+    layout: str = "auto",
+    max_damage: float = 0.05,
+) -> LoadedCandles:
+    """``load_candles`` that also returns the timeframe, the layout and the cleaning report."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"candle file {file} does not exist")
+    table, found = _read_table(file, _check_layout(layout))
+    raw = _PARSERS[found](table, str(file))
+    raw = _apply_symbol(raw, symbol, file, found)
+    named_tf = _timeframe_from_name(file) if found == "binance" else None
+    actual = infer_frame_timeframe(raw, where=str(file)) if len(raw) > 1 else named_tf
+    chosen = timeframe or actual
+    if chosen is None:
+        raise ValueError(f"{file}: a single candle has no spacing; pass timeframe= explicitly")
+    if chosen not in TIMEFRAME_MS:
+        raise ValueError(f"unknown timeframe {chosen!r}; use one of {', '.join(TIMEFRAME_MS)}")
+    if actual is not None and chosen != actual:
+        raise ValueError(
+            f"{file}: holds {actual} candles (median spacing), not {chosen}; load it as {actual} "
+            f"and convert with kubetrade.market.resample(frame, {chosen!r})"
+        )
+    cleaned, report = clean_candles(raw, chosen, source=str(file), max_damage=max_damage)
+    return LoadedCandles(frame=cleaned, timeframe=chosen, layout=found, report=report)
+
+
+def _check_layout(layout: str) -> Layout | None:
+    """None for "auto", else the named layout; unknown names are refused."""
+    if layout == "auto":
+        return None
+    if layout in _LAYOUT_NAMES:
+        return _LAYOUT_NAMES[layout]
+    raise ValueError(f"unknown layout {layout!r}; use 'auto' or one of {', '.join(LAYOUTS)}")
+
+
+def detect_layout(path: str | Path) -> Layout:
+    """The layout of a candle file, from its header or, without one, its column count."""
+    return _read_table(Path(path), None)[1]
+
+
+def _read_table(file: Path, layout: Layout | None) -> tuple[pd.DataFrame, Layout]:
+    """The file as a table with lower-case column names, and its layout."""
+    suffix = file.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        table = pd.read_parquet(file)
+        table.columns = [str(c).strip().lower() for c in table.columns]
+        found = layout or _layout_from_columns(list(table.columns), file)
+        if found == "binance" and "open_time" not in table.columns:
+            table = _name_positional(table, BINANCE_COLUMNS, file)
+        if found == "ccxt" and "timestamp" not in table.columns:
+            table = _name_positional(table, CCXT_COLUMNS, file)
+        return table, found
+    if suffix not in (".csv", ".txt"):
+        raise ValueError(f"{file}: unsupported file type {suffix!r}; use .csv or .parquet")
+    return _read_csv(file, layout)
+
+
+def _read_csv(file: Path, layout: Layout | None) -> tuple[pd.DataFrame, Layout]:
+    with file.open(encoding="utf-8-sig") as handle:
+        head = [line.strip() for line, _ in zip(handle, range(2), strict=False)]
+    if not head or not head[0]:
+        raise ValueError(f"{file}: the file is empty")
+    header_row = next((i for i, line in enumerate(head) if _is_header(line)), None)
+    if header_row is not None:
+        table = pd.read_csv(file, skiprows=header_row, encoding="utf-8-sig")
+        table.columns = [str(c).strip().lower() for c in table.columns]
+        return table, layout or _layout_from_columns(list(table.columns), file)
+    fields = head[0].split(",")
+    if layout is None:
+        if len(fields) == len(CCXT_COLUMNS):
+            layout = "ccxt"
+        elif len(fields) in (len(BINANCE_COLUMNS), len(BINANCE_COLUMNS) - 1):
+            layout = "binance"
+        else:
+            raise ValueError(
+                f"{file}: no header and {len(fields)} columns; expected 6 (ccxt OHLCV) or 12 "
+                "(Binance klines); pass layout= or add a header"
+            )
+    names = {"ccxt": CCXT_COLUMNS, "binance": BINANCE_COLUMNS}.get(layout)
+    if names is None:
+        raise ValueError(f"{file}: the {layout} layout needs its header line, found none")
+    table = pd.read_csv(file, header=None, encoding="utf-8-sig")
+    return _name_positional(table, names, file), layout
+
+
+def _is_header(line: str) -> bool:
+    fields = {f.strip().strip('"').lower() for f in line.split(",")}
+    return {"open", "close"} <= fields
+
+
+def _layout_from_columns(columns: list[str], file: Path) -> Layout:
+    names = set(columns)
+    if ("date" in names or "unix" in names) and "symbol" in names:
+        return "cryptodatadownload"
+    if "timestamp" in names:
+        return "ccxt"
+    if "open_time" in names or "open time" in names:
+        return "binance"
+    if columns and all(c.isdigit() for c in columns):
+        return "ccxt" if len(columns) == len(CCXT_COLUMNS) else "binance"
+    raise ValueError(
+        f"{file}: cannot tell the layout from columns {columns}; expected a Binance kline, ccxt "
+        "OHLCV or CryptoDataDownload header, or pass layout="
+    )
+
+
+def _name_positional(table: pd.DataFrame, names: tuple[str, ...], file: Path) -> pd.DataFrame:
+    if table.shape[1] < len(CCXT_COLUMNS):
+        raise ValueError(f"{file}: {table.shape[1]} columns, need at least 6 (time and OHLCV)")
+    renamed = table.iloc[:, : min(len(names), table.shape[1])].copy()
+    renamed.columns = list(names[: renamed.shape[1]])
+    return renamed
+
+
+def _numeric(table: pd.DataFrame, column: str, file: str) -> pd.Series:
+    """A column as float64; text that is not a number is refused with its row."""
+    values = pd.to_numeric(table[column], errors="coerce")
+    bad = values.isna() & table[column].notna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(
+            f"{file}: column {column!r} row {row} holds {table[column].iloc[row]!r}, not a number"
+        )
+    return values.astype(np.float64)
+
+
+def _frame(table: pd.DataFrame, times: np.ndarray, volume: str, file: str) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "open_time": times,
+            **{c: _numeric(table, c, file).to_numpy() for c in PRICE_COLUMNS},
+            "volume": _numeric(table, volume, file).to_numpy(),
+            "symbol": table["symbol"].astype(str).map(normalize_symbol).to_numpy()
+            if "symbol" in table.columns
+            else "",
+        }
+    ).loc[:, list(CANDLE_COLUMNS)]
+
+
+def _parse_binance(table: pd.DataFrame, file: str) -> pd.DataFrame:
+    time_column = "open_time" if "open_time" in table.columns else "open time"
+    times = to_epoch_ms(_numeric(table, time_column, file), where=f"{file} [{time_column}]")
+    return _frame(table, times, "volume", file)
+
+
+def _parse_ccxt(table: pd.DataFrame, file: str) -> pd.DataFrame:
+    times = to_epoch_ms(_numeric(table, "timestamp", file), where=f"{file} [timestamp]")
+    return _frame(table, times, "volume", file)
+
+
+def _parse_cryptodatadownload(table: pd.DataFrame, file: str) -> pd.DataFrame:
+    if "unix" in table.columns:
+        times = to_epoch_ms(_numeric(table, "unix", file), where=f"{file} [unix]")
+    else:
+        times = _parse_dates(table["date"].astype(str), file)
+    symbols = table["symbol"].astype(str).unique().tolist()
+    bases = {base_currency(s) for s in symbols}
+    if len(bases) != 1:
+        raise ValueError(f"{file}: expected one market, found symbols {symbols}")
+    volume = _base_volume_column(list(table.columns), bases.pop(), file)
+    # Vendor files list the newest candle first; restore time order so that only genuinely
+    # misplaced rows are reported as unsorted by the cleaner.
+    return _frame(table, times, volume, file).iloc[::-1].reset_index(drop=True)
+
+
+def _parse_dates(dates: pd.Series, file: str) -> npt.NDArray[np.int64]:
+    for fmt in _CDD_DATE_FORMATS:
+        parsed = pd.to_datetime(dates, format=fmt, utc=True, errors="coerce")
+        if not parsed.isna().any():
+            # pandas picks the datetime resolution from the input; fix it to ms explicitly.
+            millis: npt.NDArray[np.int64] = (
+                parsed.dt.as_unit("ms").astype("int64").to_numpy(dtype=np.int64)
+            )
+            return millis
+    raise ValueError(
+        f"{file}: dates such as {dates.iloc[0]!r} match none of the formats "
+        f"{list(_CDD_DATE_FORMATS)}; convert the file or use a unix column"
+    )
+
+
+def _base_volume_column(columns: list[str], base: str, file: str) -> str:
+    """The volume column in the base currency: ``volume_btc`` / ``volume btc`` for BTC/..."""
+    wanted = {f"volume_{base.lower()}", f"volume {base.lower()}"}
+    for column in columns:
+        if column in wanted:
+            return column
+    volumes = [c for c in columns if c.startswith("volume")]
+    raise ValueError(
+        f"{file}: no base-currency volume column for {base} among {volumes}; expected one of "
+        f"{sorted(wanted)}"
+    )
+
+
+_PARSERS = {
+    "binance": _parse_binance,
+    "ccxt": _parse_ccxt,
+    "cryptodatadownload": _parse_cryptodatadownload,
+}
+
+
+def _apply_symbol(
+    raw: pd.DataFrame, symbol: str | None, file: Path, layout: Layout
+) -> pd.DataFrame:
+    """Name the market (argument, then file name) or select it from a multi-symbol file."""
+    present = sorted(s for s in raw["symbol"].unique().tolist() if s)
+    if not present:
+        name = symbol or (_symbol_from_name(file) if layout == "binance" else None)
+        if name is None:
+            raise ValueError(f"{file}: the file has no symbol column; pass symbol='BASE/QUOTE'")
+        return raw.assign(symbol=normalize_symbol(name))
+    if symbol is None:
+        return raw
+    wanted = normalize_symbol(symbol)
+    if wanted not in present:
+        raise ValueError(f"{file}: holds {present}, not {wanted}")
+    return raw.loc[raw["symbol"] == wanted].reset_index(drop=True)
+
+
+def _symbol_from_name(file: Path) -> str | None:
+    match = _BINANCE_NAME.match(file.name)
+    return match.group(1) if match else None
+
+
+def _timeframe_from_name(file: Path) -> str | None:
+    match = _BINANCE_NAME.match(file.name)
+    return match.group(2) if match and match.group(2) in TIMEFRAME_MS else None
