@@ -1,0 +1,46 @@
+"""Average True Range with Wilder's smoothing, one candle at a time.
+
+True range is ``max(high - low, |high - previous close|, |low - previous close|)``; the first
+candle has no previous close, so its true range is ``high - low``. The first ATR is the simple
+mean of the first ``period`` true ranges; after that ``ATR = (ATR * (period - 1) + TR) / period``.
+The ATR is ready once ``period`` candles have been seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from kubetrade.domain import Candle
+
+
+@dataclass(frozen=True, slots=True)
+class AtrState:
+    """Running ATR of one symbol; ``value`` is None while warming up."""
+
+    period: int
+    count: int = 0
+    warmup_sum: float = 0.0
+    value: float | None = None
+    previous_close: float | None = None
+
+
+def true_range(candle: Candle, previous_close: float | None) -> float:
+    """The candle's true range given the previous candle's close (None for the first)."""
+    span = candle.high - candle.low
+    if previous_close is None:
+        return span
+    return max(span, abs(candle.high - previous_close), abs(candle.low - previous_close))
+
+
+def update_atr(state: AtrState, candle: Candle) -> AtrState:
+    """The ATR state after ``candle``."""
+    tr = true_range(candle, state.previous_close)
+    count = state.count + 1
+    if state.value is not None:
+        value: float | None = (state.value * (state.period - 1) + tr) / state.period
+        return replace(state, count=count, value=value, previous_close=candle.close)
+    warmup_sum = state.warmup_sum + tr
+    value = warmup_sum / state.period if count >= state.period else None
+    return replace(
+        state, count=count, warmup_sum=warmup_sum, value=value, previous_close=candle.close
+    )

@@ -1,0 +1,147 @@
+"""Circuit breakers and entry throttles: when new entries are not allowed.
+
+Breakers (each blocks new entries while tripped; exits keep running):
+
+- ``daily_loss``: equity has fallen ``maxDailyLossPct`` or more below the equity at the start of
+  the UTC day. A candle belongs to the UTC day of its open time; the day's starting equity is the
+  account equity when the first candle of that day arrives (marked at the previous closes). It
+  clears by itself when the next day starts, or if equity recovers above the limit.
+- ``drawdown``: equity is ``maxDrawdownPct`` or more below its peak. The peak is the highest
+  equity point (one per candle time, see ``engine``). It clears if equity recovers, or on
+  ``reset``, which re-bases the peak to current equity.
+- ``consecutive_losses``: ``maxConsecutiveLosses`` losing round trips in a row (net of fees;
+  a round trip with net PnL >= 0 ends the streak). Entries stay blocked for
+  ``consecutiveLossCooldown`` from the fill that completed the streak; the streak then starts
+  again from zero.
+
+Throttles (a rejection, not a breaker state):
+
+- ``min_seconds_between_trades``: seconds since the previous entry decision.
+- ``max_trades_per_day``: entry decisions in the current UTC day.
+
+Breakers are evaluated after every candle is marked to market, so a trip or a clear is reported
+on the candle where it happens, whether or not a signal asked for an entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from kubetrade.spec import BreakerSpec, parse_duration
+from kubetrade.trading.outputs import Rejection
+from kubetrade.trading.summary import iso_time
+
+DAY_MS = 86_400_000
+
+
+class Breaker(StrEnum):
+    """Names of the circuit breakers."""
+
+    DAILY_LOSS = "daily_loss"
+    DRAWDOWN = "drawdown"
+    CONSECUTIVE_LOSSES = "consecutive_losses"
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerState:
+    """Everything the breakers and throttles remember. ``tripped`` maps breaker to message."""
+
+    peak_equity: float
+    day_start_equity: float
+    day: int | None = None
+    loss_streak: int = 0
+    cooldown_until: int | None = None
+    entries_today: int = 0
+    last_entry_time: int | None = None
+    tripped: dict[str, str] = field(default_factory=dict)
+
+
+def utc_day(time_ms: int) -> int:
+    """Days since the epoch of a UTC instant in ms."""
+    return time_ms // DAY_MS
+
+
+def start_day(state: BreakerState, day: int, equity: float) -> BreakerState:
+    """Roll forward to ``day`` if it is later: record its starting equity, zero its entries."""
+    if state.day is not None and day <= state.day:
+        return state
+    return replace(state, day=day, day_start_equity=equity, entries_today=0)
+
+
+def observe_equity_point(state: BreakerState, equity: float) -> BreakerState:
+    """Raise the peak when an equity point exceeds it."""
+    return replace(state, peak_equity=max(state.peak_equity, equity))
+
+
+def evaluate(spec: BreakerSpec, state: BreakerState, equity: float, now: int) -> dict[str, str]:
+    """Breakers tripped at ``equity`` and time ``now`` (ms), each with a message."""
+    tripped: dict[str, str] = {}
+    if spec.max_daily_loss_pct is not None and state.day_start_equity > 0:
+        loss = (state.day_start_equity - equity) / state.day_start_equity * 100
+        if loss >= spec.max_daily_loss_pct:
+            tripped[Breaker.DAILY_LOSS.value] = (
+                f"daily loss {loss:.2f}% >= maxDailyLossPct {spec.max_daily_loss_pct:g}% "
+                f"(day started at equity {state.day_start_equity:.2f})"
+            )
+    if spec.max_drawdown_pct is not None and state.peak_equity > 0:
+        drawdown = (state.peak_equity - equity) / state.peak_equity * 100
+        if drawdown >= spec.max_drawdown_pct:
+            tripped[Breaker.DRAWDOWN.value] = (
+                f"drawdown {drawdown:.2f}% >= maxDrawdownPct {spec.max_drawdown_pct:g}% "
+                f"(peak equity {state.peak_equity:.2f}); reset to re-base the peak"
+            )
+    if state.cooldown_until is not None and now < state.cooldown_until:
+        tripped[Breaker.CONSECUTIVE_LOSSES.value] = (
+            f"{spec.max_consecutive_losses} consecutive losing trades: entries paused for "
+            f"{spec.consecutive_loss_cooldown}, until {iso_time(state.cooldown_until)}"
+        )
+    return tripped
+
+
+def record_round_trip(
+    spec: BreakerSpec, state: BreakerState, net_pnl: float, time: int
+) -> BreakerState:
+    """Count a closed round trip into the loss streak; start the cooldown when it is reached."""
+    if net_pnl >= 0:
+        return replace(state, loss_streak=0)
+    streak = state.loss_streak + 1
+    if spec.max_consecutive_losses is not None and streak >= spec.max_consecutive_losses:
+        cooldown_ms = parse_duration(spec.consecutive_loss_cooldown) * 1000
+        return replace(state, loss_streak=0, cooldown_until=time + cooldown_ms)
+    return replace(state, loss_streak=streak)
+
+
+def entry_throttle(spec: BreakerSpec, state: BreakerState, now: int) -> Rejection | None:
+    """Why an entry at ``now`` (ms) is too soon or one too many today, or None."""
+    minimum = spec.min_seconds_between_trades
+    if minimum and state.last_entry_time is not None:
+        elapsed = (now - state.last_entry_time) / 1000
+        if elapsed < minimum:
+            return Rejection(
+                "min_seconds_between_trades",
+                f"{elapsed:g}s since the last entry < minSecondsBetweenTrades {minimum}s",
+            )
+    if spec.max_trades_per_day is not None and state.entries_today >= spec.max_trades_per_day:
+        return Rejection(
+            "max_trades_per_day",
+            f"{state.entries_today} entries today >= maxTradesPerDay {spec.max_trades_per_day}",
+        )
+    return None
+
+
+def record_entry(state: BreakerState, now: int) -> BreakerState:
+    """Count an entry decision at ``now`` (ms) for the throttles."""
+    return replace(state, entries_today=state.entries_today + 1, last_entry_time=now)
+
+
+def rebase(state: BreakerState, equity: float) -> BreakerState:
+    """What ``reset`` does: clear the streak and cooldown, re-base peak and day to ``equity``."""
+    return replace(
+        state,
+        peak_equity=equity,
+        day_start_equity=equity,
+        loss_streak=0,
+        cooldown_until=None,
+        tripped={},
+    )

@@ -1,0 +1,699 @@
+"""The trading engine: one deterministic core for backtests and live paper trading.
+
+The engine is plain Python with no I/O and no wall clock: time is the candle's time. Fed the same
+events (and control commands between the same events), it produces the same orders, fills,
+equity points and notices, whether a backtest or the executor worker drives it. A snapshot taken
+at any point and restored continues exactly as the original would have.
+
+Events are closed candles, per symbol in time order, and within one candle time in the order of
+``spec.symbols``. On a candle of symbol ``s`` (``t_open``, ``t_close``):
+
+1. **Clock.** If the candle starts a later candle time while the previous time's equity point is
+   still owed (a symbol skipped that time), that point is emitted first. A candle of a new UTC day
+   (by open time) rolls the day: daily-loss base and daily entry count (see ``breakers``).
+2. **Pending orders.** ``s``'s market orders, created at an earlier close, fill at this candle's
+   open with slippage and fees (see ``broker``), stamped ``t_open``. An order therefore never
+   fills on the candle whose close created it. An entry is reduced to what buying power can pay
+   at the fill price (notice ``entry_reduced``) or cancelled if nothing is affordable.
+3. **Protective exits** on this candle's range: stop-loss, trailing stop, take-profit (see
+   ``exits``), filled and stamped ``t_open`` (the instant inside the candle is unknown). Then the
+   trail follows the candle's extreme, and a time exit due at ``t_close`` becomes a market order
+   for the next open.
+4. **Mark** ``s`` at the close; update its ATR; evaluate the breakers (trip/clear notices).
+5. **Strategy** (see ``strategy``) on the prediction, if any: an exit signal becomes a market
+   order for the next open; an entry signal passes the gates in this order: paused, kill-switch
+   halt, tripped breakers, ``minSecondsBetweenTrades``, ``maxTradesPerDay``, ATR warm-up (when a
+   stop-loss is configured), then sizing (see ``sizing``). Each refusal is an ``entry_rejected``
+   notice. A symbol with an order already waiting (e.g. a time exit) takes no new decision, and
+   a position is only opened from flat.
+6. **Equity.** After the last symbol of ``spec.symbols`` at this candle time, one EquityPoint
+   for the time (``time = t_close``), marked at each symbol's latest close; drawdown is from the
+   running peak of these points. A candle that arrives late for a time already emitted still
+   trades; its effect shows in the next point. ``flush()`` emits a point still owed at the end
+   of a stream.
+
+A candle whose open time is not after the symbol's previous one (a redelivery) is ignored with an
+``event_ignored`` notice. A candle for a symbol or timeframe the bot does not trade, or with
+impossible prices, raises :class:`EventError` before any state changes.
+
+Control commands (see ``control``) act between events; notices they raise are stamped with the
+latest event time. Flattening orders fill at each symbol's next open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from kubetrade.domain import (
+    Candle,
+    EquityPoint,
+    Fill,
+    MarketEvent,
+    Order,
+    OrderReason,
+    Prediction,
+    timeframe_ms,
+)
+from kubetrade.spec import TradingBot
+from kubetrade.trading.atr import AtrState, update_atr
+from kubetrade.trading.breakers import (
+    BreakerState,
+    entry_throttle,
+    evaluate,
+    observe_equity_point,
+    rebase,
+    record_entry,
+    record_round_trip,
+    start_day,
+    utc_day,
+)
+from kubetrade.trading.broker import PaperBroker
+from kubetrade.trading.control import ControlAction, ControlCommand
+from kubetrade.trading.exits import (
+    advance_trailing,
+    intrabar_exit,
+    protective_levels,
+    stop_distance,
+    time_exit_due,
+)
+from kubetrade.trading.orders import (
+    PendingOrder,
+    client_order_id,
+    entry_side,
+    exit_side,
+)
+from kubetrade.trading.outputs import EngineOutput, Notice, NoticeKind, Rejection
+from kubetrade.trading.portfolio import Portfolio, Position
+from kubetrade.trading.quantity import round_quantity
+from kubetrade.trading.sizing import Sized, SizingRequest, size_entry
+from kubetrade.trading.state import (
+    SNAPSHOT_VERSION,
+    SnapshotError,
+    atr_from,
+    breakers_from,
+    load,
+    pending_from,
+    position_from,
+    to_plain,
+)
+from kubetrade.trading.strategy import Intent, PositionSide, decide
+from kubetrade.trading.summary import TradingSummary
+
+
+class EventError(ValueError):
+    """An event the engine cannot accept (wrong symbol, timeframe or prices)."""
+
+
+class TradingEngine:
+    """Strategy, risk, portfolio and paper broker of one bot, driven by market events."""
+
+    def __init__(self, bot: TradingBot) -> None:
+        """A fresh engine: initial capital in cash, no positions, ``spec.paused`` as given."""
+        spec = bot.spec
+        self._bot = bot
+        self._name = bot.metadata.name
+        self._symbols = tuple(spec.symbols)
+        self._timeframe_ms = timeframe_ms(spec.timeframe)
+        self._broker = PaperBroker.from_spec(spec.execution)
+        capital = spec.execution.initial_capital
+        self._portfolio = Portfolio(cash=capital)
+        self._pending: dict[str, PendingOrder] = {}
+        self._atr: dict[str, AtrState] = {}
+        self._last_open: dict[str, int] = {}
+        self._breakers = BreakerState(peak_equity=capital, day_start_equity=capital)
+        self._paused = spec.paused
+        self._kill_reason: str | None = None
+        self._bucket: int | None = None
+        self._bucket_emitted = False
+        self._last_event_time: int | None = None
+        self._last_signal_time: int | None = None
+
+    # -- events -------------------------------------------------------------------------------
+
+    def on_event(self, event: MarketEvent) -> EngineOutput:
+        """Process one closed candle and its prediction (None while the model warms up)."""
+        candle = event.candle
+        self._validate(candle)
+        out = EngineOutput()
+        previous = self._last_open.get(candle.symbol)
+        if previous is not None and candle.open_time <= previous:
+            out.notices.append(
+                Notice(
+                    NoticeKind.EVENT_IGNORED,
+                    candle.close_time,
+                    "stale_candle",
+                    f"{candle.key}: a candle opening at {previous} was already processed; "
+                    "redelivered or out-of-order candles are ignored",
+                    symbol=candle.symbol,
+                )
+            )
+            return out
+        self._advance_clock(candle, out)
+        self._portfolio.mark(candle.symbol, candle.open)
+        self._fill_pending(candle, out)
+        self._protective_exits(candle, out)
+        self._portfolio.mark(candle.symbol, candle.close)
+        self._update_atr(candle)
+        self._last_open[candle.symbol] = candle.open_time
+        self._last_event_time = max(self._last_event_time or 0, candle.close_time)
+        if event.prediction is not None:
+            self._last_signal_time = candle.close_time
+        self._update_breakers(candle.close_time, out)
+        if event.prediction is not None:
+            self._act_on_signal(candle, event.prediction, out)
+        if (
+            candle.symbol == self._symbols[-1]
+            and candle.open_time == self._bucket
+            and not self._bucket_emitted
+        ):
+            self._emit_equity(candle.open_time, out)
+        return out
+
+    def flush(self) -> EngineOutput:
+        """Emit the equity point still owed for the latest candle time, if any (end of stream)."""
+        out = EngineOutput()
+        if self._bucket is not None and not self._bucket_emitted:
+            self._emit_equity(self._bucket, out)
+        return out
+
+    def _validate(self, candle: Candle) -> None:
+        if candle.symbol not in self._symbols:
+            raise EventError(
+                f"{candle.key}: bot {self._name} trades {', '.join(self._symbols)}, "
+                f"not {candle.symbol}; route only the bot's symbols to its engine"
+            )
+        if candle.timeframe != self._bot.spec.timeframe:
+            raise EventError(
+                f"{candle.key}: bot {self._name} trades {self._bot.spec.timeframe} candles, "
+                f"not {candle.timeframe}"
+            )
+        if (
+            not 0
+            < candle.low
+            <= min(candle.open, candle.close)
+            <= max(candle.open, candle.close)
+            <= candle.high
+        ):
+            raise EventError(
+                f"{candle.key}: impossible prices open={candle.open} high={candle.high} "
+                f"low={candle.low} close={candle.close}; expected 0 < low <= open, close <= high"
+            )
+
+    def _advance_clock(self, candle: Candle, out: EngineOutput) -> None:
+        if self._bucket is None or candle.open_time > self._bucket:
+            if self._bucket is not None and not self._bucket_emitted:
+                self._emit_equity(self._bucket, out)
+            self._bucket, self._bucket_emitted = candle.open_time, False
+        self._breakers = start_day(
+            self._breakers, utc_day(candle.open_time), self._portfolio.equity()
+        )
+
+    def _update_atr(self, candle: Candle) -> None:
+        stop_loss = self._bot.spec.risk.stop_loss
+        if stop_loss is None:
+            return
+        state = self._atr.get(candle.symbol, AtrState(period=stop_loss.atr_period))
+        self._atr[candle.symbol] = update_atr(state, candle)
+
+    # -- fills --------------------------------------------------------------------------------
+
+    def _fill_pending(self, candle: Candle, out: EngineOutput) -> None:
+        pending = self._pending.pop(candle.symbol, None)
+        if pending is None:
+            return
+        if pending.is_entry:
+            self._fill_entry(pending, candle, out)
+        else:
+            self._fill_exit(pending.order, candle.open, False, candle.open_time, out)
+
+    def _fill_entry(self, pending: PendingOrder, candle: Candle, out: EngineOutput) -> None:
+        order = pending.order
+        price = self._broker.slipped(order.side, candle.open)
+        buying_power = self._portfolio.buying_power(self._reserved())
+        affordable = round_quantity(buying_power / (price * (1 + self._broker.fee_rate)))
+        quantity = min(order.quantity, affordable)
+        if quantity <= 0:
+            out.notices.append(
+                Notice(
+                    NoticeKind.ORDER_CANCELLED,
+                    candle.open_time,
+                    "no_buying_power",
+                    f"{order.client_order_id}: buying power {buying_power:.2f} cannot pay for "
+                    f"any quantity at {price:.8g}; entry cancelled",
+                    symbol=order.symbol,
+                    client_order_id=order.client_order_id,
+                )
+            )
+            return
+        if quantity < order.quantity:
+            out.notices.append(
+                Notice(
+                    NoticeKind.ENTRY_REDUCED,
+                    candle.open_time,
+                    "buying_power",
+                    f"{order.client_order_id}: quantity reduced from {order.quantity:.8f} to "
+                    f"{quantity:.8f}, what buying power {buying_power:.2f} pays at {price:.8g}",
+                    symbol=order.symbol,
+                    client_order_id=order.client_order_id,
+                )
+            )
+        fee = self._broker.fee(quantity, price)
+        side = PositionSide.LONG if order.reason is OrderReason.ENTRY_LONG else PositionSide.SHORT
+        levels = protective_levels(self._bot.spec.risk, side, price, pending.stop_distance)
+        realized = self._portfolio.open(
+            Position(
+                symbol=order.symbol,
+                side=side,
+                quantity=quantity,
+                entry_price=price,
+                entry_time=candle.open_time,
+                entry_fee=fee,
+                entry_order_id=order.client_order_id,
+                stop_price=levels.stop_price,
+                take_profit_price=levels.take_profit_price,
+                best_price=price,
+            )
+        )
+        out.fills.append(
+            Fill(
+                client_order_id=order.client_order_id,
+                symbol=order.symbol,
+                side=order.side,
+                quantity=quantity,
+                price=price,
+                fee=fee,
+                time=candle.open_time,
+                reason=order.reason,
+                realized_pnl=realized,
+            )
+        )
+
+    def _fill_exit(
+        self, order: Order, base_price: float, is_limit: bool, time: int, out: EngineOutput
+    ) -> None:
+        execution = (
+            self._broker.limit(order.quantity, base_price)
+            if is_limit
+            else self._broker.market(order.side, order.quantity, base_price)
+        )
+        closed = self._portfolio.close(order.symbol, execution.price, execution.fee)
+        self._breakers = record_round_trip(
+            self._bot.spec.risk.breakers, self._breakers, closed.net_pnl, time
+        )
+        out.fills.append(
+            Fill(
+                client_order_id=order.client_order_id,
+                symbol=order.symbol,
+                side=order.side,
+                quantity=order.quantity,
+                price=execution.price,
+                fee=execution.fee,
+                time=time,
+                reason=order.reason,
+                realized_pnl=closed.fill_realized_pnl,
+            )
+        )
+
+    def _reserved(self) -> float:
+        total = 0.0
+        for symbol in sorted(self._pending):
+            total += self._pending[symbol].reserved
+        return total
+
+    # -- exits --------------------------------------------------------------------------------
+
+    def _protective_exits(self, candle: Candle, out: EngineOutput) -> None:
+        position = self._portfolio.positions.get(candle.symbol)
+        if position is None:
+            return
+        risk = self._bot.spec.risk
+        hit = intrabar_exit(position, candle, risk.trailing_stop)
+        if hit is not None:
+            order = self._order(
+                symbol=candle.symbol,
+                candle_open_time=candle.open_time,
+                reason=hit.reason,
+                position=position,
+                created_at=candle.open_time,
+                reference_price=hit.price,
+            )
+            out.orders.append(order)
+            self._fill_exit(order, hit.price, hit.is_limit, candle.open_time, out)
+            return
+        position.best_price, position.trailing_armed = advance_trailing(
+            position, candle, risk.trailing_stop
+        )
+        if time_exit_due(position, candle.close_time, risk.max_holding_seconds):
+            self._queue_exit(candle, OrderReason.TIME_EXIT, position, out)
+
+    def _order(
+        self,
+        *,
+        symbol: str,
+        candle_open_time: int,
+        reason: OrderReason,
+        position: Position,
+        created_at: int,
+        reference_price: float,
+    ) -> Order:
+        return Order(
+            client_order_id=client_order_id(self._name, symbol, candle_open_time, reason),
+            symbol=symbol,
+            side=exit_side(position.side),
+            quantity=position.quantity,
+            reason=reason,
+            created_at=created_at,
+            reference_price=reference_price,
+        )
+
+    def _queue_exit(
+        self, candle: Candle, reason: OrderReason, position: Position, out: EngineOutput
+    ) -> None:
+        order = self._order(
+            symbol=candle.symbol,
+            candle_open_time=candle.open_time,
+            reason=reason,
+            position=position,
+            created_at=candle.close_time,
+            reference_price=candle.close,
+        )
+        self._pending[candle.symbol] = PendingOrder(order)
+        out.orders.append(order)
+
+    # -- risk and strategy --------------------------------------------------------------------
+
+    def _update_breakers(self, now: int, out: EngineOutput) -> None:
+        previous = self._breakers.tripped
+        tripped = evaluate(
+            self._bot.spec.risk.breakers, self._breakers, self._portfolio.equity(), now
+        )
+        for name, message in tripped.items():
+            if name not in previous:
+                out.notices.append(Notice(NoticeKind.BREAKER_TRIPPED, now, name, message))
+        for name in previous:
+            if name not in tripped:
+                out.notices.append(
+                    Notice(NoticeKind.BREAKER_CLEARED, now, name, f"{name} breaker cleared")
+                )
+        self._breakers = replace(self._breakers, tripped=tripped)
+
+    def _act_on_signal(self, candle: Candle, prediction: Prediction, out: EngineOutput) -> None:
+        symbol = candle.symbol
+        if symbol in self._pending:
+            return
+        position = self._portfolio.positions.get(symbol)
+        intent = decide(
+            self._bot.spec.strategy, prediction, None if position is None else position.side
+        )
+        if intent is Intent.HOLD:
+            return
+        if position is not None:
+            self._queue_exit(candle, OrderReason.EXIT_SIGNAL, position, out)
+            return
+        side = PositionSide.LONG if intent is Intent.ENTER_LONG else PositionSide.SHORT
+        reason = OrderReason.ENTRY_LONG if side is PositionSide.LONG else OrderReason.ENTRY_SHORT
+        order_id = client_order_id(self._name, symbol, candle.open_time, reason)
+        atr = self._atr.get(symbol)
+        distance = stop_distance(self._bot.spec.risk, None if atr is None else atr.value)
+        verdict: Sized | Rejection | None = self._entry_gate(candle, distance)
+        if verdict is None:
+            verdict = size_entry(
+                self._bot.spec.risk.sizing,
+                SizingRequest(
+                    side=side,
+                    prob_up=prediction.prob_up,
+                    price=candle.close,
+                    equity=self._portfolio.equity(),
+                    buying_power=self._portfolio.buying_power(self._reserved()),
+                    stop_distance=distance,
+                    cost_factor=self._broker.cost_factor(),
+                ),
+            )
+        if isinstance(verdict, Rejection):
+            out.notices.append(
+                Notice(
+                    NoticeKind.ENTRY_REJECTED,
+                    candle.close_time,
+                    verdict.code,
+                    f"{order_id}: {verdict.message}",
+                    symbol=symbol,
+                    client_order_id=order_id,
+                )
+            )
+            return
+        order = Order(
+            client_order_id=order_id,
+            symbol=symbol,
+            side=entry_side(side),
+            quantity=verdict.quantity,
+            reason=reason,
+            created_at=candle.close_time,
+            reference_price=candle.close,
+        )
+        reserved = verdict.quantity * candle.close * self._broker.cost_factor()
+        self._pending[symbol] = PendingOrder(order, reserved=reserved, stop_distance=distance)
+        self._breakers = record_entry(self._breakers, candle.close_time)
+        out.orders.append(order)
+
+    def _entry_gate(self, candle: Candle, distance: float | None) -> Rejection | None:
+        if self._paused:
+            return Rejection("paused", "the bot is paused: no new entries until resume")
+        if self._kill_reason is not None:
+            return Rejection(
+                "halted", f"kill switch engaged ({self._kill_reason}): reset to trade again"
+            )
+        if self._breakers.tripped:
+            code = next(iter(self._breakers.tripped))
+            return Rejection(code, "; ".join(self._breakers.tripped.values()))
+        throttle = entry_throttle(self._bot.spec.risk.breakers, self._breakers, candle.close_time)
+        if throttle is not None:
+            return throttle
+        stop_loss = self._bot.spec.risk.stop_loss
+        if stop_loss is not None and distance is None:
+            seen = self._atr[candle.symbol].count
+            return Rejection(
+                "atr_warming_up",
+                f"the stop needs ATR({stop_loss.atr_period}): {seen} of "
+                f"{stop_loss.atr_period} candles seen",
+            )
+        return None
+
+    # -- equity -------------------------------------------------------------------------------
+
+    def _emit_equity(self, bucket: int, out: EngineOutput) -> None:
+        portfolio = self._portfolio
+        equity = portfolio.equity()
+        self._breakers = observe_equity_point(self._breakers, equity)
+        peak = self._breakers.peak_equity
+        out.equity.append(
+            EquityPoint(
+                time=bucket + self._timeframe_ms,
+                equity=equity,
+                cash=portfolio.cash,
+                realized_pnl=portfolio.realized_pnl,
+                unrealized_pnl=portfolio.unrealized_pnl(),
+                open_positions=len(portfolio.positions),
+                drawdown_pct=(peak - equity) / peak * 100 if peak > 0 else 0.0,
+            )
+        )
+        self._bucket_emitted = True
+
+    # -- control ------------------------------------------------------------------------------
+
+    def control(self, command: ControlCommand) -> EngineOutput:
+        """Apply an operator command (see ``kubetrade.trading.control`` for the semantics)."""
+        out = EngineOutput()
+        now = self._last_event_time or 0
+        reason = command.reason
+        if command.action is ControlAction.PAUSE:
+            if not self._paused:
+                self._paused = True
+                self._cancel_pending_entries(now, "paused", out)
+                out.notices.append(
+                    Notice(NoticeKind.PAUSED, now, "paused", reason or "paused by operator")
+                )
+        elif command.action is ControlAction.RESUME:
+            if self._paused:
+                self._paused = False
+                out.notices.append(
+                    Notice(NoticeKind.RESUMED, now, "resumed", reason or "resumed by operator")
+                )
+        elif command.action is ControlAction.KILL:
+            self._kill(now, reason or "kill switch", out)
+        else:
+            self._reset(now, reason, out)
+        return out
+
+    def _kill(self, now: int, reason: str, out: EngineOutput) -> None:
+        self._cancel_pending_entries(now, "halted", out)
+        for symbol in sorted(self._portfolio.positions):
+            if symbol in self._pending:
+                continue
+            position = self._portfolio.positions[symbol]
+            candle_open = self._last_open[symbol]
+            order = self._order(
+                symbol=symbol,
+                candle_open_time=candle_open,
+                reason=OrderReason.FLATTEN,
+                position=position,
+                created_at=candle_open + self._timeframe_ms,
+                reference_price=self._portfolio.marks[symbol],
+            )
+            self._pending[symbol] = PendingOrder(order)
+            out.orders.append(order)
+        if self._kill_reason is None:
+            self._kill_reason = reason
+            out.notices.append(
+                Notice(
+                    NoticeKind.HALTED,
+                    now,
+                    "kill_switch",
+                    f"kill switch: {reason}; open positions flatten at their next open, "
+                    "entries halted until reset",
+                )
+            )
+
+    def _reset(self, now: int, reason: str | None, out: EngineOutput) -> None:
+        cleared = ([f"kill switch ({self._kill_reason})"] if self._kill_reason else []) + list(
+            self._breakers.tripped
+        )
+        self._kill_reason = None
+        equity = self._portfolio.equity()
+        self._breakers = rebase(self._breakers, equity)
+        what = ", ".join(cleared) if cleared else "nothing was halted"
+        out.notices.append(
+            Notice(
+                NoticeKind.HALT_CLEARED,
+                now,
+                "reset",
+                f"reset ({reason or 'by operator'}): cleared {what}; peak and day equity "
+                f"re-based to {equity:.2f}",
+            )
+        )
+
+    def _cancel_pending_entries(self, now: int, code: str, out: EngineOutput) -> None:
+        for symbol in sorted(self._pending):
+            pending = self._pending[symbol]
+            if not pending.is_entry:
+                continue
+            del self._pending[symbol]
+            out.notices.append(
+                Notice(
+                    NoticeKind.ORDER_CANCELLED,
+                    now,
+                    code,
+                    f"{pending.order.client_order_id}: pending entry cancelled ({code})",
+                    symbol=symbol,
+                    client_order_id=pending.order.client_order_id,
+                )
+            )
+
+    # -- state --------------------------------------------------------------------------------
+
+    def summary(self) -> TradingSummary:
+        """Current figures and state."""
+        portfolio = self._portfolio
+        reasons = ([f"kill switch: {self._kill_reason}"] if self._kill_reason else []) + list(
+            self._breakers.tripped.values()
+        )
+        return TradingSummary(
+            equity=portfolio.equity(),
+            cash=portfolio.cash,
+            realized_pnl=portfolio.realized_pnl,
+            unrealized_pnl=portfolio.unrealized_pnl(),
+            open_positions=len(portfolio.positions),
+            trades=portfolio.trades,
+            halted=bool(reasons),
+            halt_reason="; ".join(reasons) if reasons else None,
+            paused=self._paused,
+            breakers=tuple(self._breakers.tripped),
+            last_event_time=self._last_event_time,
+            last_signal_time=self._last_signal_time,
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """The complete state as JSON-ready data; ``restore`` continues from it exactly."""
+        portfolio = self._portfolio
+        return {
+            "version": SNAPSHOT_VERSION,
+            "bot": self._name,
+            "cash": portfolio.cash,
+            "realized_pnl": portfolio.realized_pnl,
+            "trades": portfolio.trades,
+            "marks": dict(portfolio.marks),
+            "positions": [to_plain(p) for p in portfolio.positions.values()],
+            "pending": [to_plain(p) for p in self._pending.values()],
+            "atr": {s: to_plain(a) for s, a in self._atr.items()},
+            "last_open": dict(self._last_open),
+            "breakers": to_plain(self._breakers),
+            "paused": self._paused,
+            "kill_reason": self._kill_reason,
+            "bucket": self._bucket,
+            "bucket_emitted": self._bucket_emitted,
+            "last_event_time": self._last_event_time,
+            "last_signal_time": self._last_signal_time,
+        }
+
+    @classmethod
+    def restore(cls, bot: TradingBot, snapshot: dict[str, Any]) -> TradingEngine:
+        """An engine for ``bot`` in the state ``snapshot`` recorded.
+
+        The configuration comes from ``bot`` (a changed spec applies from here on); the state,
+        including ``paused``, comes from the snapshot. Raises :class:`SnapshotError` for a
+        snapshot of another version or bot, a malformed one, or one holding positions or orders
+        in symbols the bot no longer trades (flatten them before removing a symbol).
+        """
+        version = snapshot.get("version")
+        if version != SNAPSHOT_VERSION:
+            raise SnapshotError(
+                f"snapshot version {version!r} is not {SNAPSHOT_VERSION}: it was written by "
+                "another kubetrade release; start a fresh engine or migrate the snapshot"
+            )
+        if snapshot.get("bot") != bot.metadata.name:
+            raise SnapshotError(
+                f"snapshot of bot {snapshot.get('bot')!r} cannot restore bot {bot.metadata.name!r}"
+            )
+        engine = cls(bot)
+        try:
+            engine._load(snapshot)
+        except SnapshotError:
+            raise
+        except KeyError as error:
+            raise SnapshotError(f"snapshot is missing {error}") from None
+        except (TypeError, ValueError, AttributeError) as error:
+            raise SnapshotError(f"snapshot is malformed: {error}") from None
+        stray = sorted(
+            ({p.symbol for p in engine._portfolio.positions.values()} | set(engine._pending))
+            - set(engine._symbols)
+        )
+        if stray:
+            raise SnapshotError(
+                f"snapshot holds positions or orders in {', '.join(stray)}, which bot "
+                f"{bot.metadata.name} no longer trades; flatten them before removing a symbol"
+            )
+        return engine
+
+    def _load(self, snapshot: dict[str, Any]) -> None:
+        positions = [load("position", p, position_from) for p in snapshot["positions"]]
+        pending = [load("pending order", p, pending_from) for p in snapshot["pending"]]
+        self._portfolio = Portfolio(
+            cash=float(snapshot["cash"]),
+            positions={p.symbol: p for p in positions},
+            marks={str(s): float(m) for s, m in snapshot["marks"].items()},
+            realized_pnl=float(snapshot["realized_pnl"]),
+            trades=int(snapshot["trades"]),
+        )
+        self._pending = {p.order.symbol: p for p in pending}
+        self._atr = {str(s): load(f"atr of {s}", a, atr_from) for s, a in snapshot["atr"].items()}
+        self._last_open = {str(s): int(t) for s, t in snapshot["last_open"].items()}
+        self._breakers = load("breakers", snapshot["breakers"], breakers_from)
+        self._paused = bool(snapshot["paused"])
+        kill_reason = snapshot["kill_reason"]
+        self._kill_reason = None if kill_reason is None else str(kill_reason)
+        bucket = snapshot["bucket"]
+        self._bucket = None if bucket is None else int(bucket)
+        self._bucket_emitted = bool(snapshot["bucket_emitted"])
+        last_event, last_signal = snapshot["last_event_time"], snapshot["last_signal_time"]
+        self._last_event_time = None if last_event is None else int(last_event)
+        self._last_signal_time = None if last_signal is None else int(last_signal)
