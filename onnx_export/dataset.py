@@ -144,9 +144,7 @@ def check_frame(frame: pd.DataFrame, symbol: str) -> None:
         )
 
 
-def symbol_rows(
-    frame: pd.DataFrame, symbol: str, spec: FeatureSpec, label: LabelSpec
-) -> Dataset:
+def symbol_rows(frame: pd.DataFrame, symbol: str, spec: FeatureSpec, label: LabelSpec) -> Dataset:
     """Labelled feature rows of one symbol; rows in warm-up or without a future are dropped."""
     check_frame(frame, symbol)
     features = np.asarray(compute_features(frame, spec), dtype=np.float64)

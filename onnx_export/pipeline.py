@@ -23,9 +23,20 @@ from kubetrade.onnx_export.export import (
     to_onnx,
     write_onnx_metadata,
 )
-from kubetrade.onnx_export.metadata import LabelInfo, ModelMetadata, TrainingWindow, package_versions
+from kubetrade.onnx_export.metadata import (
+    LabelInfo,
+    ModelMetadata,
+    TrainingWindow,
+    package_versions,
+)
 from kubetrade.onnx_export.registry import ModelRecord, register
-from kubetrade.onnx_export.train import Metrics, TrainParams, score, train_classifier, up_probabilities
+from kubetrade.onnx_export.train import (
+    Metrics,
+    TrainParams,
+    score,
+    train_classifier,
+    up_probabilities,
+)
 
 log = logging.getLogger(__name__)
 

@@ -60,9 +60,7 @@ class OnnxPredictor:
     def load(cls, name: str, version: str = LATEST) -> OnnxPredictor:
         """Load ``name`` at ``version`` from the model registry."""
         record = resolve(name, version)
-        predictor = cls(
-            record.onnx_path.read_bytes(), record.metadata, record.name, record.version
-        )
+        predictor = cls(record.onnx_path.read_bytes(), record.metadata, record.name, record.version)
         log.info(
             "model loaded",
             extra={

@@ -1,0 +1,359 @@
+"""The ONNX predictor and the BentoML inference service, served for real by `bentoml serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+
+from kubetrade.embedded import free_port
+from kubetrade.features import (
+    FeatureMismatchError,
+    FeatureSpec,
+    compute_features,
+    default_feature_spec,
+)
+from kubetrade.market.synthetic import generate
+from kubetrade.onnx_export.cli import frames_by_symbol
+from kubetrade.onnx_export.dataset import LabelSpec, build_dataset, chronological_split
+from kubetrade.onnx_export.pipeline import TrainConfig, train_and_register
+from kubetrade.onnx_export.registry import register
+from kubetrade.onnx_export.train import TrainParams, train_classifier, up_probabilities
+from kubetrade.serving.model import OnnxPredictor
+from kubetrade.serving.service import (
+    BatchError,
+    ModelChoice,
+    ModelChoiceError,
+    check_batch,
+    model_choice,
+    serve_command,
+)
+from kubetrade.settings import ENV_HTTP_HOST, ENV_HTTP_PORT, ENV_SPEC, QUIET_ENV
+
+SMALL = TrainParams(n_estimators=40, max_depth=3)
+STARTUP_TIMEOUT = 90.0
+
+
+@dataclass(frozen=True)
+class Store:
+    """A model store holding a good model and one trained on other features."""
+
+    home: Path
+    rows: np.ndarray
+    names: list[str]
+
+
+def _other_spec() -> FeatureSpec:
+    spec = default_feature_spec()
+    data = spec.to_dict()
+    data["names"] = list(reversed(data["names"]))
+    data.pop("hash", None)
+    return FeatureSpec.from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """BENTOML_HOME with `serve-test:1` (good) and `serve-mismatch:1` (other feature order)."""
+    home = tmp_path_factory.mktemp("bentoml")
+    previous = os.environ.get("BENTOML_HOME")
+    os.environ["BENTOML_HOME"] = str(home)
+    try:
+        frames = frames_by_symbol(generate(["BTC/USDT"], "1h", 1500, seed=3))
+        good = train_and_register(
+            frames,
+            TrainConfig(name="serve-test", version="1", timeframe="1h", source="t", params=SMALL),
+        )
+        other = _other_spec()
+        register(
+            "serve-mismatch",
+            good.record.onnx_path.read_bytes(),
+            good.record.metadata.model_copy(
+                update={
+                    "feature_spec": other.to_dict(),
+                    "feature_names": list(other.names),
+                    "feature_hash": other.hash,
+                }
+            ),
+            version="1",
+        )
+        features = compute_features(frames["BTC/USDT"], default_feature_spec())
+        rows = features[np.isfinite(features).all(axis=1)][-50:]
+        yield Store(home, rows, list(default_feature_spec().names))
+    finally:
+        if previous is None:
+            os.environ.pop("BENTOML_HOME", None)
+        else:
+            os.environ["BENTOML_HOME"] = previous
+
+
+@dataclass
+class Server:
+    """A `bentoml serve` process tree started by a test."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def stop(self) -> int:
+        """SIGTERM the arbiter, wait for it; the return code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+
+def _start(store: Store, model: str, log: Path) -> Server:
+    port = free_port()
+    env = {
+        **os.environ,
+        **QUIET_ENV,
+        "BENTOML_HOME": str(store.home),
+        "KUBETRADE_MODEL_NAME": model,
+        ENV_HTTP_HOST: "127.0.0.1",
+        ENV_HTTP_PORT: str(port),
+    }
+    env.pop("KUBETRADE_NATS_URL", None)
+    env.pop(ENV_SPEC, None)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            serve_command(env), env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log)
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"bentoml serve exited early:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{server.url}/livez", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    _kill_tree(process)
+    raise AssertionError(f"bentoml serve did not start:\n{log.read_text()[-3000:]}")
+
+
+def _kill_tree(process: subprocess.Popen[bytes]) -> None:
+    """Last resort after a failed test: kill the arbiter we started and its children."""
+    try:
+        parent = psutil.Process(process.pid)
+        children = parent.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for child in children:
+        child.kill()
+    parent.kill()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The inference service serving `serve-test:latest`."""
+    running = _start(store, "serve-test", tmp_path_factory.mktemp("logs") / "serve.log")
+    try:
+        yield running
+    finally:
+        try:
+            running.stop()
+        finally:
+            _kill_tree(running.process)
+
+
+def _predict(server: Server, body: object) -> httpx.Response:
+    return httpx.post(f"{server.url}/predict", json=body, timeout=10)
+
+
+# --- the predictor, in process --------------------------------------------------------------
+
+
+def test_predictor_matches_xgboost_and_checks_specs(store: Store) -> None:
+    os.environ["BENTOML_HOME"] = str(store.home)
+    predictor = OnnxPredictor.load("serve-test")
+    assert (predictor.model_name, predictor.model_version) == ("serve-test", "1")
+    assert predictor.feature_spec.hash == default_feature_spec().hash
+    assert predictor.warmup == default_feature_spec().warmup
+
+    # Training is seeded and single-threaded: refitting on the same split gives the same trees,
+    # so the served ONNX model must reproduce native XGBoost on them.
+    frames = frames_by_symbol(generate(["BTC/USDT"], "1h", 1500, seed=3))
+    train, _ = chronological_split(build_dataset(frames, default_feature_spec(), LabelSpec()), 0.2)
+    native = up_probabilities(train_classifier(train, SMALL), store.rows)
+    served = predictor.predict_proba(store.rows)
+    assert served.dtype == np.float64 and served.shape == (len(store.rows),)
+    np.testing.assert_allclose(served, native, atol=1e-5)
+    assert predictor.predict_proba(store.rows[:1])[0] == pytest.approx(served[0], abs=1e-7)
+
+    predictor.check(default_feature_spec())
+    with pytest.raises(FeatureMismatchError) as error:
+        predictor.check(_other_spec())
+    names = list(default_feature_spec().names)
+    assert str(names[0]) in str(error.value) and str(names[-1]) in str(error.value)
+
+    with pytest.raises(ValueError, match=r"takes rows of \d+ features"):
+        predictor.predict_proba(store.rows[:, :-1])
+
+
+def test_predictor_single_row_latency(store: Store) -> None:
+    os.environ["BENTOML_HOME"] = str(store.home)
+    predictor = OnnxPredictor.load("serve-test")
+    row = np.ascontiguousarray(store.rows[:1], dtype=np.float32)
+    for _ in range(200):
+        predictor.predict_proba(row)
+    timings = []
+    for _ in range(2000):
+        started = time.perf_counter()
+        predictor.predict_proba(row)
+        timings.append(time.perf_counter() - started)
+    # Target 50 µs; the bound leaves room for a loaded, shared machine.
+    assert float(np.median(timings)) < 250e-6
+
+
+# --- pure helpers of the service ------------------------------------------------------------
+
+
+def test_model_choice_prefers_explicit_env_then_bot_spec() -> None:
+    assert model_choice({"KUBETRADE_MODEL_NAME": "m"}) == ModelChoice("m", "latest")
+    assert model_choice({"KUBETRADE_MODEL_NAME": "m", "KUBETRADE_MODEL_VERSION": "3"}) == (
+        ModelChoice("m", "3")
+    )
+    bot = {
+        "apiVersion": "kubetrade.io/v1alpha1",
+        "kind": "TradingBot",
+        "metadata": {"name": "b"},
+        "spec": {"symbols": ["BTC/USDT"], "model": {"name": "from-spec", "version": "7"}},
+    }
+    assert model_choice({ENV_SPEC: json.dumps(bot)}) == ModelChoice("from-spec", "7")
+    with pytest.raises(ModelChoiceError, match="KUBETRADE_MODEL_NAME"):
+        model_choice({})
+
+
+def test_check_batch_names_what_is_wrong() -> None:
+    names = ["a", "b"]
+    check_batch([[1.0, 2.0]], names, names)
+    with pytest.raises(BatchError, match="empty batch"):
+        check_batch([], names, names)
+    with pytest.raises(BatchError, match=r"expected \['a', 'b'\], got \['b', 'a'\]"):
+        check_batch([[1.0, 2.0]], ["b", "a"], names)
+    with pytest.raises(BatchError, match="row 1 has 1 values"):
+        check_batch([[1.0, 2.0], [1.0]], names, names)
+    with pytest.raises(BatchError, match="row 0 feature 'b' is nan"):
+        check_batch([[1.0, float("nan")]], names, names)
+
+
+def test_serve_command_binds_the_configured_address() -> None:
+    command = serve_command({ENV_HTTP_HOST: "127.0.0.1", ENV_HTTP_PORT: "3123"})
+    assert command[1:5] == ["-m", "bentoml", "serve", "kubetrade.serving.service:InferenceService"]
+    assert command[-4:] == ["--host", "127.0.0.1", "--port", "3123"]
+    with pytest.raises(ValueError, match="not a port number"):
+        serve_command({ENV_HTTP_PORT: "http"})
+
+
+# --- the real service -----------------------------------------------------------------------
+
+
+def test_predict_over_http(server: Server, store: Store) -> None:
+    response = _predict(server, {"rows": store.rows.tolist(), "feature_names": store.names})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["model_name"], body["model_version"]) == ("serve-test", "1")
+    assert body["feature_hash"] == default_feature_spec().hash
+    os.environ["BENTOML_HOME"] = str(store.home)
+    expected = OnnxPredictor.load("serve-test").predict_proba(store.rows)
+    np.testing.assert_allclose(body["probabilities"], expected, atol=1e-7)
+
+
+def test_health_model_and_metrics(server: Server, store: Store) -> None:
+    assert httpx.get(f"{server.url}/livez").status_code == 200
+    ready = httpx.get(f"{server.url}/readyz")
+    assert ready.status_code == 200, ready.text
+
+    info = httpx.get(f"{server.url}/model").json()
+    assert info["ready"] is True
+    assert info["model"]["name"] == "serve-test"
+    assert info["model"]["feature_names"] == store.names
+    assert info["model"]["parity_max_abs_diff"] <= 1e-5
+
+    _predict(server, {"rows": store.rows[:2].tolist(), "feature_names": store.names})
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'kubetrade_inference_requests_total{outcome="ok"}' in metrics
+    assert "kubetrade_inference_model_ready" in metrics
+    assert "bentoml_service_request_duration_seconds" in metrics
+
+
+@pytest.mark.parametrize(
+    ("mutate", "status", "message"),
+    [
+        (lambda rows, names: {"rows": [], "feature_names": names}, 422, "empty batch"),
+        (
+            lambda rows, names: {"rows": rows, "feature_names": names[::-1]},
+            422,
+            "feature names do not match the model: expected [",
+        ),
+        (
+            lambda rows, names: {"rows": [r[:-1] for r in rows], "feature_names": names},
+            422,
+            "row 0 has",
+        ),
+        (
+            lambda rows, names: {
+                "rows": [[float("nan"), *r[1:]] for r in rows],
+                "feature_names": names,
+            },
+            422,
+            "must be finite numbers",
+        ),
+        (
+            lambda rows, names: {"rows": [[None, *r[1:]] for r in rows], "feature_names": names},
+            400,
+            "validation error",
+        ),
+        (lambda rows, names: {"rows": rows}, 400, "feature_names"),
+    ],
+    ids=["empty", "names", "count", "nan", "null", "no-names"],
+)
+def test_bad_requests_get_4xx_with_a_message(
+    server: Server, store: Store, mutate: object, status: int, message: str
+) -> None:
+    assert callable(mutate)
+    body = mutate(store.rows[:3].tolist(), store.names)
+    response = httpx.post(
+        f"{server.url}/predict",
+        content=json.dumps(body),  # json.dumps writes NaN, as numpy-based clients do
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
+    assert response.status_code == status, response.text
+    assert message in response.text
+
+
+def test_mismatched_model_keeps_the_service_up_but_not_ready(store: Store, tmp_path: Path) -> None:
+    server = _start(store, "serve-mismatch", tmp_path / "mismatch.log")
+    try:
+        tree = psutil.Process(server.process.pid).children(recursive=True)
+        assert httpx.get(f"{server.url}/livez").status_code == 200
+        ready = httpx.get(f"{server.url}/readyz")
+        assert ready.status_code == 503
+        expected = list(_other_spec().names)
+        actual = list(default_feature_spec().names)
+        assert "feature mismatch" in ready.text
+        assert str(expected) in ready.text or all(n in ready.text for n in expected)
+        assert str(actual) in ready.text or all(n in ready.text for n in actual)
+        response = _predict(server, {"rows": store.rows[:1].tolist(), "feature_names": actual})
+        assert response.status_code == 503
+        assert "feature mismatch" in response.json()["error"]
+        assert httpx.get(f"{server.url}/model").json()["ready"] is False
+
+        assert server.stop() == 0, "SIGTERM stops bentoml serve cleanly"
+        time.sleep(0.5)
+        assert [p.pid for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+    finally:
+        _kill_tree(server.process)
