@@ -1,0 +1,256 @@
+"""``Store`` (sync, for reports, tests and tools) and ``AsyncStore`` (for the asyncio workers).
+
+Both run the same ops (see :mod:`kubetrade.store.steps`) and own their transactions, so they
+need an autocommit connection: a batch and its checkpoint must commit together, never inside
+a caller's open transaction. Each serialises its calls with a lock because one connection
+carries one transaction at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import psycopg
+
+from kubetrade.domain import Candle, EquityPoint, Fill, Order
+from kubetrade.store.batch import write_batch_op
+from kubetrade.store.candles import write_candles_op
+from kubetrade.store.driver import arun, run
+from kubetrade.store.migrate import migrate_op
+from kubetrade.store.reads import (
+    count_rows_op,
+    last_candle_time_op,
+    load_checkpoint_op,
+    read_equity_buckets_op,
+    read_equity_op,
+    read_fills_op,
+    read_orders_op,
+    read_signals_op,
+)
+from kubetrade.store.records import (
+    Checkpoint,
+    EquityBucket,
+    EquityPeriod,
+    Policies,
+    RowCounts,
+    SchemaInfo,
+    SignalRecord,
+    StoredOrder,
+)
+from kubetrade.store.steps import Op, T
+
+
+def _require_autocommit(autocommit: bool, where: str) -> None:
+    if not autocommit:
+        raise ValueError(
+            f"{where} needs an autocommit connection because it commits each write (a batch "
+            "with its checkpoint) itself; open it with autocommit=True or use "
+            f"{where}.connect(url)"
+        )
+
+
+class Store:
+    """The state store on a sync ``psycopg.Connection``.
+
+    ``copy=False`` sends bulk rows as single-row INSERTs instead of COPY, for servers that
+    cannot COPY (the TimescaleDB WASM build the Timescale test runs on); keep the default.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any], *, copy: bool = True) -> None:
+        _require_autocommit(conn.autocommit, "Store")
+        self.conn = conn
+        self._copy = copy
+        self._lock = threading.Lock()
+
+    @classmethod
+    def connect(cls, url: str, *, copy: bool = True) -> Store:
+        """Open an autocommit connection to ``url`` (URL or key=value conninfo)."""
+        return cls(psycopg.connect(url, autocommit=True), copy=copy)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _run(self, op: Op[T]) -> T:
+        with self._lock:
+            return run(self.conn, op, copy=self._copy)
+
+    def migrate(self, policies: Policies | None = None) -> SchemaInfo:
+        """Create or upgrade the schema (TimescaleDB when available) and apply ``policies``.
+
+        Safe to call from every process at start-up: concurrent calls serialise.
+        """
+        return self._run(migrate_op(policies or Policies()))
+
+    def write_candles(self, bot: str, candles: Sequence[Candle]) -> int:
+        """Store closed candles, skipping ones already stored; returns how many were new."""
+        return self._run(write_candles_op(bot, candles))
+
+    def write_batch(
+        self,
+        bot: str,
+        *,
+        checkpoint: Checkpoint,
+        signals: Sequence[SignalRecord] = (),
+        orders: Sequence[Order] = (),
+        fills: Sequence[Fill] = (),
+        equity: Sequence[EquityPoint] = (),
+    ) -> None:
+        """Write an executor batch and its checkpoint in one transaction (all or nothing).
+
+        Rows already stored are skipped (equity at an existing time is replaced). Raises
+        :class:`StaleCheckpointError` when ``checkpoint.stream_seq`` is below the stored one.
+        """
+        self._run(
+            write_batch_op(
+                bot,
+                signals=signals,
+                orders=orders,
+                fills=fills,
+                equity=equity,
+                checkpoint=checkpoint,
+            )
+        )
+
+    def load_checkpoint(self, bot: str) -> Checkpoint | None:
+        """The bot's last committed checkpoint, or None before its first batch."""
+        return self._run(load_checkpoint_op(bot))
+
+    def last_candle_time(self, bot: str, symbol: str, timeframe: str) -> int | None:
+        """Open time (ms) of the newest stored candle of a series, or None."""
+        return self._run(last_candle_time_op(bot, symbol, timeframe))
+
+    def read_signals(self, bot: str) -> list[SignalRecord]:
+        """All signals of a bot in (time, symbol) order, with their latency timestamps."""
+        return self._run(read_signals_op(bot))
+
+    def read_orders(self, bot: str) -> list[StoredOrder]:
+        """All orders of a bot in creation order, with their status."""
+        return self._run(read_orders_op(bot))
+
+    def read_fills(self, bot: str) -> list[Fill]:
+        """All fills of a bot in time order."""
+        return self._run(read_fills_op(bot))
+
+    def read_equity(self, bot: str) -> list[EquityPoint]:
+        """The bot's equity curve in time order."""
+        return self._run(read_equity_op(bot))
+
+    def read_equity_buckets(self, bot: str, period: EquityPeriod) -> list[EquityBucket]:
+        """The bot's ``"hourly"`` or ``"daily"`` equity roll-up, oldest first."""
+        return self._run(read_equity_buckets_op(bot, period))
+
+    def count_rows(self, bot: str) -> RowCounts:
+        """How many rows the bot has in each table."""
+        return self._run(count_rows_op(bot))
+
+
+class AsyncStore:
+    """The state store on a ``psycopg.AsyncConnection``; the same API as :class:`Store`."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], *, copy: bool = True) -> None:
+        _require_autocommit(conn.autocommit, "AsyncStore")
+        self.conn = conn
+        self._copy = copy
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(cls, url: str, *, copy: bool = True) -> AsyncStore:
+        """Open an autocommit async connection to ``url`` (URL or key=value conninfo)."""
+        return cls(await psycopg.AsyncConnection.connect(url, autocommit=True), copy=copy)
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self.conn.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _run(self, op: Op[T]) -> T:
+        async with self._lock:
+            return await arun(self.conn, op, copy=self._copy)
+
+    async def migrate(self, policies: Policies | None = None) -> SchemaInfo:
+        """See :meth:`Store.migrate`."""
+        return await self._run(migrate_op(policies or Policies()))
+
+    async def write_candles(self, bot: str, candles: Sequence[Candle]) -> int:
+        """See :meth:`Store.write_candles`."""
+        return await self._run(write_candles_op(bot, candles))
+
+    async def write_batch(
+        self,
+        bot: str,
+        *,
+        checkpoint: Checkpoint,
+        signals: Sequence[SignalRecord] = (),
+        orders: Sequence[Order] = (),
+        fills: Sequence[Fill] = (),
+        equity: Sequence[EquityPoint] = (),
+    ) -> None:
+        """See :meth:`Store.write_batch`."""
+        await self._run(
+            write_batch_op(
+                bot,
+                signals=signals,
+                orders=orders,
+                fills=fills,
+                equity=equity,
+                checkpoint=checkpoint,
+            )
+        )
+
+    async def load_checkpoint(self, bot: str) -> Checkpoint | None:
+        """See :meth:`Store.load_checkpoint`."""
+        return await self._run(load_checkpoint_op(bot))
+
+    async def last_candle_time(self, bot: str, symbol: str, timeframe: str) -> int | None:
+        """See :meth:`Store.last_candle_time`."""
+        return await self._run(last_candle_time_op(bot, symbol, timeframe))
+
+    async def read_signals(self, bot: str) -> list[SignalRecord]:
+        """See :meth:`Store.read_signals`."""
+        return await self._run(read_signals_op(bot))
+
+    async def read_orders(self, bot: str) -> list[StoredOrder]:
+        """See :meth:`Store.read_orders`."""
+        return await self._run(read_orders_op(bot))
+
+    async def read_fills(self, bot: str) -> list[Fill]:
+        """See :meth:`Store.read_fills`."""
+        return await self._run(read_fills_op(bot))
+
+    async def read_equity(self, bot: str) -> list[EquityPoint]:
+        """See :meth:`Store.read_equity`."""
+        return await self._run(read_equity_op(bot))
+
+    async def read_equity_buckets(self, bot: str, period: EquityPeriod) -> list[EquityBucket]:
+        """See :meth:`Store.read_equity_buckets`."""
+        return await self._run(read_equity_buckets_op(bot, period))
+
+    async def count_rows(self, bot: str) -> RowCounts:
+        """See :meth:`Store.count_rows`."""
+        return await self._run(count_rows_op(bot))
