@@ -31,8 +31,10 @@ class BacktestResult:
     equity: list[EquityPoint] = field(default_factory=list)
 
 
-def run_backtest(bot: TradingBot, candles: Iterable[Candle], predictor: Predictor) -> BacktestResult:
-    """Replay ``candles`` (time order, then spec symbol order) through features, model and engine."""
+def run_backtest(
+    bot: TradingBot, candles: Iterable[Candle], predictor: Predictor
+) -> BacktestResult:
+    """Replay ``candles`` (time, then spec symbol order) through features, model and engine."""
     pipeline = SignalPipeline(predictor)
     engine = TradingEngine(bot)
     result = BacktestResult()

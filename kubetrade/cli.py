@@ -40,16 +40,33 @@ def check(manifest: Path) -> None:
 
 @main.command()
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--data", "data_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Replay this candle file instead of the bot's own source.")
-@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("reports/run"), show_default=True)
+@click.option(
+    "--data",
+    "data_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Replay this candle file instead of the bot's own source.",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports/run"),
+    show_default=True,
+)
 @click.option("--nats-url", help="Use this NATS server instead of an embedded one.")
 @click.option("--database-url", help="Use this PostgreSQL/TimescaleDB instead of an embedded one.")
-@click.option("--timeout", "timeout_s", type=float, default=1800.0, show_default=True,
-              help="Give up after this many seconds.")
-@click.option("--trace-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write every span of every worker to this JSON-lines file.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=1800.0,
+    show_default=True,
+    help="Give up after this many seconds.",
+)
+@click.option(
+    "--trace-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write every span of every worker to this JSON-lines file.",
+)
 def run(
     manifest: Path,
     data_file: Path | None,
@@ -83,10 +100,18 @@ def run(
 
 @main.command()
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--data", "data_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Candle file to test on (default: the bot's own source).")
-@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("reports/backtest"), show_default=True)
+@click.option(
+    "--data",
+    "data_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Candle file to test on (default: the bot's own source).",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports/backtest"),
+    show_default=True,
+)
 def backtest(manifest: Path, data_file: Path | None, report_dir: Path) -> None:
     """Backtest a bot in-process with the same features, model, strategy, risk and broker."""
     from kubetrade.backtest import run_backtest

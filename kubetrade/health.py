@@ -43,11 +43,7 @@ class HealthServer:
 
     async def _readyz(self, _: web.Request) -> web.Response:
         ready, reason = self._readiness()
-        return web.json_response(
-            {"ready": ready, "reason": reason}, status=200 if ready else 503
-        )
+        return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
 
     async def _metrics(self, _: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -16,10 +16,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kubetrade.store import Store
 from kubetrade.domain import EquityPoint, Fill
 from kubetrade.spec import TradingBot
-from kubetrade.trading.performance import compute_performance
+from kubetrade.store import Store
+from kubetrade.trading.performance import performance_report
 
 
 def _iso(ms: int) -> str:
@@ -37,9 +37,7 @@ def build_report(
 ) -> dict[str, Any]:
     """The report's figures as a JSON-ready dict."""
     initial = bot.spec.execution.initial_capital
-    perf = compute_performance(
-        equity, fills, initial_capital=initial, timeframe=bot.spec.timeframe
-    )
+    perf = performance_report(equity, fills, initial, bot.spec.timeframe)
     return {
         "bot": bot.key,
         "mode": bot.spec.mode.value,
@@ -53,8 +51,16 @@ def build_report(
         "orders": orders,
         "fills": len(fills),
         "initial_capital": initial,
-        "final_equity": round(equity[-1].equity if equity else initial, 2),
-        **perf.to_dict(),
+        "final_equity": round(perf.final_equity, 2),
+        "total_return_pct": perf.total_return_pct,
+        "max_drawdown_pct": perf.max_drawdown_pct,
+        "sharpe": perf.sharpe,
+        "sortino": perf.sortino,
+        "trades": perf.trades,
+        "win_rate": perf.win_rate_pct,
+        "profit_factor": perf.profit_factor,
+        "exposure_pct": perf.exposure_pct,
+        "fees": round(perf.fees, 2),
     }
 
 
@@ -63,7 +69,17 @@ def write_fills_csv(fills: Sequence[Fill], path: Path) -> None:
     with path.open("w", newline="") as out:
         writer = csv.writer(out)
         writer.writerow(
-            ["time", "symbol", "side", "quantity", "price", "fee", "realized_pnl", "reason", "client_order_id"]
+            [
+                "time",
+                "symbol",
+                "side",
+                "quantity",
+                "price",
+                "fee",
+                "realized_pnl",
+                "reason",
+                "client_order_id",
+            ]
         )
         for f in fills:
             writer.writerow(
@@ -128,7 +144,9 @@ def write_report(
     console.print(f"report written to {report_dir}/ (report.json, fills.csv, equity.png)")
 
 
-def report_from_database(bot: TradingBot, database_url: str, report_dir: Path, console: Console) -> dict[str, Any]:
+def report_from_database(
+    bot: TradingBot, database_url: str, report_dir: Path, console: Console
+) -> dict[str, Any]:
     """Build and write the report of a run from what reached the database."""
     with Store.connect(database_url) as db:
         fills = db.read_fills(bot.key)

@@ -17,10 +17,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nats.aio.msg import Msg
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -61,7 +62,6 @@ class RunOptions:
     database_url: str | None = None
     timeout_s: float = 1800.0
     trace_file: Path | None = None
-    quiet: bool = False
 
 
 @dataclass
@@ -125,7 +125,9 @@ class LocalProcesses:
         for component, proc in self.running.items():
             if proc.poll() is not None:
                 tail = (self.log_dir / f"{component}.log").read_text(errors="replace")[-3000:]
-                raise RunError(f"the {component} process exited with code {proc.returncode}:\n{tail}")
+                raise RunError(
+                    f"the {component} process exited with code {proc.returncode}:\n{tail}"
+                )
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM every process group, then SIGKILL what is still alive after ``timeout``."""
@@ -143,7 +145,9 @@ class LocalProcesses:
             proc.wait()
 
 
-def plan(bot: TradingBot, nats_url: str, database_url: str, options: RunOptions) -> list[LocalProcess]:
+def plan(
+    bot: TradingBot, nats_url: str, database_url: str, options: RunOptions
+) -> list[LocalProcess]:
     """The local processes of a bot: rendered objects plus local ports, host and data file."""
     objects = render(bot, Platform(nats_url=nats_url, database_url=database_url))
     overrides: dict[str, dict[str, str]] = {}
@@ -157,29 +161,40 @@ def plan(bot: TradingBot, nats_url: str, database_url: str, options: RunOptions)
     return local_processes(objects, overrides=overrides)
 
 
-async def _watch(bot: TradingBot, nats_url: str, procs: LocalProcesses, options: RunOptions, console: Console) -> Progress:
+async def watch(
+    bot: TradingBot,
+    nats_url: str,
+    procs: LocalProcesses,
+    until: Callable[[Progress], bool],
+    timeout_s: float,
+    console: Console | None = None,
+) -> Progress:
+    """Follow the workers' status messages until ``until(progress)``; raise if one dies."""
     progress = Progress()
     subjects = Subjects(bot.metadata.namespace, bot.metadata.name)
     nc = await connect(nats_url, f"{bot.key}/runner")
 
-    async def on_status(msg: object) -> None:
+    async def on_status(msg: Msg) -> None:
         with contextlib.suppress(MessageError):
-            status = decode(StatusMessage, msg.data)  # type: ignore[attr-defined]
+            status = decode(StatusMessage, msg.data)
             progress.statuses[status.component] = status
 
     sub = await nc.subscribe(subjects.status, cb=on_status)
-    deadline = time.monotonic() + options.timeout_s
+    deadline = time.monotonic() + timeout_s
+    live = Live(progress.table(bot), console=console, refresh_per_second=4) if console else None
     try:
-        with Live(progress.table(bot), console=console, refresh_per_second=4, transient=options.quiet) as live:
-            while not progress.done():
+        with live or contextlib.nullcontext():
+            while not until(progress):
                 procs.check()
                 if time.monotonic() > deadline:
-                    raise RunError(f"the run did not finish within {options.timeout_s:.0f}s")
-                await asyncio.sleep(0.25)
+                    raise RunError(f"the run did not finish within {timeout_s:.0f}s")
+                await asyncio.sleep(0.2)
+                if live is not None:
+                    live.update(progress.table(bot))
+            if live is not None:
+                # One more status round so the table shows the final figures.
+                await asyncio.sleep(1.2)
                 live.update(progress.table(bot))
-            # One more status round so the table shows the final figures.
-            await asyncio.sleep(1.2)
-            live.update(progress.table(bot))
     finally:
         await sub.unsubscribe()
         await nc.drain()
@@ -199,15 +214,20 @@ def run_bot(bot: TradingBot, options: RunOptions, console: Console | None = None
 
     console = console or Console()
     if bot.spec.mode is Mode.LIVE:
-        raise RunError("kubetrade run trades on paper only; live mode runs in a cluster with credentials")
-    with _workdir(options.report_dir) as work, embedded_servers(work, options.nats_url, options.database_url) as (nats_url, db_url):
+        raise RunError(
+            "kubetrade run trades on paper only; live mode runs in a cluster with credentials"
+        )
+    with (
+        _workdir(options.report_dir) as work,
+        embedded_servers(work, options.nats_url, options.database_url) as (nats_url, db_url),
+    ):
         log_dir = options.report_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         procs = LocalProcesses(log_dir)
         try:
             for process in plan(bot, nats_url, db_url, options):
                 procs.start(process)
-            asyncio.run(_watch(bot, nats_url, procs, options, console))
+            asyncio.run(watch(bot, nats_url, procs, Progress.done, options.timeout_s, console))
         finally:
             procs.stop()
         report_from_database(bot, db_url, options.report_dir, console)

@@ -17,11 +17,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from kubetrade.features import FeatureMismatchError
 from opentelemetry import trace
 
 from kubetrade.bus import BatchConsumer, Delivery, connect, dead_letter, ensure_stream, publish_all
 from kubetrade.domain import Candle
-from kubetrade.features import FeatureMismatchError
 from kubetrade.messages import CandleMessage, MessageError, SignalMessage, decode, encode
 from kubetrade.metrics import CANDLES_RECEIVED, PREDICT_SECONDS, SIGNALS_PUBLISHED
 from kubetrade.serving.pipeline import Predictor, SignalPipeline

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
+from kubetrade.features import FeatureEngine, FeatureSpec, check_feature_spec, default_feature_spec
 
 from kubetrade.domain import Candle, Direction, MarketEvent, Prediction
-from kubetrade.features import FeatureEngine, FeatureSpec, check_feature_spec, default_feature_spec
 
 
 class Predictor(Protocol):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from kubetrade.embedded import start_nats
 from kubetrade.settings import quiet_environment
 
 quiet_environment()
@@ -22,3 +25,17 @@ def btc_csv() -> Path:
     if not BTC_CSV.exists():
         pytest.skip(f"real BTC data not found at {BTC_CSV}")
     return BTC_CSV
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real NATS server with JetStream: ``KUBETRADE_TEST_NATS_URL``, else an embedded one."""
+    existing = os.environ.get("KUBETRADE_TEST_NATS_URL")
+    if existing:
+        yield existing
+        return
+    server = start_nats(tmp_path_factory.mktemp("nats"))
+    try:
+        yield server.url
+    finally:
+        server.stop()

@@ -73,7 +73,9 @@ class Pending:
         headers = inject_headers()
         for order in out.orders:
             data = encode(OrderMessage.from_order(order))
-            self.outgoing.append((subjects.orders, data, {**headers, "Nats-Msg-Id": order.client_order_id}))
+            self.outgoing.append(
+                (subjects.orders, data, {**headers, "Nats-Msg-Id": order.client_order_id})
+            )
         for fill in out.fills:
             data = encode(FillMessage.from_fill(fill))
             msg_id = f"fill:{fill.client_order_id}"
@@ -115,15 +117,22 @@ class Executor:
         try:
             self.controls.put_nowait(decode(ControlMessage, msg.data))
         except MessageError as error:
-            await dead_letter(self.js, self.subjects, msg, error, component="executor", bot=self.bot.key)
+            await dead_letter(
+                self.js, self.subjects, msg, error, component="executor", bot=self.bot.key
+            )
 
     async def apply_batch(self, batch: list[Delivery]) -> None:
         """Apply controls and one batch of signals; commit; then acknowledge and publish."""
         pending = Pending()
         while not self.controls.empty():
             command = self.controls.get_nowait()
-            log.warning("control command", extra={"action": command.action, "reason": command.reason})
-            pending.add(self.engine.control(ControlCommand(command.action, command.reason)), self.subjects)
+            log.warning(
+                "control command", extra={"action": command.action, "reason": command.reason}
+            )
+            pending.add(
+                self.engine.control(ControlCommand.parse(command.action, command.reason)),
+                self.subjects,
+            )
         last_seq = self.sequence
         for delivery in batch:
             if delivery.sequence <= self.sequence:
@@ -151,7 +160,9 @@ class Executor:
         try:
             message = decode(SignalMessage, delivery.msg.data)
         except MessageError as error:
-            await dead_letter(self.js, self.subjects, delivery.msg, error, component="executor", bot=self.bot.key)
+            await dead_letter(
+                self.js, self.subjects, delivery.msg, error, component="executor", bot=self.bot.key
+            )
             self.status.count("dead_letters")
             return
         event = message.to_event()
@@ -202,7 +213,12 @@ class Executor:
         HALTED.labels(self.bot.key).set(1 if summary.halted else 0)
         self.status.counters["processed"] = self.processed
         self.status.counters["stream_seq"] = self.sequence
-        self.status.trading = summary.to_dict()
+        self.status.trading = {
+            **summary.to_status().model_dump(by_alias=True, exclude_none=True),
+            "cash": summary.cash,
+            "halted": summary.halted,
+            "paused": summary.paused,
+        }
         if summary.halted:
             self.status.state, self.status.message = "halted", summary.halt_reason or "halted"
         elif self.status.state == "halted":
@@ -222,7 +238,9 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
     await ensure_stream(js, executor.subjects)
     await executor.restore()
     control = await nc.subscribe(executor.subjects.control, cb=executor.on_control)
-    consumer = BatchConsumer(js, executor.subjects, executor.subjects.all_signals, executor.subjects.durable("executor"))
+    consumer = BatchConsumer(
+        js, executor.subjects, executor.subjects.all_signals, executor.subjects.durable("executor")
+    )
     await consumer.start()
     if executor.status.state == "starting":
         executor.status.state = "running"
@@ -230,7 +248,9 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
         settings.http_host, settings.http_port, lambda: (nc.is_connected, executor.status.state)
     )
     await health.start()
-    heartbeat = asyncio.create_task(runtime.publish_status_forever(nc, executor.subjects, executor.status))
+    heartbeat = asyncio.create_task(
+        runtime.publish_status_forever(nc, executor.subjects, executor.status)
+    )
     log.info("executor running", extra={"symbols": bot.spec.symbols, "mode": bot.spec.mode.value})
     try:
         while not stop.is_set():

@@ -19,13 +19,13 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 
-from kubetrade.store import AsyncStore
 from kubetrade.bus import connect, ensure_stream, publish_all
 from kubetrade.domain import Candle, timeframe_ms
 from kubetrade.health import HealthServer
 from kubetrade.messages import CandleMessage, MessageError, decode, encode
 from kubetrade.metrics import CANDLES_PUBLISHED, DB_WRITE_SECONDS
 from kubetrade.settings import WorkerSettings
+from kubetrade.store import AsyncStore
 from kubetrade.subjects import Subjects
 from kubetrade.telemetry import inject_headers
 from kubetrade.workers import runtime
@@ -92,7 +92,9 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
     resume = {s: await last_published(js, subjects, s) for s in bot.spec.symbols}
     status.state = "running"
     tf = timeframe_ms(bot.spec.timeframe)
-    log.info("feed started", extra={"source": bot.spec.exchange.name, "resume": resume, "tf_ms": tf})
+    log.info(
+        "feed started", extra={"source": bot.spec.exchange.name, "resume": resume, "tf_ms": tf}
+    )
     try:
         source = candle_source(bot, settings.data_file)
         async for batch in paced(source, bot.spec.exchange.speed):
@@ -122,7 +124,9 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
             await db.close()
 
 
-async def _publish(js: JetStreamContext, subjects: Subjects, candles: list[Candle], bot: str) -> None:
+async def _publish(
+    js: JetStreamContext, subjects: Subjects, candles: list[Candle], bot: str
+) -> None:
     published_at = runtime.now_ms()
     items = []
     for candle in candles:

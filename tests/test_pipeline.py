@@ -1,0 +1,185 @@
+"""End to end on real servers: feed -> inference -> executor over NATS, state in PostgreSQL.
+
+Every test starts the three workers as processes from the rendered bot, exactly as
+``kubetrade run`` does, against a real NATS server and a real PostgreSQL, with a real
+XGBoost model exported to ONNX and served by the BentoML service process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from kubetrade.backtest import run_backtest
+from kubetrade.bus import connect, ensure_stream
+from kubetrade.domain import Fill
+from kubetrade.runner import RunOptions, run_bot
+from kubetrade.serving.model import OnnxPredictor
+from kubetrade.spec import TradingBot
+from kubetrade.store import Store
+from kubetrade.subjects import Subjects
+from kubetrade.workers.sources import load_source_candles
+from tests.integration_support import make_bot, read_spans, start_workers, wait_for
+
+pytestmark = pytest.mark.integration
+
+MODEL = "itest-baseline"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory, btc_csv: Path) -> str:
+    """A small XGBoost model trained on the real BTC data, in a private BentoML store."""
+    from kubetrade.market import load_candles
+    from kubetrade.onnx_export.pipeline import TrainConfig, train_and_register
+
+    home = tmp_path_factory.mktemp("bentoml")
+    os.environ["BENTOML_HOME"] = str(home)
+    frame = load_candles(btc_csv).frame
+    train_and_register(
+        {"BTC/USD": frame},
+        TrainConfig(name=MODEL, timeframe="1h", source=str(btc_csv), version="1"),
+    )
+    return MODEL
+
+
+def _fill_key(fill: Fill) -> tuple[int, str, str, float, float]:
+    return (fill.time, fill.symbol, fill.side.value, fill.price, fill.quantity)
+
+
+def _backtest(bot: TradingBot, data_file: str | None = None) -> tuple[list[Fill], float]:
+    predictor = OnnxPredictor.load(bot.spec.model.name, bot.spec.model.version)
+    result = run_backtest(bot, load_source_candles(bot, data_file), predictor)
+    return result.fills, result.equity[-1].equity
+
+
+async def _publish_garbage(nats_url: str, bot: TradingBot) -> None:
+    subjects = Subjects(bot.metadata.namespace, bot.metadata.name)
+    nc = await connect(nats_url, "itest")
+    js = nc.jetstream()
+    await ensure_stream(js, subjects)
+    await js.publish(
+        subjects.candles(bot.spec.symbols[0]), b'{"v": 1, "symbol": "BTC/USDT", "open": -1}'
+    )
+    await js.publish(subjects.signals(bot.spec.symbols[0]), b"not json at all")
+    await nc.drain()
+
+
+async def _dead_letters(nats_url: str, bot: TradingBot) -> dict[str, int]:
+    subjects = Subjects(bot.metadata.namespace, bot.metadata.name)
+    nc = await connect(nats_url, "itest")
+    js = nc.jetstream()
+    info = await js.stream_info(subjects.stream, subjects_filter=f"{subjects.prefix}.dlq.>")
+    await nc.drain()
+    return {s.split(".")[-1]: n for s, n in (info.state.subjects or {}).items()}
+
+
+def test_synthetic_bot_trades_end_to_end(
+    model: str, nats_url: str, db_url: str, tmp_path: Path
+) -> None:
+    """Candles flow through all three processes; every table fills; one trace per candle."""
+    bot = make_bot(
+        "e2e", {"name": "synthetic", "seed": 11, "limit": 500}, ["BTC/USDT", "ETH/USDT"], model
+    )
+    asyncio.run(_publish_garbage(nats_url, bot))
+    spans_file = tmp_path / "spans.jsonl"
+    report_dir = tmp_path / "report"
+    options = RunOptions(
+        report_dir=report_dir,
+        nats_url=nats_url,
+        database_url=db_url,
+        timeout_s=240,
+        trace_file=spans_file,
+    )
+    run_bot(bot, options)
+
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["candles"] == 1000
+    assert report["signals"] > 800  # every candle after the feature warm-up
+    assert report["fills"] > 0 and report["orders"] >= report["fills"]
+    for key in ("final_equity", "total_return_pct", "max_drawdown_pct", "sharpe", "win_rate"):
+        assert key in report
+    assert (report_dir / "fills.csv").read_text().count("\n") == report["fills"] + 1
+    assert (report_dir / "equity.png").stat().st_size > 10_000
+
+    with Store.connect(db_url) as db:
+        counts = db.count_rows(bot.key)
+        signals = db.read_signals(bot.key)
+    assert counts.candles == 1000
+    assert counts.signals == 1000  # the malformed signal was dead-lettered, not counted
+    assert counts.equity == 500
+    assert counts.fills == report["fills"]
+    assert all(s.decided_at >= s.candle_published_at for s in signals)
+
+    # The malformed candle and signal went to the dead-letter subjects; nothing crashed.
+    assert asyncio.run(_dead_letters(nats_url, bot)) == {"inference": 1, "executor": 1}
+
+    spans = read_spans(spans_file)
+    by_trace: dict[str, set[str]] = defaultdict(set)
+    for span in spans:
+        by_trace[span["trace_id"]].add(span["name"])
+    full = [
+        t
+        for t, names in by_trace.items()
+        if {"feed.candle", "inference.signal", "executor.decide"} <= names
+    ]
+    assert len(full) >= 990, f"only {len(full)} traces span feed -> inference -> executor"
+
+
+def test_run_and_backtest_give_identical_fills_on_real_btc(
+    model: str, nats_url: str, db_url: str, tmp_path: Path, btc_csv: Path
+) -> None:
+    """Parity: the distributed run and the in-process backtest agree fill for fill."""
+    bot = make_bot("parity", {"name": "replay", "uri": str(btc_csv)}, ["BTC/USD"], model)
+    options = RunOptions(
+        report_dir=tmp_path / "report", nats_url=nats_url, database_url=db_url, timeout_s=300
+    )
+    run_bot(bot, options)
+    with Store.connect(db_url) as db:
+        run_fills = db.read_fills(bot.key)
+        run_equity = db.read_equity(bot.key)
+    backtest_fills, backtest_equity = _backtest(bot)
+
+    assert len(run_fills) > 20
+    assert [_fill_key(f) for f in run_fills] == [_fill_key(f) for f in backtest_fills]
+    assert round(run_equity[-1].equity, 2) == round(backtest_equity, 2)
+
+
+def test_executor_killed_mid_run_resumes_with_identical_fills(
+    model: str, nats_url: str, db_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL the executor mid-run, restart it: same fills as an uninterrupted run."""
+    bot = make_bot(
+        "sigkill", {"name": "synthetic", "seed": 5, "limit": 1500, "speed": 360000},
+        ["BTC/USDT", "ETH/USDT"], model,
+    )  # fmt: skip
+    options = RunOptions(report_dir=tmp_path, nats_url=nats_url, database_url=db_url)
+    procs, planned = start_workers(bot, nats_url, db_url, tmp_path, options)
+    try:
+        wait_for(
+            bot, nats_url, procs,
+            lambda p: "executor" in p.statuses and p.statuses["executor"].counters.get("fills", 0) >= 3,
+            timeout=180,
+        )  # fmt: skip
+        executor = procs.running["executor"]
+        os.kill(executor.pid, signal.SIGKILL)
+        executor.wait()
+        procs.start(planned["executor"])
+        progress = wait_for(bot, nats_url, procs, lambda p: p.done(), timeout=240)
+    finally:
+        procs.stop()
+    assert progress.statuses["feed"].counters["candles"] == 3000
+
+    with Store.connect(db_url) as db:
+        run_fills = db.read_fills(bot.key)
+        run_equity = db.read_equity(bot.key)
+        counts = db.count_rows(bot.key)
+    backtest_fills, backtest_equity = _backtest(bot)
+    assert counts.signals == 3000  # nothing lost, nothing doubled
+    assert [_fill_key(f) for f in run_fills] == [_fill_key(f) for f in backtest_fills]
+    assert round(run_equity[-1].equity, 2) == round(backtest_equity, 2)
