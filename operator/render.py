@@ -77,8 +77,10 @@ class Platform:
     """Where the bots run: image, shared services and how pods reach them.
 
     ``database_url`` is a plain value (local runs); otherwise the URL is read from the Secret
-    ``database_secret`` (key ``url``). The model store is mounted read-only from the
-    PersistentVolumeClaim ``model_store_claim`` when set, otherwise taken from the image.
+    ``database_secret`` (key ``url``). ``model_store`` becomes inference's ``BENTOML_HOME``;
+    left unset, inference inherits it (a local run uses the caller's store). In a cluster the
+    store is the PersistentVolumeClaim ``model_store_claim``, mounted read-only there, or a
+    path inside the image.
     """
 
     image: str = f"ghcr.io/kubetrade/kubetrade:{__version__}"
@@ -87,9 +89,17 @@ class Platform:
     database_url: str | None = None
     database_secret: str = "kubetrade-database"
     otlp_endpoint: str | None = None
-    model_store: str = "/var/lib/kubetrade/bentoml"
+    model_store: str | None = None
     model_store_claim: str | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.model_store_claim and not self.model_store:
+            raise ValueError(
+                f"Platform.model_store_claim={self.model_store_claim!r} needs "
+                "Platform.model_store, the path to mount the model store at "
+                "(e.g. /var/lib/kubetrade/bentoml)"
+            )
 
 
 class RenderError(ValueError):
@@ -178,7 +188,7 @@ def _env(bot: TradingBot, platform: Platform, component: str) -> list[Object]:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = _value(
             "OTEL_EXPORTER_OTLP_ENDPOINT", platform.otlp_endpoint
         )
-    if component == "inference":
+    if component == "inference" and platform.model_store:
         env["BENTOML_HOME"] = _value("BENTOML_HOME", platform.model_store)
     for key, value in QUIET_ENV.items():
         env[key] = _value(key, value)
@@ -222,7 +232,7 @@ def _deployment(bot: TradingBot, platform: Platform, component: str, spec_json: 
     probes = PROBE_PATHS[component]
     mounts: list[Object] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
     volumes: list[Object] = [{"name": TMP_VOLUME, "emptyDir": {}}]
-    if component == "inference" and platform.model_store_claim:
+    if component == "inference" and platform.model_store and platform.model_store_claim:
         mounts.append(
             {"name": MODEL_STORE_VOLUME, "mountPath": platform.model_store, "readOnly": True}
         )

@@ -295,6 +295,12 @@ def test_default_platform() -> None:
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env
     assert env["KUBETRADE_HTTP_HOST"]["value"] == "0.0.0.0"
     assert len(found["inference"]["spec"]["template"]["spec"]["volumes"]) == 1
+    assert "BENTOML_HOME" not in env_entries(found["inference"])
+
+
+def test_a_model_store_claim_needs_a_mount_path() -> None:
+    with pytest.raises(ValueError, match=r"needs Platform\.model_store"):
+        Platform(model_store_claim="kubetrade-models")
 
 
 # --- secrets ----------------------------------------------------------------------------
