@@ -80,7 +80,7 @@ class Portfolio:
         self.cash += -position.side.sign * notional - position.entry_fee
         self.realized_pnl -= position.entry_fee
         self.positions[position.symbol] = position
-        return -position.entry_fee
+        return 0.0 - position.entry_fee  # 0.0, not -0.0, when there is no fee
 
     def close(self, symbol: str, price: float, fee: float) -> ClosedTrade:
         """Book an exit fill of the whole position at ``price``."""
