@@ -23,13 +23,13 @@ from pydantic import BaseModel
 
 from kubetrade.domain import TIMEFRAME_MS
 from kubetrade.spec import (
-    _DNS_LABEL,
-    _DURATION,
-    _SYMBOL,
     API_GROUP,
     API_VERSION,
+    DNS_LABEL,
+    DURATION,
     KIND,
     PLURAL,
+    SYMBOL,
     TradingBotSpec,
     TradingBotStatus,
 )
@@ -53,10 +53,10 @@ _DROPPED_KEYS = frozenset({"title", "$defs", "additionalProperties"})
 # The spec's field validators are Python code; these are their schema equivalents, by path.
 _FIELD_SCHEMA: dict[str, Schema] = {
     "spec.symbols": {"x-kubernetes-list-type": "set"},
-    "spec.symbols.items": {"pattern": _SYMBOL.pattern},
+    "spec.symbols.items": {"pattern": SYMBOL.pattern},
     "spec.timeframe": {"enum": list(TIMEFRAME_MS)},
-    "spec.risk.maxHolding": {"pattern": _DURATION.pattern, "minLength": 1},
-    "spec.risk.breakers.consecutiveLossCooldown": {"pattern": _DURATION.pattern, "minLength": 1},
+    "spec.risk.maxHolding": {"pattern": DURATION.pattern, "minLength": 1},
+    "spec.risk.breakers.consecutiveLossCooldown": {"pattern": DURATION.pattern, "minLength": 1},
     # Conditions merge by type, as in every built-in Kubernetes status.
     "status.conditions": {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
 }
@@ -69,7 +69,7 @@ _KEY_ORDER = ("type", "description", "nullable", "default", "enum", "format")
 _RULES: dict[str, list[Schema]] = {
     "": [
         {
-            "rule": f"self.metadata.name.matches('{_DNS_LABEL.pattern}')",
+            "rule": f"self.metadata.name.matches('{DNS_LABEL.pattern}')",
             "message": "metadata.name must be a DNS label: lowercase letters, digits and '-', "
             "at most 63 characters (it names the bot's Deployments and Service)",
             "reason": "FieldValueInvalid",

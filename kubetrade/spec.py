@@ -26,14 +26,14 @@ PLURAL = "tradingbots"
 Percent = Annotated[float, Field(ge=0, le=100)]
 PositivePercent = Annotated[float, Field(gt=0, le=100)]
 
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-_SYMBOL = re.compile(r"^[A-Z0-9]{2,12}/[A-Z0-9]{2,12}$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+SYMBOL = re.compile(r"^[A-Z0-9]{2,12}/[A-Z0-9]{2,12}$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def parse_duration(text: str) -> int:
     """Seconds in a duration such as ``"24h"``, ``"1d12h"`` or ``"90m"``."""
-    match = _DURATION.match(text.strip())
+    match = DURATION.match(text.strip())
     if not text.strip() or match is None:
         raise ValueError(f"invalid duration {text!r}: use e.g. 30m, 24h, 1d12h")
     days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
@@ -252,7 +252,7 @@ class TradingBotSpec(_Model):
     @field_validator("symbols")
     @classmethod
     def _symbols(cls, symbols: list[str]) -> list[str]:
-        bad = [s for s in symbols if not _SYMBOL.match(s)]
+        bad = [s for s in symbols if not SYMBOL.match(s)]
         if bad:
             raise ValueError(f"symbols must look like BTC/USDT; got {', '.join(bad)}")
         if len(set(symbols)) != len(symbols):
@@ -293,7 +293,7 @@ class Metadata(_Model):
     @field_validator("name", "namespace")
     @classmethod
     def _dns_label(cls, value: str) -> str:
-        if not _DNS_LABEL.match(value):
+        if not DNS_LABEL.match(value):
             raise ValueError("must be a DNS label: lowercase letters, digits and '-'")
         return value
 
@@ -366,7 +366,9 @@ class ManifestError(ValueError):
         super().__init__(f"{source}: invalid TradingBot manifest:\n{listing}")
 
 
-def _field_bounds(model: type[BaseModel], loc: tuple[str | int, ...]) -> tuple[Any, Any] | None:
+def _field_bounds(
+    model: type[BaseModel], loc: tuple[str | int, ...]
+) -> tuple[tuple[Any, bool], tuple[Any, bool]] | None:
     """The (lower, upper) bounds declared on the field at ``loc``, when it has both."""
     current: Any = model
     field = None
@@ -381,16 +383,17 @@ def _field_bounds(model: type[BaseModel], loc: tuple[str | int, ...]) -> tuple[A
         current = _model_in(field.annotation)
     if field is None:
         return None
-    low = high = None
+    low: tuple[Any, bool] | None = None
+    high: tuple[Any, bool] | None = None
     for meta in _constraints(field.metadata, field.annotation):
-        low = next(
-            (v for v in (getattr(meta, "ge", None), getattr(meta, "gt", None)) if v is not None),
-            low,
-        )
-        high = next(
-            (v for v in (getattr(meta, "le", None), getattr(meta, "lt", None)) if v is not None),
-            high,
-        )
+        if getattr(meta, "ge", None) is not None:
+            low = (meta.ge, False)
+        if getattr(meta, "gt", None) is not None:
+            low = (meta.gt, True)
+        if getattr(meta, "le", None) is not None:
+            high = (meta.le, False)
+        if getattr(meta, "lt", None) is not None:
+            high = (meta.lt, True)
     return (low, high) if low is not None and high is not None else None
 
 
@@ -429,12 +432,19 @@ def format_errors(error: ValidationError, root: type[BaseModel] = TradingBot) ->
         if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
             bounds = _field_bounds(root, loc)
             if bounds is not None:
-                low, high = (_format_number(b) for b in bounds)
-                message = f"must be between {low} and {high}"
+                (low, _), (high, _) = bounds
+                message = f"must be between {_format_number(low)} and {_format_number(high)}"
+                excluded = [_format_number(b) for b, is_open in bounds if is_open]
+                if excluded:
+                    message += f" (excluding {' and '.join(excluded)})"
             else:
                 message = item["msg"].replace("Input should be", "must be")
         elif kind == "extra_forbidden":
             message = "unknown field (check the spelling; fields are camelCase)"
+        elif kind == "too_short":
+            message = f"must have at least {item['ctx']['min_length']} item(s)"
+        elif kind == "too_long":
+            message = f"must have at most {item['ctx']['max_length']} item(s)"
         elif kind == "missing":
             message = "required field is missing"
         elif kind == "value_error":

@@ -53,15 +53,15 @@ def test_minimal_manifest_gets_the_documented_defaults() -> None:
     [
         (
             {"risk": {"breakers": {"maxDrawdownPct": 150}}},
-            "spec.risk.breakers.maxDrawdownPct: must be between 0 and 100",
+            "spec.risk.breakers.maxDrawdownPct: must be between 0 and 100 (excluding 0)",
         ),
         (
             {"risk": {"breakers": {"maxDailyLossPct": -1}}},
-            "spec.risk.breakers.maxDailyLossPct: must be between 0 and 100",
+            "spec.risk.breakers.maxDailyLossPct: must be between 0 and 100 (excluding 0)",
         ),
         (
             {"risk": {"sizing": {"maxPositionPct": 101}}},
-            "spec.risk.sizing.maxPositionPct: must be between 0 and 100",
+            "spec.risk.sizing.maxPositionPct: must be between 0 and 100 (excluding 0)",
         ),
         (
             {"execution": {"feeRate": 0.5}},

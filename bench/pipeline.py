@@ -1,0 +1,168 @@
+"""Pipeline benchmark: feed -> inference -> executor as three processes on real servers.
+
+Reports, in one run on this machine:
+- sustained candles/s with persistence (10 symbols, as fast as the pipeline takes them),
+- candle published -> order decision latency (p50, p99) at a paced 200 candles/s,
+- each worker's peak resident memory (process tree: bentoml's arbiter and worker count).
+
+    .venv/bin/python bench/pipeline.py                 # defaults: 10 symbols x 2,000 candles
+    .venv/bin/python bench/pipeline.py --per-symbol 5000 --paced-seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from kubetrade.embedded import embedded_servers
+from kubetrade.runner import LocalProcesses, Progress, RunOptions, plan, watch
+from kubetrade.settings import quiet_environment
+from kubetrade.spec import TradingBot, parse_bot
+from kubetrade.store import Store
+
+SYMBOLS = [f"{base}/USDT" for base in ("BTC", "ETH", "SOL", "BNB", "XRP", "ADA", "DOGE", "AVAX", "DOT", "LINK")]
+MODEL = "bench-baseline"
+
+
+def bot(name: str, symbols: list[str], per_symbol: int, speed: float) -> TradingBot:
+    """A paper bot on the synthetic market."""
+    return parse_bot(
+        {
+            "apiVersion": "kubetrade.io/v1alpha1",
+            "kind": "TradingBot",
+            "metadata": {"name": name, "namespace": "bench"},
+            "spec": {
+                "symbols": symbols,
+                "timeframe": "1h",
+                "exchange": {"name": "synthetic", "seed": 3, "limit": per_symbol, "speed": speed},
+                "model": {"name": MODEL},
+                "strategy": {"longAbove": 0.55, "exitBelow": 0.5},
+                "risk": {"sizing": {"method": "fixed-fraction", "fractionPct": 5}},
+            },
+        }
+    )
+
+
+def train_model() -> None:
+    """A baseline model on synthetic candles, registered in this run's private model store."""
+    from kubetrade.market import generate
+    from kubetrade.onnx_export.pipeline import TrainConfig, train_and_register
+
+    frame = generate(["BTC/USDT"], "1h", 6000, seed=99)
+    train_and_register({"BTC/USDT": frame}, TrainConfig(name=MODEL, timeframe="1h", source="synthetic"))
+
+
+class MemorySampler:
+    """Samples the resident memory of each worker's process tree until stopped."""
+
+    def __init__(self, procs: LocalProcesses) -> None:
+        self.procs = procs
+        self.peak: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for component, popen in self.procs.running.items():
+                try:
+                    root = psutil.Process(popen.pid)
+                    tree = [root, *root.children(recursive=True)]
+                    rss = sum(p.memory_info().rss for p in tree if p.is_running())
+                except psutil.Error:
+                    continue
+                self.peak[component] = max(self.peak.get(component, 0), rss)
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_phase(b: TradingBot, nats_url: str, db_url: str, work: Path) -> tuple[dict[str, int], float]:
+    """Run the bot to completion; return the peak RSS per worker and the wall time."""
+    procs = LocalProcesses(work)
+    started = time.perf_counter()
+    try:
+        with MemorySampler(procs) as sampler:
+            for process in plan(b, nats_url, db_url, RunOptions()):
+                procs.start(process)
+            asyncio.run(watch(b, nats_url, procs, Progress.done, 1800))
+    finally:
+        procs.stop()
+    return sampler.peak, time.perf_counter() - started
+
+
+def latencies(db_url: str, b: TradingBot) -> tuple[np.ndarray, float]:
+    """Per-candle decision latency (ms) and the sustained rate (candles/s) from the ledger."""
+    with Store.connect(db_url) as db:
+        signals = db.read_signals(b.key)
+    published = np.array([s.candle_published_at for s in signals], dtype=np.float64)
+    decided = np.array([s.decided_at for s in signals], dtype=np.float64)
+    span_s = (decided.max() - published.min()) / 1000.0
+    return decided - published, len(signals) / span_s
+
+
+def main() -> None:
+    """Run both phases and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--symbols", type=int, default=10)
+    parser.add_argument("--per-symbol", type=int, default=2000)
+    parser.add_argument("--paced-rate", type=float, default=200.0, help="candles/s across symbols")
+    parser.add_argument("--paced-seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    quiet_environment()
+    symbols = SYMBOLS[: args.symbols]
+
+    with tempfile.TemporaryDirectory(prefix="kubetrade-bench-") as tmp:
+        root = Path(tmp)
+        os.environ["BENTOML_HOME"] = str(root / "bentoml")
+        train_model()
+        with embedded_servers(root) as (nats_url, db_url):
+            fast = bot("throughput", symbols, args.per_symbol, speed=0)
+            fast_rss, fast_wall = run_phase(fast, nats_url, db_url, root / "fast")
+            _, rate = latencies(db_url, fast)
+
+            per_symbol = int(args.paced_rate * args.paced_seconds / len(symbols))
+            speed = args.paced_rate / len(symbols) * 3600  # 1h candles: candle-times per second x 3600
+            paced = bot("paced", symbols, per_symbol, speed=speed)
+            paced_rss, _ = run_phase(paced, nats_url, db_url, root / "paced")
+            lat, _ = latencies(db_url, paced)
+
+    total = len(symbols) * args.per_symbol
+    peak = {c: max(fast_rss.get(c, 0), paced_rss.get(c, 0)) / 2**20 for c in ("feed", "inference", "executor")}
+    figures = {
+        "machine": f"{os.cpu_count()} cores, Python {sys.version.split()[0]}",
+        "throughput": {
+            "candles": total,
+            "symbols": len(symbols),
+            "sustained_candles_per_s": round(rate, 1),
+            "wall_s_including_startup": round(fast_wall, 1),
+        },
+        "paced": {
+            "rate_candles_per_s": args.paced_rate,
+            "candles": len(lat),
+            "decision_latency_ms_p50": float(np.percentile(lat, 50)),
+            "decision_latency_ms_p99": float(np.percentile(lat, 99)),
+            "decision_latency_ms_max": float(lat.max()),
+        },
+        "peak_rss_mib": {c: round(v, 1) for c, v in peak.items()},
+    }
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
