@@ -1,0 +1,77 @@
+"""Message schemas and subjects: round trips, validation, versioning."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubetrade.domain import Candle, Direction, MarketEvent, Prediction
+from kubetrade.messages import (
+    CandleMessage,
+    ControlMessage,
+    MessageError,
+    SignalMessage,
+    decode,
+    encode,
+)
+from kubetrade.subjects import Subjects, symbol_token
+
+CANDLE = Candle("BTC/USDT", "1h", 1_700_000_000_000, 100.0, 105.0, 99.0, 104.0, 12.5)
+
+
+def test_candle_round_trip_keeps_every_field() -> None:
+    data = encode(CandleMessage.from_candle(CANDLE, published_at=123))
+    message = decode(CandleMessage, data)
+    assert message.to_candle() == CANDLE
+    assert message.published_at == 123
+    assert message.v == 1
+
+
+def test_signal_round_trip_with_and_without_prediction() -> None:
+    prediction = Prediction(0.7, Direction.UP, 0.4, "m", "3", "abc")
+    for event in (MarketEvent(CANDLE, prediction), MarketEvent(CANDLE, None)):
+        data = encode(SignalMessage.from_event(event, published_at=1, produced_at=2))
+        assert decode(SignalMessage, data).to_event() == event
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        (b"not json", "invalid CandleMessage"),
+        (b'{"v": 1, "symbol": "BTC/USDT"}', "timeframe: Field required"),
+        (
+            b'{"v": 1, "symbol": "BTC/USDT", "timeframe": "1h", "open_time": 0, "open": -1, '
+            b'"high": 1, "low": 1, "close": 1, "volume": 1, "published_at": 0}',
+            "open: Input should be greater than 0",
+        ),
+        (
+            b'{"v": 2, "symbol": "BTC/USDT", "timeframe": "1h", "open_time": 0, "open": 1, '
+            b'"high": 1, "low": 1, "close": 1, "volume": 1, "published_at": 0}',
+            "v: Input should be 1",
+        ),
+        (
+            b'{"v": 1, "symbol": "BTC/USDT", "timeframe": "1h", "open_time": 0, "open": 1, '
+            b'"high": 1, "low": 1, "close": NaN, "volume": 1, "published_at": 0}',
+            "invalid CandleMessage",
+        ),
+    ],
+)
+def test_malformed_messages_are_refused_with_the_field_named(payload: bytes, fragment: str) -> None:
+    with pytest.raises(MessageError) as error:
+        decode(CandleMessage, payload)
+    assert fragment in str(error.value)
+
+
+def test_unknown_control_action_is_refused() -> None:
+    with pytest.raises(MessageError, match="action"):
+        decode(ControlMessage, b'{"v": 1, "action": "explode"}')
+
+
+def test_subjects_follow_the_design_layout() -> None:
+    s = Subjects("bots", "btc-trend")
+    assert s.candles("BTC/USDT") == "kubetrade.bots.btc-trend.candles.BTC-USDT"
+    assert s.signals("ETH/USDT") == "kubetrade.bots.btc-trend.signals.ETH-USDT"
+    assert s.orders == "kubetrade.bots.btc-trend.orders"
+    assert s.dead_letter("executor") == "kubetrade.bots.btc-trend.dlq.executor"
+    assert s.stream == "KUBETRADE_BOTS_BTC_TREND"
+    assert all(sub.startswith(s.prefix) for sub in s.stream_subjects)
+    assert symbol_token("BTC.X/USDT") == "BTC-X-USDT"  # '.' would split the subject
