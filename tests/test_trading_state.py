@@ -201,3 +201,22 @@ def test_restore_names_the_malformed_part() -> None:
         TradingEngine.restore(
             busy_bot("fixed-fraction"), {k: v for k, v in snapshot.items() if k != "breakers"}
         )
+
+
+def test_a_changed_atr_period_restarts_the_atr_warm_up() -> None:
+    bot = busy_bot("fixed-fraction")
+    engine = TradingEngine(bot)
+    for hour in range(6):  # ATR(5) is warm after these
+        candle = Candle("BTC/USDT", "1h", T0 + hour * H, 100, 101, 99, 100, 1.0)
+        engine.on_event(MarketEvent(candle, None))
+    document = json.loads(bot.model_dump_json(by_alias=True))
+    document["spec"]["risk"]["stopLoss"]["atrPeriod"] = 7
+    longer = parse_bot({"metadata": {"name": "prop"}, "spec": document["spec"]})
+    signal = Prediction(0.9, Direction.UP, 1, "m", "1", "h")
+    candle = Candle("BTC/USDT", "1h", T0 + 6 * H, 100, 101, 99, 100, 1.0)
+    same = TradingEngine.restore(bot, engine.snapshot()).on_event(MarketEvent(candle, signal))
+    assert [o.symbol for o in same.orders] == ["BTC/USDT"]
+    restored = TradingEngine.restore(longer, engine.snapshot())
+    out = restored.on_event(MarketEvent(candle, signal))
+    assert [n.code for n in out.notices] == ["atr_warming_up"]
+    assert "1 of 7 candles" in out.notices[0].message

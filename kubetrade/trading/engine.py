@@ -16,7 +16,8 @@ Events are closed candles, per symbol in time order, and within one candle time 
    fills on the candle whose close created it. An entry is reduced to what buying power can pay
    at the fill price (notice ``entry_reduced``) or cancelled if nothing is affordable.
 3. **Protective exits** on this candle's range: stop-loss, trailing stop, take-profit (see
-   ``exits``), filled and stamped ``t_open`` (the instant inside the candle is unknown). Then the
+   ``exits``), filled and stamped ``t_open`` (the instant inside the candle is unknown). A
+   position filled at this open is already protected on this candle's range. Then the
    trail follows the candle's extreme, and a time exit due at ``t_close`` becomes a market order
    for the next open.
 4. **Mark** ``s`` at the close; update its ATR; evaluate the breakers (trip/clear notices).
@@ -639,8 +640,9 @@ class TradingEngine:
     def restore(cls, bot: TradingBot, snapshot: dict[str, Any]) -> TradingEngine:
         """An engine for ``bot`` in the state ``snapshot`` recorded.
 
-        The configuration comes from ``bot`` (a changed spec applies from here on); the state,
-        including ``paused``, comes from the snapshot. Raises :class:`SnapshotError` for a
+        The configuration comes from ``bot`` (a changed spec applies from here on; a changed
+        ``atrPeriod`` restarts the ATR warm-up); the state, including ``paused``, comes from
+        the snapshot. Raises :class:`SnapshotError` for a
         snapshot of another version or bot, a malformed one, or one holding positions or orders
         in symbols the bot no longer trades (flatten them before removing a symbol).
         """
@@ -685,7 +687,11 @@ class TradingEngine:
             trades=int(snapshot["trades"]),
         )
         self._pending = {p.order.symbol: p for p in pending}
-        self._atr = {str(s): load(f"atr of {s}", a, atr_from) for s, a in snapshot["atr"].items()}
+        atr = {str(s): load(f"atr of {s}", a, atr_from) for s, a in snapshot["atr"].items()}
+        # A changed atrPeriod restarts the ATR: a value smoothed over another period is wrong.
+        stop_loss = self._bot.spec.risk.stop_loss
+        period = None if stop_loss is None else stop_loss.atr_period
+        self._atr = {s: a for s, a in atr.items() if a.period == period}
         self._last_open = {str(s): int(t) for s, t in snapshot["last_open"].items()}
         self._breakers = load("breakers", snapshot["breakers"], breakers_from)
         self._paused = bool(snapshot["paused"])
