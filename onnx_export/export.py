@@ -23,7 +23,8 @@ PARITY_TOLERANCE = 1e-5
 # The whole metadata document lives under one key; the others are copies for people reading
 # the file with generic ONNX tools.
 METADATA_KEY = "kubetrade.metadata"
-# ai.onnx.ml opset 3 holds TreeEnsembleClassifier as every onnxruntime since 1.10 runs it.
+# Pinned so a newer onnx package cannot raise the opset past what deployed runtimes know; the
+# tree ensemble itself lands in ai.onnx.ml opset 1, which every onnxruntime runs.
 TARGET_OPSET = 15
 
 
@@ -33,7 +34,7 @@ class ParityError(RuntimeError):
 
 def to_onnx(model: xgb.XGBClassifier, n_features: int) -> onnx.ModelProto:
     """Convert a fitted classifier to ONNX: input ``features`` float32 [batch, n_features]."""
-    onnx_model = convert_xgboost(
+    onnx_model: onnx.ModelProto = convert_xgboost(
         model,
         initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
         target_opset=TARGET_OPSET,

@@ -16,7 +16,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-
 from kubetrade.onnx_export.metadata import ModelMetadata
 from kubetrade.settings import quiet_environment
 

@@ -242,7 +242,8 @@ class InferenceService:
             info["bridge"] = self.bridge.status()
         return info
 
-    @bentoml.api(output_spec=PredictResponse)
+    # _bentoml_sdk ships no py.typed, so mypy sees its decorators as untyped.
+    @bentoml.api(output_spec=PredictResponse)  # type: ignore[untyped-decorator]
     def predict(
         self,
         rows: Annotated[list[list[float]], Field(max_length=MAX_BATCH_ROWS)],
@@ -272,7 +273,7 @@ class InferenceService:
             feature_hash=self.predictor.feature_hash,
         )
 
-    @bentoml.on_shutdown
+    @bentoml.on_shutdown  # type: ignore[untyped-decorator]
     def stop_bridge(self) -> None:
         """Stop the NATS bridge before the worker exits (it finishes its current batch)."""
         if self.bridge is not None:

@@ -146,9 +146,10 @@ def test_train_export_register_on_synthetic(store: Path, frames: dict[str, pd.Da
     assert meta.training.first_open_time < meta.training.test_start_time
     assert set(meta.versions) == {"kubetrade", "xgboost", "onnx", "onnxruntime", "onnxmltools"}
     assert meta.parity_max_abs_diff == result.parity_max_abs_diff
-    assert 0 <= meta.metrics["accuracy"] <= 1
-    assert 0 < meta.metrics["log_loss"] < 2
-    assert meta.metrics["roc_auc"] is not None
+    assert meta.metrics == result.metrics.to_dict()
+    assert 0 <= result.metrics.accuracy <= 1
+    assert 0 < result.metrics.log_loss < 2
+    assert result.metrics.roc_auc is not None
 
     from_file = read_onnx_metadata(onnx.load_model(str(record.onnx_path)), "model.onnx")
     assert from_file == meta, "the ONNX file and the registry carry the same metadata"
@@ -213,5 +214,6 @@ def test_train_on_real_btc_history(store: Path, btc_csv: Path) -> None:
     assert meta.training.train_rows > 10_000
     assert result.parity_max_abs_diff <= 1e-5
     assert result.train_seconds < 30, "the baseline must train in seconds"
-    assert meta.metrics["roc_auc"] is not None
-    assert 0.4 < meta.metrics["roc_auc"] < 0.7, "hourly BTC direction is close to a coin flip"
+    auc = result.metrics.roc_auc
+    assert auc is not None
+    assert 0.4 < auc < 0.7, "hourly BTC direction is close to a coin flip"
