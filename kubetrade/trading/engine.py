@@ -189,13 +189,8 @@ class TradingEngine:
                 f"{candle.key}: bot {self._name} trades {self._bot.spec.timeframe} candles, "
                 f"not {candle.timeframe}"
             )
-        if (
-            not 0
-            < candle.low
-            <= min(candle.open, candle.close)
-            <= max(candle.open, candle.close)
-            <= candle.high
-        ):
+        body_low, body_high = min(candle.open, candle.close), max(candle.open, candle.close)
+        if not (0 < candle.low <= body_low and body_high <= candle.high):
             raise EventError(
                 f"{candle.key}: impossible prices open={candle.open} high={candle.high} "
                 f"low={candle.low} close={candle.close}; expected 0 < low <= open, close <= high"
