@@ -272,4 +272,6 @@ def _log_report(report: CleaningReport) -> None:
     if report.clean:
         log.info("candles clean: %s", report.summary(), extra=fields)
     else:
-        log.warning("candles cleaned with findings: %s (%s)", report.source, report.summary(), extra=fields)
+        log.warning(
+            "candles cleaned with findings: %s (%s)", report.source, report.summary(), extra=fields
+        )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import ccxt.async_support as ccxt_async
@@ -123,7 +123,7 @@ async def poll_closed_candles(
     settle_ms: int = 1_500,
     max_backoff_s: float = 60.0,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> AsyncIterator[Candle]:
+) -> AsyncGenerator[Candle, None]:
     """Yield each closed candle of ``symbol`` once, in time order, forever.
 
     Starts at ``since`` (ms; None: the exchange's latest ``limit`` candles). While behind it

@@ -175,6 +175,7 @@ class _SymbolStream:
             raise ValueError(f"start price of {self.symbol} must be positive, got {price}")
         # Typical traded value per hour, in quote currency; volume is this over the price.
         self.notional = float(10 ** self.rng.uniform(5.5, 7.5))
+        self.price = float(price)
         self.log_price = math.log(price)
         self.anchor = self.log_price
         self.regime = int(self.rng.integers(len(REGIMES)))
@@ -223,7 +224,10 @@ class _SymbolStream:
         up = (moves + spread) / 2
         spread = np.sqrt(moves**2 - 2 * sigma**2 * np.log(low_draws))
         down = (moves - spread) / 2
-        opens, closes = np.exp(opens_log), np.exp(closes_log)
+        # Each open is the previous close exactly (crypto trades around the clock).
+        closes = np.exp(closes_log)
+        opens = np.concatenate(([self.price], closes[:-1]))
+        self.price = float(closes[-1])
         highs = np.maximum(opens * np.exp(up), np.maximum(opens, closes))
         lows = np.minimum(opens * np.exp(down), np.minimum(opens, closes))
 
