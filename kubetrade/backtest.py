@@ -55,4 +55,5 @@ def run_backtest(
         if len(batch) >= BATCH:
             flush()
     flush()
+    result.equity.extend(engine.flush().equity)
     return result

@@ -46,7 +46,7 @@ from kubetrade.spec import TradingBot
 from kubetrade.store import AsyncStore, Checkpoint, SignalRecord
 from kubetrade.subjects import Subjects
 from kubetrade.telemetry import context_from_headers, inject_headers
-from kubetrade.trading import ControlCommand, EngineOutput, TradingEngine
+from kubetrade.trading import ControlCommand, EngineOutput, EventError, TradingEngine
 from kubetrade.workers import runtime
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,19 @@ class Executor:
         if event.prediction is not None:
             attributes["kubetrade.model_version"] = event.prediction.model_version
         with tracer.start_as_current_span("executor.decide", context=parent, attributes=attributes):
-            out = self.engine.on_event(event)
+            try:
+                out = self.engine.on_event(event)
+            except EventError as error:
+                await dead_letter(
+                    self.js,
+                    self.subjects,
+                    delivery.msg,
+                    error,
+                    component="executor",
+                    bot=self.bot.key,
+                )
+                self.status.count("dead_letters")
+                return
             decided = time.time_ns() // 1_000_000
             pending.add(out, self.subjects)
         self.processed += 1
