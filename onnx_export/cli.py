@@ -63,7 +63,7 @@ def _summary(result: TrainResult) -> Table:
         f"{result.train_balance.up_rate:.1%} / {result.test_balance.up_rate:.1%}",
     )
     table.add_row("label", f"return over {meta.label.horizon} candles > {meta.label.threshold}")
-    table.add_row("features", f"{len(meta.feature_names)} (hash {meta.feature_hash})")
+    table.add_row("features", f"{len(meta.feature_names)} (hash {meta.feature_hash[:12]})")
     table.add_row("accuracy", f"{result.metrics.accuracy:.4f}")
     table.add_row("ROC AUC", "n/a (one class)" if auc is None else f"{auc:.4f}")
     table.add_row("log loss", f"{result.metrics.log_loss:.4f}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,7 +16,10 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from nats.aio.msg import Msg
 
+from kubetrade.bus import connect, ensure_stream
+from kubetrade.domain import Candle
 from kubetrade.embedded import free_port
 from kubetrade.features import (
     FeatureMismatchError,
@@ -23,7 +27,9 @@ from kubetrade.features import (
     compute_features,
     default_feature_spec,
 )
+from kubetrade.market.frame import to_candles
 from kubetrade.market.synthetic import generate
+from kubetrade.messages import CandleMessage, SignalMessage, decode, encode
 from kubetrade.onnx_export.cli import frames_by_symbol
 from kubetrade.onnx_export.dataset import LabelSpec, build_dataset, chronological_split
 from kubetrade.onnx_export.pipeline import TrainConfig, train_and_register
@@ -38,7 +44,8 @@ from kubetrade.serving.service import (
     model_choice,
     serve_command,
 )
-from kubetrade.settings import ENV_HTTP_HOST, ENV_HTTP_PORT, ENV_SPEC, QUIET_ENV
+from kubetrade.settings import ENV_HTTP_HOST, ENV_HTTP_PORT, ENV_NATS_URL, ENV_SPEC, QUIET_ENV
+from kubetrade.subjects import Subjects
 
 SMALL = TrainParams(n_estimators=40, max_depth=3)
 STARTUP_TIMEOUT = 90.0
@@ -111,18 +118,19 @@ class Server:
         return self.process.wait(timeout=30)
 
 
-def _start(store: Store, model: str, log: Path) -> Server:
+def _start(store: Store, log: Path, **settings: str) -> Server:
+    """`bentoml serve` the service with ``settings`` (model, spec, NATS) as its environment."""
     port = free_port()
     env = {
-        **os.environ,
-        **QUIET_ENV,
-        "BENTOML_HOME": str(store.home),
-        "KUBETRADE_MODEL_NAME": model,
-        ENV_HTTP_HOST: "127.0.0.1",
-        ENV_HTTP_PORT: str(port),
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("KUBETRADE_MODEL_NAME", ENV_NATS_URL, ENV_SPEC)
     }
-    env.pop("KUBETRADE_NATS_URL", None)
-    env.pop(ENV_SPEC, None)
+    env.update(QUIET_ENV)
+    env.update(settings)
+    env.update(
+        {"BENTOML_HOME": str(store.home), ENV_HTTP_HOST: "127.0.0.1", ENV_HTTP_PORT: str(port)}
+    )
     with log.open("wb") as out:
         process = subprocess.Popen(
             serve_command(env), env=env, stdout=out, stderr=subprocess.STDOUT
@@ -158,7 +166,8 @@ def _kill_tree(process: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="module")
 def server(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The inference service serving `serve-test:latest`."""
-    running = _start(store, "serve-test", tmp_path_factory.mktemp("logs") / "serve.log")
+    log = tmp_path_factory.mktemp("logs") / "serve.log"
+    running = _start(store, log, KUBETRADE_MODEL_NAME="serve-test")
     try:
         yield running
     finally:
@@ -336,7 +345,7 @@ def test_bad_requests_get_4xx_with_a_message(
 
 
 def test_mismatched_model_keeps_the_service_up_but_not_ready(store: Store, tmp_path: Path) -> None:
-    server = _start(store, "serve-mismatch", tmp_path / "mismatch.log")
+    server = _start(store, tmp_path / "mismatch.log", KUBETRADE_MODEL_NAME="serve-mismatch")
     try:
         tree = psutil.Process(server.process.pid).children(recursive=True)
         assert httpx.get(f"{server.url}/livez").status_code == 200
@@ -355,5 +364,65 @@ def test_mismatched_model_keeps_the_service_up_but_not_ready(store: Store, tmp_p
         assert server.stop() == 0, "SIGTERM stops bentoml serve cleanly"
         time.sleep(0.5)
         assert [p.pid for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+    finally:
+        _kill_tree(server.process)
+
+
+async def _signals_for(
+    nats_url: str, subjects: Subjects, candles: list[Candle]
+) -> list[SignalMessage]:
+    """Publish candles to the bot's stream and collect one signal per candle."""
+    nc = await connect(nats_url, "test-serving")
+    try:
+        js = nc.jetstream()
+        await ensure_stream(js, subjects)
+        received: asyncio.Queue[SignalMessage] = asyncio.Queue()
+
+        async def collect(msg: Msg) -> None:
+            received.put_nowait(decode(SignalMessage, msg.data))
+
+        await nc.subscribe(subjects.all_signals, cb=collect)
+        for candle in candles:
+            message = CandleMessage.from_candle(candle, int(time.time() * 1000))
+            await js.publish(subjects.candles(candle.symbol), encode(message))
+        return [await asyncio.wait_for(received.get(), timeout=30) for _ in candles]
+    finally:
+        await nc.close()
+
+
+@pytest.mark.integration
+def test_nats_bridge_shares_the_model_of_the_service_process(
+    store: Store, nats_url: str, tmp_path: Path
+) -> None:
+    bot = {
+        "apiVersion": "kubetrade.io/v1alpha1",
+        "kind": "TradingBot",
+        "metadata": {"name": "bridge-test", "namespace": "serving"},
+        "spec": {"symbols": ["BTC/USDT"], "model": {"name": "serve-test", "version": "1"}},
+    }
+    server = _start(
+        store, tmp_path / "bridge.log", KUBETRADE_SPEC=json.dumps(bot), KUBETRADE_NATS_URL=nats_url
+    )
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while httpx.get(f"{server.url}/readyz").status_code != 200:
+            assert time.monotonic() < deadline, httpx.get(f"{server.url}/readyz").text
+            time.sleep(0.2)
+        info = httpx.get(f"{server.url}/model").json()
+        assert info["bridge"]["state"] == "running"
+        assert len(psutil.Process(server.process.pid).children(recursive=True)) == 1
+
+        spec = default_feature_spec()
+        frame = generate(["BTC/USDT"], "1h", spec.warmup + 4, seed=5)
+        signals = asyncio.run(
+            _signals_for(nats_url, Subjects("serving", "bridge-test"), to_candles(frame, "1h"))
+        )
+        predicted = [s.prediction.prob_up for s in signals if s.prediction is not None]
+        assert len(predicted) == 5, "one prediction per candle once the features are warm"
+        rows = compute_features(frame, spec)[-5:]
+        served = _predict(server, {"rows": rows.tolist(), "feature_names": store.names}).json()
+        np.testing.assert_allclose(predicted, served["probabilities"], atol=1e-7)
+
+        assert server.stop() == 0
     finally:
         _kill_tree(server.process)
