@@ -32,6 +32,7 @@ from kubetrade.market import (
     to_candles,
 )
 from kubetrade.market.exchange import (
+    create_exchange,
     parse_ohlcv,
     parse_ohlcv_row,
     poll_closed_candles,
@@ -173,6 +174,14 @@ def test_layout_errors_name_the_file_and_the_fix(tmp_path: Path, sample: pd.Data
     sample.rename(columns={"open_time": "timestamp"}).to_csv(hourly, index=False)
     with pytest.raises(ValueError, match=r"holds 1h candles .* not 15m.*resample"):
         load_candles(hourly, timeframe="15m")
+    garbled = tmp_path / "garbled.csv"
+    text = sample.rename(columns={"open_time": "timestamp"}).to_csv(index=False).splitlines()
+    fields = text[2].split(",")
+    fields[4] = "12o5"  # a typo in the close of the second data row
+    text[2] = ",".join(fields)
+    garbled.write_text("\n".join(text))
+    with pytest.raises(ValueError, match=r"column 'close', data row 2, holds '12o5'"):
+        load_candles(garbled)
 
 
 def test_symbols_are_normalized() -> None:
@@ -375,6 +384,20 @@ def test_closed_candle_selection_on_a_recorded_response() -> None:
     repeat = recorded["scenarios"]["live"]["polls"][2]
     candles, _ = parse_ohlcv(repeat["response"], symbol="BTC/USDT", timeframe="1h")
     assert len(select_closed(candles, now_ms=repeat["server_ms"], after=None)) == 1
+
+
+def test_create_exchange_by_ccxt_id() -> None:
+    with pytest.raises(ValueError, match=r"unknown exchange 'nope'.*ccxt exchange id"):
+        create_exchange("nope")
+
+    async def make_and_close() -> str:
+        exchange = create_exchange("binance")
+        try:
+            return str(exchange.id)
+        finally:
+            await exchange.close()
+
+    assert asyncio.run(make_and_close()) == "binance"
 
 
 def test_malformed_exchange_rows_are_reported_not_raised() -> None:

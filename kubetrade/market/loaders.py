@@ -215,26 +215,34 @@ def _name_positional(table: pd.DataFrame, names: tuple[str, ...], file: Path) ->
 
 
 def _numeric(table: pd.DataFrame, column: str, file: str) -> pd.Series:
-    """A column as float64; text that is not a number is refused with its row."""
+    """A column as float64; a missing column, or text that is not a number, is refused."""
+    if column not in table.columns:
+        raise ValueError(f"{file}: no {column!r} column among {list(table.columns)}")
     values = pd.to_numeric(table[column], errors="coerce")
     bad = values.isna() & table[column].notna()
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise ValueError(
-            f"{file}: column {column!r} row {row} holds {table[column].iloc[row]!r}, not a number"
+            f"{file}: column {column!r}, data row {row + 1}, holds "
+            f"{table[column].iloc[row]!r}, which is not a number"
         )
     return values.astype(np.float64)
 
 
 def _frame(table: pd.DataFrame, times: np.ndarray, volume: str, file: str) -> pd.DataFrame:
+    """The raw candle frame; without a symbol column the symbol is left empty for
+    ``_apply_symbol`` to fill in."""
+    symbols: object = ""
+    if "symbol" in table.columns:
+        raw = table["symbol"].astype(str)
+        # Normalize each distinct name once: files repeat one symbol on every row.
+        symbols = raw.map({s: normalize_symbol(s) for s in raw.unique()}).to_numpy()
     return pd.DataFrame(
         {
             "open_time": times,
             **{c: _numeric(table, c, file).to_numpy() for c in PRICE_COLUMNS},
             "volume": _numeric(table, volume, file).to_numpy(),
-            "symbol": table["symbol"].astype(str).map(normalize_symbol).to_numpy()
-            if "symbol" in table.columns
-            else "",
+            "symbol": symbols,
         }
     ).loc[:, list(CANDLE_COLUMNS)]
 
