@@ -202,11 +202,6 @@ def _safe_ratio(num: Array, den: Array, fallback: float) -> Array:
     return ratio
 
 
-def _ewm_step(value: float, x: float, keep: float, alpha: float, norm: float) -> float:
-    """One step of ``_ewm`` with the same floating-point operations as pandas."""
-    return value if value == x else (keep * value + alpha * x) / norm
-
-
 # --------------------------------------------------------------------------------------------
 # Indicator groups
 
@@ -1467,17 +1462,14 @@ class FeatureEngine:
             self._symbol, self._timeframe = candle.symbol, candle.timeframe
             self._step = timeframe_ms(candle.timeframe)
             self._check_values(candle)
-            self._advance(
-                candle.open_time, candle.open, candle.high, candle.low, candle.close, candle.volume
-            )
         else:
             self._check_next(candle)
             missing = (candle.open_time - self._last_time) // self._step - 1
             if missing:
                 self._fill(missing)
-            self._advance(
-                candle.open_time, candle.open, candle.high, candle.low, candle.close, candle.volume
-            )
+        self._advance(
+            candle.open_time, candle.open, candle.high, candle.low, candle.close, candle.volume
+        )
         return np.array(self._out) if self._seen >= self.spec.warmup else None
 
     def _check_values(self, candle: Candle) -> None:
