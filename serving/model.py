@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from kubetrade.features import FeatureSpec, check_feature_spec
 from kubetrade.onnx_export.metadata import ModelMetadata
@@ -76,7 +77,7 @@ class OnnxPredictor:
         """Raise FeatureMismatchError unless ``spec`` computes the features the model expects."""
         check_feature_spec(self.feature_spec, spec)
 
-    def predict_proba(self, rows: np.ndarray) -> np.ndarray:
+    def predict_proba(self, rows: npt.ArrayLike) -> np.ndarray:
         """Probability of up per row (float64, shape [n]); rows are cast to float32."""
         batch = np.asarray(rows, dtype=np.float32)
         if batch.ndim != 2 or batch.shape[1] != self.n_features:

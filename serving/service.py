@@ -250,19 +250,17 @@ class InferenceService:
         feature_names: list[str],
     ) -> PredictResponse | JSONResponse:
         """Probability of up for each row of features, given in the model's feature order."""
-        ready, reason = self.readiness()
-        if not ready or self.predictor is None:
+        # Only the model decides: a reconnecting NATS bridge does not stop HTTP predictions.
+        if self.not_ready_reason or self.predictor is None:
             REQUESTS.labels("not_ready").inc()
-            return _error(503, reason)
+            return _error(503, self.not_ready_reason or "model not loaded")
         try:
             check_batch(rows, feature_names, self.predictor.feature_names)
         except BatchError as error:
             REQUESTS.labels("bad_request").inc()
             return _error(422, str(error))
-        import numpy as np
-
         started = time.perf_counter()
-        probabilities = self.predictor.predict_proba(np.asarray(rows, dtype=np.float32))
+        probabilities = self.predictor.predict_proba(rows)
         PREDICT_LATENCY.observe(time.perf_counter() - started)
         REQUESTS.labels("ok").inc()
         ROWS.inc(len(rows))
