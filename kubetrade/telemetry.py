@@ -100,8 +100,11 @@ class JsonLinesSpanExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def setup_tracing(service: str, bot: str, env: Mapping[str, str] | None = None) -> TracerProvider:
-    """Install a tracer provider for this process with exporters chosen by the environment."""
+def setup_tracing(
+    service: str, bot: str, env: Mapping[str, str] | None = None, *, install: bool = True
+) -> TracerProvider:
+    """A tracer provider with exporters chosen by the environment, installed globally unless
+    ``install`` is false (inside BentoML, whose process may own the global provider)."""
     env = os.environ if env is None else env
     resource = Resource.create(
         {"service.name": env.get("OTEL_SERVICE_NAME", service), "kubetrade.bot": bot}
@@ -114,7 +117,8 @@ def setup_tracing(service: str, bot: str, env: Mapping[str, str] | None = None) 
     trace_file = env.get(ENV_TRACE_FILE)
     if trace_file:
         provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(trace_file)))
-    trace.set_tracer_provider(provider)
+    if install:
+        trace.set_tracer_provider(provider)
     return provider
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubetrade.features import FeatureMismatchError
-from opentelemetry import trace
+from opentelemetry.trace import Tracer
 
 from kubetrade.bus import BatchConsumer, Delivery, connect, dead_letter, ensure_stream, publish_all
 from kubetrade.domain import Candle
@@ -27,11 +27,10 @@ from kubetrade.metrics import CANDLES_RECEIVED, PREDICT_SECONDS, SIGNALS_PUBLISH
 from kubetrade.serving.pipeline import Predictor, SignalPipeline
 from kubetrade.settings import WorkerSettings
 from kubetrade.subjects import Subjects
-from kubetrade.telemetry import context_from_headers, inject_headers
+from kubetrade.telemetry import context_from_headers, inject_headers, setup_tracing
 from kubetrade.workers.runtime import WorkerStatus, now_ms, publish_status_forever
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("kubetrade.inference")
 
 BATCH_MAX = 512
 
@@ -69,13 +68,16 @@ def start_bridge(predictor: Predictor, settings: WorkerSettings | None = None) -
     """Start the bridge on a daemon thread; configuration comes from the pod's environment."""
     settings = settings or WorkerSettings.from_env("inference")
     status = WorkerStatus("inference", settings.bot.key)
+    tracer = setup_tracing("kubetrade-inference", settings.bot.key, install=False).get_tracer(
+        "kubetrade.inference"
+    )
     loop = asyncio.new_event_loop()
     stop_event = asyncio.Event()
 
     def main() -> None:
         asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(_serve(predictor, settings, status, stop_event))
+            loop.run_until_complete(_serve(predictor, settings, status, stop_event, tracer))
         except Exception as error:
             status.state, status.message = "failed", f"bridge stopped: {error}"
             log.exception("inference bridge failed")
@@ -89,7 +91,11 @@ def start_bridge(predictor: Predictor, settings: WorkerSettings | None = None) -
 
 
 async def _serve(
-    predictor: Predictor, settings: WorkerSettings, status: WorkerStatus, stop: asyncio.Event
+    predictor: Predictor,
+    settings: WorkerSettings,
+    status: WorkerStatus,
+    stop: asyncio.Event,
+    tracer: Tracer,
 ) -> None:
     bot = settings.bot
     subjects = Subjects(bot.metadata.namespace, bot.metadata.name)
@@ -113,7 +119,7 @@ async def _serve(
         while not stop.is_set():
             batch = await consumer.next_batch(BATCH_MAX, timeout=0.5)
             if batch:
-                await _handle(batch, pipeline, js, subjects, status)
+                await _handle(batch, pipeline, js, subjects, status, tracer)
                 await consumer.ack_through(batch)
         await consumer.stop()
     finally:
@@ -129,6 +135,7 @@ async def _handle(
     js: Any,
     subjects: Subjects,
     status: WorkerStatus,
+    tracer: Tracer,
 ) -> None:
     bot = status.bot
     candles: list[Candle] = []

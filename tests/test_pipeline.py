@@ -19,6 +19,7 @@ import pytest
 from kubetrade.backtest import run_backtest
 from kubetrade.bus import connect, ensure_stream
 from kubetrade.domain import Fill
+from kubetrade.features import default_feature_spec
 from kubetrade.runner import RunOptions, run_bot
 from kubetrade.serving.model import OnnxPredictor
 from kubetrade.spec import TradingBot
@@ -40,7 +41,7 @@ def model(tmp_path_factory: pytest.TempPathFactory, btc_csv: Path) -> str:
 
     home = tmp_path_factory.mktemp("bentoml")
     os.environ["BENTOML_HOME"] = str(home)
-    frame = load_candles(btc_csv).frame
+    frame = load_candles(btc_csv)
     train_and_register(
         {"BTC/USD": frame},
         TrainConfig(name=MODEL, timeframe="1h", source=str(btc_csv), version="1"),
@@ -84,7 +85,7 @@ def test_synthetic_bot_trades_end_to_end(
 ) -> None:
     """Candles flow through all three processes; every table fills; one trace per candle."""
     bot = make_bot(
-        "e2e", {"name": "synthetic", "seed": 11, "limit": 500}, ["BTC/USDT", "ETH/USDT"], model
+        "e2e", {"name": "synthetic", "seed": 11, "limit": 600}, ["BTC/USDT", "ETH/USDT"], model
     )
     asyncio.run(_publish_garbage(nats_url, bot))
     spans_file = tmp_path / "spans.jsonl"
@@ -99,8 +100,9 @@ def test_synthetic_bot_trades_end_to_end(
     run_bot(bot, options)
 
     report = json.loads((report_dir / "report.json").read_text())
-    assert report["candles"] == 1000
-    assert report["signals"] > 800  # every candle after the feature warm-up
+    warmup = default_feature_spec().warmup
+    assert report["candles"] == 1200
+    assert report["signals"] == 2 * (600 - warmup + 1)  # every candle once features are warm
     assert report["fills"] > 0 and report["orders"] >= report["fills"]
     for key in ("final_equity", "total_return_pct", "max_drawdown_pct", "sharpe", "win_rate"):
         assert key in report
@@ -110,9 +112,9 @@ def test_synthetic_bot_trades_end_to_end(
     with Store.connect(db_url) as db:
         counts = db.count_rows(bot.key)
         signals = db.read_signals(bot.key)
-    assert counts.candles == 1000
-    assert counts.signals == 1000  # the malformed signal was dead-lettered, not counted
-    assert counts.equity == 500
+    assert counts.candles == 1200
+    assert counts.signals == 1200  # the malformed signal was dead-lettered, not counted
+    assert counts.equity == 600
     assert counts.fills == report["fills"]
     assert all(s.decided_at >= s.candle_published_at for s in signals)
 
@@ -128,7 +130,7 @@ def test_synthetic_bot_trades_end_to_end(
         for t, names in by_trace.items()
         if {"feed.candle", "inference.signal", "executor.decide"} <= names
     ]
-    assert len(full) >= 990, f"only {len(full)} traces span feed -> inference -> executor"
+    assert len(full) >= 1190, f"only {len(full)} traces span feed -> inference -> executor"
 
 
 def test_run_and_backtest_give_identical_fills_on_real_btc(
