@@ -30,7 +30,10 @@ from kubetrade.settings import quiet_environment
 from kubetrade.spec import TradingBot, parse_bot
 from kubetrade.store import Store
 
-SYMBOLS = [f"{base}/USDT" for base in ("BTC", "ETH", "SOL", "BNB", "XRP", "ADA", "DOGE", "AVAX", "DOT", "LINK")]
+SYMBOLS = [
+    f"{base}/USDT"
+    for base in ("BTC", "ETH", "SOL", "BNB", "XRP", "ADA", "DOGE", "AVAX", "DOT", "LINK")
+]
 MODEL = "bench-baseline"
 
 
@@ -59,7 +62,9 @@ def train_model() -> None:
     from kubetrade.onnx_export.pipeline import TrainConfig, train_and_register
 
     frame = generate(["BTC/USDT"], "1h", 6000, seed=99)
-    train_and_register({"BTC/USDT": frame}, TrainConfig(name=MODEL, timeframe="1h", source="synthetic"))
+    train_and_register(
+        {"BTC/USDT": frame}, TrainConfig(name=MODEL, timeframe="1h", source="synthetic")
+    )
 
 
 class MemorySampler:
@@ -92,7 +97,9 @@ class MemorySampler:
         self._thread.join()
 
 
-def run_phase(b: TradingBot, nats_url: str, db_url: str, work: Path) -> tuple[dict[str, int], float]:
+def run_phase(
+    b: TradingBot, nats_url: str, db_url: str, work: Path
+) -> tuple[dict[str, int], float]:
     """Run the bot to completion; return the peak RSS per worker and the wall time."""
     procs = LocalProcesses(work)
     started = time.perf_counter()
@@ -118,7 +125,9 @@ def latencies(db_url: str, b: TradingBot) -> tuple[np.ndarray, float]:
 
 def main() -> None:
     """Run both phases and print the figures."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--symbols", type=int, default=10)
     parser.add_argument("--per-symbol", type=int, default=2000)
     parser.add_argument("--paced-rate", type=float, default=200.0, help="candles/s across symbols")
@@ -137,13 +146,18 @@ def main() -> None:
             _, rate = latencies(db_url, fast)
 
             per_symbol = int(args.paced_rate * args.paced_seconds / len(symbols))
-            speed = args.paced_rate / len(symbols) * 3600  # 1h candles: candle-times per second x 3600
+            speed = (
+                args.paced_rate / len(symbols) * 3600
+            )  # 1h candles: candle-times per second x 3600
             paced = bot("paced", symbols, per_symbol, speed=speed)
             paced_rss, _ = run_phase(paced, nats_url, db_url, root / "paced")
             lat, _ = latencies(db_url, paced)
 
     total = len(symbols) * args.per_symbol
-    peak = {c: max(fast_rss.get(c, 0), paced_rss.get(c, 0)) / 2**20 for c in ("feed", "inference", "executor")}
+    peak = {
+        c: max(fast_rss.get(c, 0), paced_rss.get(c, 0)) / 2**20
+        for c in ("feed", "inference", "executor")
+    }
     figures = {
         "machine": f"{os.cpu_count()} cores, Python {sys.version.split()[0]}",
         "throughput": {

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kubetrade.domain import Candle, EquityPoint, Fill, Order
-from kubetrade.serving.pipeline import Predictor, SignalPipeline
+from kubetrade.serving.pipeline import Predictor, Rejected, SignalPipeline
 from kubetrade.spec import TradingBot
 from kubetrade.trading import TradingEngine
 
@@ -42,6 +42,8 @@ def run_backtest(
 
     def flush() -> None:
         for event in pipeline.process(batch):
+            if isinstance(event, Rejected):
+                raise ValueError(f"candle refused by the feature engine: {event.reason}")
             out = engine.on_event(event)
             result.candles += 1
             result.signals += event.prediction is not None

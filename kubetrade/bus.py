@@ -10,9 +10,10 @@ micro-batches: one message when traffic is light (low latency), many when it que
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,15 +101,31 @@ class BatchConsumer:
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
         self._sub: Any = None
 
-    async def start(self) -> None:
-        """Bind to the durable consumer (created on first start) and start receiving."""
+    async def start(self, resume_after: int | None = None) -> int:
+        """(Re)create the durable consumer at ``resume_after + 1`` and start receiving.
+
+        ``resume_after`` is the last stream sequence the caller has fully applied; the
+        executor takes it from its database checkpoint. Without it, the consumer's own ack
+        floor is used. Recreating the consumer at that point, instead of binding to it as it
+        was, means messages a killed process received but never acknowledged come back at
+        once rather than after the ack wait. Returns the sequence resumed after.
+        """
+        if resume_after is None:
+            try:
+                info = await self._js.consumer_info(self._subjects.stream, self._durable)
+                resume_after = info.ack_floor.stream_seq if info.ack_floor else 0
+            except NotFoundError:
+                resume_after = 0
+        with contextlib.suppress(NotFoundError):
+            await self._js.delete_consumer(self._subjects.stream, self._durable)
 
         async def enqueue(msg: Msg) -> None:
             self._queue.put_nowait(Delivery(msg, msg.metadata.sequence.stream, time.time_ns()))
 
         config = ConsumerConfig(
             durable_name=self._durable,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=resume_after + 1,
             ack_policy=AckPolicy.ALL,
             ack_wait=ACK_WAIT_S,
             max_ack_pending=50_000,
@@ -123,6 +140,7 @@ class BatchConsumer:
             config=config,
             pending_msgs_limit=200_000,
         )
+        return resume_after
 
     async def next_batch(self, max_size: int, timeout: float | None = None) -> list[Delivery]:
         """Wait for at least one message (or ``timeout``), then take what is queued."""
@@ -145,6 +163,25 @@ class BatchConsumer:
         """Stop receiving; unacknowledged messages are redelivered to the next process."""
         if self._sub is not None:
             await self._sub.unsubscribe()
+
+
+async def replay(
+    js: JetStreamContext, subjects: Subjects, filter_subject: str, through: int
+) -> AsyncIterator[Msg]:
+    """The stream's messages on ``filter_subject`` up to sequence ``through``, in order."""
+    if through <= 0:
+        return
+    sub = await js.subscribe(filter_subject, stream=subjects.stream, ordered_consumer=True)
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=10)
+            if msg.metadata.sequence.stream > through:
+                return
+            yield msg
+            if msg.metadata.sequence.stream == through or msg.metadata.num_pending == 0:
+                return
+    finally:
+        await sub.unsubscribe()
 
 
 async def dead_letter(

@@ -17,14 +17,22 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from kubetrade.features import FeatureMismatchError
 from opentelemetry.trace import Tracer
 
-from kubetrade.bus import BatchConsumer, Delivery, connect, dead_letter, ensure_stream, publish_all
+from kubetrade.bus import (
+    BatchConsumer,
+    Delivery,
+    connect,
+    dead_letter,
+    ensure_stream,
+    publish_all,
+    replay,
+)
 from kubetrade.domain import Candle
+from kubetrade.features import FeatureMismatchError
 from kubetrade.messages import CandleMessage, MessageError, SignalMessage, decode, encode
 from kubetrade.metrics import CANDLES_RECEIVED, PREDICT_SECONDS, SIGNALS_PUBLISHED
-from kubetrade.serving.pipeline import Predictor, SignalPipeline
+from kubetrade.serving.pipeline import Predictor, Rejected, SignalPipeline
 from kubetrade.settings import WorkerSettings
 from kubetrade.subjects import Subjects
 from kubetrade.telemetry import context_from_headers, inject_headers, setup_tracing
@@ -112,7 +120,16 @@ async def _serve(
             await stop.wait()
             return
         consumer = BatchConsumer(js, subjects, subjects.all_candles, subjects.durable("inference"))
-        await consumer.start()
+        resumed = await consumer.start()
+        if resumed:
+            # A restart: rebuild the rolling windows from the candles already handled.
+            history = [
+                decode(CandleMessage, m.data).to_candle()
+                async for m in replay(js, subjects, subjects.all_candles, resumed)
+                if _decodable(m.data)
+            ]
+            pipeline.warm_up(history)
+            log.info("windows rebuilt from the stream", extra={"through_seq": resumed})
         status.state = "running"
         status.message = f"serving {predictor.model_name}:{predictor.model_version}"
         log.info("bridge running", extra={"model": predictor.model_name})
@@ -154,11 +171,17 @@ async def _handle(
     CANDLES_RECEIVED.labels(bot).inc(len(candles))
     status.count("candles", len(candles))
     with PREDICT_SECONDS.labels(bot).time():
-        events = pipeline.process(candles)
+        results = pipeline.process(candles)
     produced = now_ms()
     outgoing = []
     predicted = 0
-    for event, (message, delivery) in zip(events, sources, strict=True):
+    for event, (message, delivery) in zip(results, sources, strict=True):
+        if isinstance(event, Rejected):
+            await dead_letter(
+                js, subjects, delivery.msg, ValueError(event.reason), component="inference", bot=bot
+            )
+            status.count("dead_letters")
+            continue
         parent = context_from_headers(delivery.msg.headers)
         with tracer.start_as_current_span(
             "inference.signal",
@@ -179,3 +202,11 @@ async def _handle(
     await publish_all(js, outgoing)
     SIGNALS_PUBLISHED.labels(bot).inc(predicted)
     status.count("signals", predicted)
+
+
+def _decodable(data: bytes) -> bool:
+    try:
+        decode(CandleMessage, data)
+    except MessageError:
+        return False
+    return True

@@ -6,13 +6,23 @@ backtest over the same candles see the same predictions.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from kubetrade.features import FeatureEngine, FeatureSpec, check_feature_spec, default_feature_spec
 
 from kubetrade.domain import Candle, Direction, MarketEvent, Prediction
+from kubetrade.features import FeatureEngine, FeatureSpec, check_feature_spec, default_feature_spec
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A candle the features cannot take, and why."""
+
+    candle: Candle
+    reason: str
 
 
 class Predictor(Protocol):
@@ -54,21 +64,44 @@ class SignalPipeline:
         self.predictor = predictor
         self._engines: dict[str, FeatureEngine] = {}
 
-    def process(self, candles: Sequence[Candle]) -> list[MarketEvent]:
-        """One event per candle, in input order; prediction is None while a symbol warms up."""
+    def _engine(self, symbol: str) -> FeatureEngine:
+        engine = self._engines.get(symbol)
+        if engine is None:
+            engine = self._engines[symbol] = FeatureEngine(self.predictor.feature_spec)
+        return engine
+
+    def warm_up(self, candles: Iterable[Candle]) -> None:
+        """Feed history (e.g. after a restart) through the feature engines without predicting."""
+        history: dict[str, deque[Candle]] = {}
+        for candle in candles:
+            keep = history.setdefault(
+                candle.symbol, deque(maxlen=self.predictor.feature_spec.warmup)
+            )
+            keep.append(candle)
+        for symbol, recent in history.items():
+            self._engine(symbol).warm_up(recent)
+
+    def process(self, candles: Sequence[Candle]) -> list[MarketEvent | Rejected]:
+        """One result per candle, in input order: an event (prediction None while a symbol
+        warms up), or a rejection for a candle its symbol's engine cannot take (a duplicate,
+        out of order, or impossible prices)."""
         rows: list[np.ndarray] = []
         warm: list[int] = []
+        results: list[MarketEvent | Rejected] = []
         for index, candle in enumerate(candles):
-            engine = self._engines.get(candle.symbol)
-            if engine is None:
-                engine = self._engines[candle.symbol] = FeatureEngine(self.predictor.feature_spec)
-            row = engine.update(candle)
+            try:
+                row = self._engine(candle.symbol).update(candle)
+            except ValueError as error:
+                results.append(Rejected(candle, str(error)))
+                continue
+            results.append(MarketEvent(candle, None))
             if row is not None:
                 rows.append(row)
                 warm.append(index)
-        predictions: list[Prediction | None] = [None] * len(candles)
         if rows:
             probs = self.predictor.predict_proba(np.vstack(rows))
             for index, prob in zip(warm, probs, strict=True):
-                predictions[index] = to_prediction(float(prob), self.predictor)
-        return [MarketEvent(c, p) for c, p in zip(candles, predictions, strict=True)]
+                results[index] = MarketEvent(
+                    candles[index], to_prediction(float(prob), self.predictor)
+                )
+        return results

@@ -20,7 +20,7 @@ from kubetrade.backtest import run_backtest
 from kubetrade.bus import connect, ensure_stream
 from kubetrade.domain import Fill
 from kubetrade.features import default_feature_spec
-from kubetrade.runner import RunOptions, run_bot
+from kubetrade.runner import Progress, RunOptions, run_bot
 from kubetrade.serving.model import OnnxPredictor
 from kubetrade.spec import TradingBot
 from kubetrade.store import Store
@@ -47,6 +47,11 @@ def model(tmp_path_factory: pytest.TempPathFactory, btc_csv: Path) -> str:
         TrainConfig(name=MODEL, timeframe="1h", source=str(btc_csv), version="1"),
     )
     return MODEL
+
+
+def _fills(progress: Progress) -> int:
+    executor = progress.statuses.get("executor")
+    return 0 if executor is None else executor.counters.get("fills", 0)
 
 
 def _fill_key(fill: Fill) -> tuple[int, str, str, float, float]:
@@ -163,11 +168,7 @@ def test_executor_killed_mid_run_resumes_with_identical_fills(
     options = RunOptions(report_dir=tmp_path, nats_url=nats_url, database_url=db_url)
     procs, planned = start_workers(bot, nats_url, db_url, tmp_path, options)
     try:
-        wait_for(
-            bot, nats_url, procs,
-            lambda p: "executor" in p.statuses and p.statuses["executor"].counters.get("fills", 0) >= 3,
-            timeout=180,
-        )  # fmt: skip
+        wait_for(bot, nats_url, procs, lambda p: _fills(p) >= 3, timeout=180)
         executor = procs.running["executor"]
         os.kill(executor.pid, signal.SIGKILL)
         executor.wait()

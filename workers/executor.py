@@ -253,7 +253,7 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
     consumer = BatchConsumer(
         js, executor.subjects, executor.subjects.all_signals, executor.subjects.durable("executor")
     )
-    await consumer.start()
+    await consumer.start(resume_after=executor.sequence)
     if executor.status.state == "starting":
         executor.status.state = "running"
     health = HealthServer(
