@@ -78,8 +78,12 @@ spec:
 
 
 def widget(name: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name},
-            "spec": {"replicas": 1, **spec}}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": name},
+        "spec": {"replicas": 1, **spec},
+    }
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
@@ -96,8 +100,9 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float
 @pytest.fixture(scope="module")
 def widget_crd(controlplane: Any) -> str:
     controlplane.kubectl("apply", "-f", "-", input=WIDGET_CRD)
-    controlplane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                         f"crd/{PLURAL}.{GROUP}")
+    controlplane.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}"
+    )
     return f"{PLURAL}.{GROUP}"
 
 
@@ -121,14 +126,18 @@ def test_binaries_are_the_pinned_release(controlplane: Any) -> None:
     pinned = controlplane.versions["kubernetes"]
     assert out["clientVersion"]["gitVersion"] == pinned
     assert out["serverVersion"]["gitVersion"] == pinned
-    etcd = subprocess.run([str(controlplane.bin_dir / "etcd"), "--version"],
-                          capture_output=True, text=True, check=True).stdout
+    etcd = subprocess.run(
+        [str(controlplane.bin_dir / "etcd"), "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert f"etcd Version: {controlplane.versions['etcd'].lstrip('v')}" in etcd
 
 
 def test_crd_schema_rejects_invalid_object_with_server_message(
-        widget_crd: str, kubectl: Callable[..., Any], custom: Any,
-        controlplane_namespace: str) -> None:
+    widget_crd: str, kubectl: Callable[..., Any], custom: Any, controlplane_namespace: str
+) -> None:
     from kubernetes.client.rest import ApiException
 
     # As a user would: kubectl apply of a manifest with a string where the
@@ -136,14 +145,20 @@ def test_crd_schema_rejects_invalid_object_with_server_message(
     bad = yaml.safe_dump(widget("bad", replicas="three"))
     r = kubectl("apply", "-f", "-", input=bad, check=False)
     assert r.returncode != 0
-    assert 'spec.replicas: Invalid value: "string": spec.replicas in body must be of type integer: "string"' \
-        in r.stderr, r.stderr
+    assert (
+        'spec.replicas: Invalid value: "string": spec.replicas in body must be of type integer: "string"'
+        in r.stderr
+    ), r.stderr
 
     # Through the API: 422 Invalid with a structured cause per field.
     with pytest.raises(ApiException) as ei:
         custom.create_namespaced_custom_object(
-            GROUP, VERSION, controlplane_namespace, PLURAL,
-            widget("too-many", replicas=11, symbol="btc-usdt"))
+            GROUP,
+            VERSION,
+            controlplane_namespace,
+            PLURAL,
+            widget("too-many", replicas=11, symbol="btc-usdt"),
+        )
     status, body = api_error(ei)
     assert status == 422 and body["reason"] == "Invalid"
     causes = {c["field"]: c["message"] for c in body["details"]["causes"]}
@@ -153,23 +168,29 @@ def test_crd_schema_rejects_invalid_object_with_server_message(
     # Missing required field.
     with pytest.raises(ApiException) as ei:
         custom.create_namespaced_custom_object(
-            GROUP, VERSION, controlplane_namespace, PLURAL,
-            {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "empty"}, "spec": {}})
-    assert 'spec.replicas: Required value' in ei.value.body
+            GROUP,
+            VERSION,
+            controlplane_namespace,
+            PLURAL,
+            {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "empty"}, "spec": {}},
+        )
+    assert "spec.replicas: Required value" in ei.value.body
 
     assert kubectl("get", "widgets", "-o", "name").stdout.strip() == ""
 
 
 def test_structural_schema_prunes_and_strict_validation_rejects_unknown_fields(
-        widget_crd: str, kubectl: Callable[..., Any], custom: Any,
-        controlplane_namespace: str) -> None:
+    widget_crd: str, kubectl: Callable[..., Any], custom: Any, controlplane_namespace: str
+) -> None:
     obj = widget("pruned")
     obj["spec"]["bogus"] = "dropped by the server"
-    created = custom.create_namespaced_custom_object(GROUP, VERSION, controlplane_namespace,
-                                                     PLURAL, obj)
+    created = custom.create_namespaced_custom_object(
+        GROUP, VERSION, controlplane_namespace, PLURAL, obj
+    )
     assert "bogus" not in created["spec"]  # pruned, not stored
-    stored = custom.get_namespaced_custom_object(GROUP, VERSION, controlplane_namespace,
-                                                 PLURAL, "pruned")
+    stored = custom.get_namespaced_custom_object(
+        GROUP, VERSION, controlplane_namespace, PLURAL, "pruned"
+    )
     assert stored["spec"] == {"replicas": 1}
 
     strict = widget("strict")
@@ -179,35 +200,40 @@ def test_structural_schema_prunes_and_strict_validation_rejects_unknown_fields(
     assert 'unknown field "spec.bogus"' in r.stderr, r.stderr
 
 
-def test_cel_validation_rules_are_enforced(widget_crd: str, custom: Any,
-                                           controlplane_namespace: str) -> None:
+def test_cel_validation_rules_are_enforced(
+    widget_crd: str, custom: Any, controlplane_namespace: str
+) -> None:
     from kubernetes.client.rest import ApiException
 
     ns = controlplane_namespace
     with pytest.raises(ApiException) as ei:
-        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
-                                               widget("w", minReplicas=5, maxReplicas=2))
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, widget("w", minReplicas=5, maxReplicas=2)
+        )
     status, body = api_error(ei)
     assert status == 422
     assert "minReplicas must not exceed maxReplicas" in body["message"], body["message"]
 
     # Transition rule (oldSelf): allowed on create, enforced on update.
-    custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
-                                           widget("w", minReplicas=1, maxReplicas=2,
-                                                  symbol="BTC/USDT"))
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, widget("w", minReplicas=1, maxReplicas=2, symbol="BTC/USDT")
+    )
     with pytest.raises(ApiException) as ei:
-        custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "w",
-                                              {"spec": {"symbol": "ETH/USDT"}})
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, "w", {"spec": {"symbol": "ETH/USDT"}}
+        )
     status, body = api_error(ei)
     assert status == 422 and "symbol is immutable" in body["message"], body["message"]
     # A valid change still goes through.
-    ok = custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "w",
-                                               {"spec": {"maxReplicas": 3}})
+    ok = custom.patch_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, "w", {"spec": {"maxReplicas": 3}}
+    )
     assert ok["spec"]["maxReplicas"] == 3
 
 
-def test_status_subresource_and_generation(widget_crd: str, custom: Any,
-                                           controlplane_namespace: str) -> None:
+def test_status_subresource_and_generation(
+    widget_crd: str, custom: Any, controlplane_namespace: str
+) -> None:
     ns = controlplane_namespace
     obj = widget("s")
     obj["status"] = {"phase": "Ignored"}
@@ -221,21 +247,25 @@ def test_status_subresource_and_generation(widget_crd: str, custom: Any,
     assert "status" not in after
     # ... through /status it sticks, without bumping generation ...
     st = custom.patch_namespaced_custom_object_status(
-        GROUP, VERSION, ns, PLURAL, "s", {"status": {"phase": "Running", "observedGeneration": 1}})
+        GROUP, VERSION, ns, PLURAL, "s", {"status": {"phase": "Running", "observedGeneration": 1}}
+    )
     assert st["status"] == {"phase": "Running", "observedGeneration": 1}
     assert st["metadata"]["generation"] == 1
     # ... and /status does not change spec; a spec change bumps generation.
-    st2 = custom.patch_namespaced_custom_object_status(GROUP, VERSION, ns, PLURAL, "s",
-                                                       {"spec": {"replicas": 7}})
+    st2 = custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, ns, PLURAL, "s", {"spec": {"replicas": 7}}
+    )
     assert st2["spec"]["replicas"] == 1
-    bumped = custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "s",
-                                                   {"spec": {"replicas": 2}})
+    bumped = custom.patch_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, "s", {"spec": {"replicas": 2}}
+    )
     assert bumped["metadata"]["generation"] == 2
     assert bumped["status"]["phase"] == "Running"
 
 
-def test_stale_resource_version_update_gets_409(widget_crd: str, custom: Any, kube_api: Any,
-                                                controlplane_namespace: str) -> None:
+def test_stale_resource_version_update_gets_409(
+    widget_crd: str, custom: Any, kube_api: Any, controlplane_namespace: str
+) -> None:
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
@@ -252,13 +282,16 @@ def test_stale_resource_version_update_gets_409(widget_crd: str, custom: Any, ku
         custom.replace_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "c", second)
     status, body = api_error(ei)
     assert status == 409 and body["reason"] == "Conflict"
-    assert "the object has been modified; please apply your changes to the latest version" \
+    assert (
+        "the object has been modified; please apply your changes to the latest version"
         in body["message"]
+    )
 
     # Same for a built-in type, through a precondition on a ConfigMap.
     core = client.CoreV1Api(kube_api)
-    cm = core.create_namespaced_config_map(ns, client.V1ConfigMap(
-        metadata=client.V1ObjectMeta(name="cm"), data={"a": "1"}))
+    cm = core.create_namespaced_config_map(
+        ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="cm"), data={"a": "1"})
+    )
     stale_rv = cm.metadata.resource_version
     cm.data = {"a": "2"}
     core.replace_namespaced_config_map("cm", ns, cm)
@@ -269,16 +302,26 @@ def test_stale_resource_version_update_gets_409(widget_crd: str, custom: Any, ku
     assert ei.value.status == 409
 
 
-def test_server_side_apply_records_field_managers(widget_crd: str, kubectl: Callable[..., Any],
-                                                  custom: Any, controlplane_namespace: str) -> None:
+def test_server_side_apply_records_field_managers(
+    widget_crd: str, kubectl: Callable[..., Any], custom: Any, controlplane_namespace: str
+) -> None:
     def apply(manager: str, spec: dict[str, Any], *extra: str) -> Any:
         doc = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "ssa"}, "spec": spec}
-        return kubectl("apply", "--server-side", f"--field-manager={manager}", *extra, "-f", "-",
-                       input=yaml.safe_dump(doc), check=False)
+        return kubectl(
+            "apply",
+            "--server-side",
+            f"--field-manager={manager}",
+            *extra,
+            "-f",
+            "-",
+            input=yaml.safe_dump(doc),
+            check=False,
+        )
 
     def managers() -> dict[str, dict[str, Any]]:
-        obj = custom.get_namespaced_custom_object(GROUP, VERSION, controlplane_namespace,
-                                                  PLURAL, "ssa")
+        obj = custom.get_namespaced_custom_object(
+            GROUP, VERSION, controlplane_namespace, PLURAL, "ssa"
+        )
         return {m["manager"]: m for m in obj["metadata"]["managedFields"]}
 
     r = apply("kubetrade-alice", {"replicas": 1, "symbol": "BTC/USDT"})
@@ -304,27 +347,51 @@ def test_server_side_apply_records_field_managers(widget_crd: str, kubectl: Call
     assert r.returncode == 0, r.stderr
     m = managers()
     assert set(m["kubetrade-alice"]["fieldsV1"]["f:spec"]) == {"f:symbol"}
-    assert custom.get_namespaced_custom_object(GROUP, VERSION, controlplane_namespace, PLURAL,
-                                               "ssa")["spec"]["replicas"] == 4
+    assert (
+        custom.get_namespaced_custom_object(GROUP, VERSION, controlplane_namespace, PLURAL, "ssa")[
+            "spec"
+        ]["replicas"]
+        == 4
+    )
 
 
-def test_owner_reference_garbage_collects_deployment(widget_crd: str, kubectl: Callable[..., Any],
-                                                     custom: Any, kube_api: Any,
-                                                     controlplane_namespace: str) -> None:
+def test_owner_reference_garbage_collects_deployment(
+    widget_crd: str,
+    kubectl: Callable[..., Any],
+    custom: Any,
+    kube_api: Any,
+    controlplane_namespace: str,
+) -> None:
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
     ns = controlplane_namespace
     owner = custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, widget("owner"))
     deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "owned", "labels": {"app": "owned"}, "ownerReferences": [{
-            "apiVersion": API_VERSION, "kind": KIND, "name": "owner",
-            "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]},
-        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "owned"}},
-                 "template": {"metadata": {"labels": {"app": "owned"}},
-                              "spec": {"containers": [{"name": "c",
-                                                       "image": "example.invalid/never-pulled:1"}]}}},
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "owned",
+            "labels": {"app": "owned"},
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "name": "owner",
+                    "uid": owner["metadata"]["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "owned"}},
+            "template": {
+                "metadata": {"labels": {"app": "owned"}},
+                "spec": {"containers": [{"name": "c", "image": "example.invalid/never-pulled:1"}]},
+            },
+        },
     }
     kubectl("apply", "-f", "-", input=yaml.safe_dump(deployment))
 
@@ -333,13 +400,19 @@ def test_owner_reference_garbage_collects_deployment(widget_crd: str, kubectl: C
     # makes Pods (which never run: no kubelet, no scheduler).
     rs = wait_for(lambda: apps.list_namespaced_replica_set(ns).items, 60, "a ReplicaSet")
     assert rs[0].metadata.owner_references[0].kind == "Deployment"
-    pods = wait_for(lambda: len(core.list_namespaced_pod(ns).items) == 2 and
-                    core.list_namespaced_pod(ns).items, 60, "2 Pods")
+    pods = wait_for(
+        lambda: len(core.list_namespaced_pod(ns).items) == 2 and core.list_namespaced_pod(ns).items,
+        60,
+        "2 Pods",
+    )
     assert all(p.status.phase == "Pending" and not p.spec.node_name for p in pods)
     out = kubectl("get", "deployment", "owned", "-o", "jsonpath={.spec.replicas}").stdout
     assert out == "2"
 
-    # Delete the owner: the garbage collector removes the whole chain.
+    # Delete the owner: the garbage collector removes the whole chain. Real
+    # kube-controller-manager behaviour worth knowing for operator tests: the
+    # GC rediscovers resource types every 30 s (hard-coded), so for a CRD
+    # installed seconds ago this can take up to ~45 s; builtin owners are fast.
     custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "owner")
 
     def gone() -> bool:
@@ -354,26 +427,43 @@ def test_owner_reference_garbage_collects_deployment(widget_crd: str, kubectl: C
     wait_for(lambda: not core.list_namespaced_pod(ns).items, 60, "Pods to go")
 
 
-def test_foreground_deletion_waits_for_dependents(kube_api: Any, controlplane_namespace: str) -> None:
+def test_foreground_deletion_waits_for_dependents(
+    kube_api: Any, controlplane_namespace: str
+) -> None:
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
     ns = controlplane_namespace
     core = client.CoreV1Api(kube_api)
-    owner = core.create_namespaced_config_map(ns, client.V1ConfigMap(
-        metadata=client.V1ObjectMeta(name="owner")))
-    ref = client.V1OwnerReference(api_version="v1", kind="ConfigMap", name="owner",
-                                  uid=owner.metadata.uid, block_owner_deletion=True)
+    owner = core.create_namespaced_config_map(
+        ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owner"))
+    )
+    ref = client.V1OwnerReference(
+        api_version="v1",
+        kind="ConfigMap",
+        name="owner",
+        uid=owner.metadata.uid,
+        block_owner_deletion=True,
+    )
     # The dependent carries a finalizer: foreground deletion of the owner must
     # wait for it, with the owner visible and marked meanwhile.
-    core.create_namespaced_config_map(ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(
-        name="dependent", owner_references=[ref], finalizers=["kubetrade.io/hold"])))
+    core.create_namespaced_config_map(
+        ns,
+        client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(
+                name="dependent", owner_references=[ref], finalizers=["kubetrade.io/hold"]
+            )
+        ),
+    )
     core.delete_namespaced_config_map("owner", ns, propagation_policy="Foreground")
     held = core.read_namespaced_config_map("owner", ns)
     assert held.metadata.deletion_timestamp is not None
     assert "foregroundDeletion" in held.metadata.finalizers
-    wait_for(lambda: core.read_namespaced_config_map("dependent", ns).metadata.deletion_timestamp,
-             60, "the GC to start deleting the dependent")
+    wait_for(
+        lambda: core.read_namespaced_config_map("dependent", ns).metadata.deletion_timestamp,
+        60,
+        "the GC to start deleting the dependent",
+    )
     time.sleep(1)
     assert core.read_namespaced_config_map("owner", ns).metadata.deletion_timestamp is not None
     core.patch_namespaced_config_map("dependent", ns, {"metadata": {"finalizers": None}})
@@ -388,14 +478,16 @@ def test_foreground_deletion_waits_for_dependents(kube_api: Any, controlplane_na
     wait_for(owner_gone, 60, "the owner to be deleted after its dependent")
 
 
-def test_watch_list_ends_initial_events_with_a_bookmark(widget_crd: str, kubectl: Callable[..., Any],
-                                                       custom: Any,
-                                                       controlplane_namespace: str) -> None:
+def test_watch_list_ends_initial_events_with_a_bookmark(
+    widget_crd: str, kubectl: Callable[..., Any], custom: Any, controlplane_namespace: str
+) -> None:
     ns = controlplane_namespace
     for name in ("a", "b"):
         custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, widget(name))
-    path = (f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}?watch=1&allowWatchBookmarks=true"
-            "&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=3")
+    path = (
+        f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}?watch=1&allowWatchBookmarks=true"
+        "&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=3"
+    )
     out = kubectl("get", "--raw", path).stdout
     events = [json.loads(line) for line in out.splitlines() if line.strip()]
     types = [e["type"] for e in events]
@@ -406,11 +498,13 @@ def test_watch_list_ends_initial_events_with_a_bookmark(widget_crd: str, kubectl
     bm = bookmarks[0]["object"]
     assert bm["metadata"]["annotations"]["k8s.io/initial-events-end"] == "true"
     assert int(bm["metadata"]["resourceVersion"]) >= max(
-        int(e["object"]["metadata"]["resourceVersion"]) for e in events[:2])
+        int(e["object"]["metadata"]["resourceVersion"]) for e in events[:2]
+    )
 
 
-def test_namespace_fixture_isolates_tests(kubectl: Callable[..., Any],
-                                          controlplane_namespace: str) -> None:
+def test_namespace_fixture_isolates_tests(
+    kubectl: Callable[..., Any], controlplane_namespace: str
+) -> None:
     kubectl("create", "configmap", "mine", "--from-literal=k=v")
     got = kubectl("get", "configmap", "mine", "-o", "json").stdout
     assert json.loads(got)["metadata"]["namespace"] == controlplane_namespace
@@ -444,6 +538,9 @@ def test_inner(controlplane):
     with open(path + ".tmp", "w") as fh:
         json.dump(list(controlplane.pids.values()), fh)
     os.replace(path + ".tmp", path)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path + ".go") and time.monotonic() < deadline:
+        time.sleep(0.1)  # until the outer test has seen the processes alive
     if os.environ["KT_MODE"] == "fail":
         assert False, "deliberate failure"
     time.sleep(300)
@@ -463,16 +560,19 @@ def test_fixture_stops_every_process(mode: str, tmp_path: Path) -> None:
     fixtures_py = Path(__file__).parent / "controlplane" / "fixtures.py"
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_kt_cp_build_check",
-                                                  fixtures_py.parent / "build.py")
+    spec = importlib.util.spec_from_file_location(
+        "_kt_cp_build_check", fixtures_py.parent / "build.py"
+    )
     assert spec and spec.loader
     b = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(b)
     if b.missing(b.bin_dir()):
         if os.environ.get("KUBETRADE_REQUIRE_CONTROLPLANE", "") not in ("", "0"):
             pytest.fail(f"control-plane binaries missing in {b.bin_dir()}")
-        pytest.skip(f"SKIPPED LOUDLY: control-plane binaries not built in {b.bin_dir()}; "
-                    "run `make controlplane`")
+        pytest.skip(
+            f"SKIPPED LOUDLY: control-plane binaries not built in {b.bin_dir()}; "
+            "run `make controlplane`"
+        )
 
     (tmp_path / "conftest.py").write_text(INNER_CONFTEST.format(path=str(fixtures_py)))
     (tmp_path / "test_inner.py").write_text(textwrap.dedent(INNER_TEST))
@@ -480,15 +580,36 @@ def test_fixture_stops_every_process(mode: str, tmp_path: Path) -> None:
     env = {**os.environ, "KT_PIDFILE": str(pidfile), "KT_MODE": mode}
     env.pop("PYTEST_ADDOPTS", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "timeout=0",
-         f"--basetemp={tmp_path / 'base'}", "--rootdir", str(tmp_path), str(tmp_path / "test_inner.py")],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "timeout=0",
+            f"--basetemp={tmp_path / 'base'}",
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path / "test_inner.py"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
-        wait_for(lambda: pidfile.exists() or proc.poll() is not None, 240, "the inner control plane")
+        wait_for(
+            lambda: pidfile.exists() or proc.poll() is not None, 240, "the inner control plane"
+        )
         assert pidfile.exists(), proc.communicate()[0]
         pids = json.loads(pidfile.read_text())
         assert len(pids) == 3 and all(_alive(p) for p in pids)
-        if mode == "sigint":
+        if mode == "fail":
+            Path(str(pidfile) + ".go").touch()
+        elif mode == "sigint":
             proc.send_signal(signal.SIGINT)  # like Ctrl-C
         elif mode == "sigkill":
             proc.kill()  # no teardown at all: PR_SET_PDEATHSIG must do it
@@ -503,5 +624,6 @@ def test_fixture_stops_every_process(mode: str, tmp_path: Path) -> None:
         assert proc.returncode == 2 and "KeyboardInterrupt" in out, out
     else:
         assert proc.returncode == -signal.SIGKILL
-    wait_for(lambda: not any(_alive(p) for p in pids), 30,
-             f"processes {pids} to be gone after {mode}")
+    wait_for(
+        lambda: not any(_alive(p) for p in pids), 30, f"processes {pids} to be gone after {mode}"
+    )

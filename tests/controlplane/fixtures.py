@@ -97,6 +97,9 @@ class _PKI:
     admin_key: Path
     sa_key: Path
     sa_pub: Path
+    front_proxy_ca_crt: Path
+    front_proxy_client_crt: Path
+    front_proxy_client_key: Path
 
 
 def _make_pki(d: Path) -> _PKI:
@@ -124,23 +127,33 @@ def _make_pki(d: Path) -> _PKI:
         p.write_bytes(c.public_bytes(serialization.Encoding.PEM))
         return p
 
-    ca_key = key()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubetrade-test-ca")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now).not_valid_after(until)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    def make_ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, x509.Name]:
+        k = key()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        c = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+             .public_key(k.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now).not_valid_after(until)
+             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+             .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                          content_commitment=False, key_encipherment=False,
+                                          data_encipherment=False, key_agreement=False,
+                                          encipher_only=False, decipher_only=False), critical=True)
+             .sign(k, hashes.SHA256()))
+        return c, k, name
 
-    def leaf(cn: str, orgs: Sequence[str], server: bool) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    ca, ca_key, ca_name = make_ca("kubetrade-test-ca")
+    # Like kubeadm: a separate CA for the aggregation layer's front proxy, so
+    # delegated authentication (kube-controller-manager's own endpoints,
+    # aggregated API servers) finds a requestheader CA.
+    fp_ca, fp_ca_key, fp_ca_name = make_ca("kubetrade-test-front-proxy-ca")
+
+    def leaf(cn: str, orgs: Sequence[str], server: bool, issuer: tuple[Any, Any] | None = None,
+             ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        issuer_name, issuer_key = issuer or (ca_name, ca_key)
         k = key()
         attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
         attrs += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
-        b = (x509.CertificateBuilder().subject_name(x509.Name(attrs)).issuer_name(ca_name)
+        b = (x509.CertificateBuilder().subject_name(x509.Name(attrs)).issuer_name(issuer_name)
              .public_key(k.public_key()).serial_number(x509.random_serial_number())
              .not_valid_before(now).not_valid_after(until)
              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -156,10 +169,12 @@ def _make_pki(d: Path) -> _PKI:
                 x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                 x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
             ]), critical=False)
-        return b.sign(ca_key, hashes.SHA256()), k
+        return b.sign(issuer_key, hashes.SHA256()), k
 
     server, server_key = leaf("kube-apiserver", [], server=True)
     admin, admin_key = leaf("kubetrade-test-admin", ["system:masters"], server=False)
+    fp_client, fp_client_key = leaf("front-proxy-client", [], server=False,
+                                    issuer=(fp_ca_name, fp_ca_key))
     sa_key = key()
 
     sa_pub = d / "sa.pub"
@@ -174,6 +189,9 @@ def _make_pki(d: Path) -> _PKI:
         admin_key=write_key(admin_key, d / "admin.key"),
         sa_key=write_key(sa_key, d / "sa.key"),
         sa_pub=sa_pub,
+        front_proxy_ca_crt=write_crt(fp_ca, d / "front-proxy-ca.crt"),
+        front_proxy_client_crt=write_crt(fp_client, d / "front-proxy-client.crt"),
+        front_proxy_client_key=write_key(fp_client_key, d / "front-proxy-client.key"),
     )
 
 
@@ -389,6 +407,9 @@ def start_controlplane(bin_dir: Path, workdir: Path, timeout: float = START_TIME
             f"--etcd-servers={etcd_url}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
+            # The `kubernetes` Service's endpoints may not be a loopback
+            # address, and nothing in-cluster would use them (no pods run).
+            "--endpoint-reconciler-type=none",
             f"--secure-port={port}",
             f"--cert-dir={workdir / 'apiserver-certs'}",
             f"--tls-cert-file={pki.server_crt}",
@@ -399,6 +420,13 @@ def start_controlplane(bin_dir: Path, workdir: Path, timeout: float = START_TIME
             f"--service-account-key-file={pki.sa_pub}",
             f"--service-account-signing-key-file={pki.sa_key}",
             "--service-cluster-ip-range=10.0.0.0/24",
+            f"--requestheader-client-ca-file={pki.front_proxy_ca_crt}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki.front_proxy_client_crt}",
+            f"--proxy-client-key-file={pki.front_proxy_client_key}",
             "--allow-privileged=true",
             "--profiling=false",
             "--v=1",
@@ -460,8 +488,8 @@ def _missing_reason() -> str | None:
     if not miss:
         return None
     return (f"control-plane binaries not built: {d} lacks {', '.join(miss)}. "
-            f"Run `make controlplane` (builds kube-apiserver/kube-controller-manager/kubectl/etcd "
-            f"once, ~cold build in tests/controlplane/README.md) or set {_build.ENV_DIR}.")
+            f"Run `make controlplane` (a one-time build of kube-apiserver, kube-controller-manager, "
+            f"kubectl and etcd; timings in tests/controlplane/README.md) or set {_build.ENV_DIR}.")
 
 
 def pytest_configure(config: pytest.Config) -> None:
