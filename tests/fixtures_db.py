@@ -33,6 +33,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from kubetrade.embedded import start_postgres
+
 log = logging.getLogger(__name__)
 
 _WASM_START = Path(__file__).resolve().parents[2] / "shared/tools/timescaledb-wasm/start.sh"
@@ -53,21 +55,14 @@ def pg_url() -> Iterator[str]:
     if external:
         yield external
         return
-    import pgserver
-
-    started = time.perf_counter()
     # Not under pytest's basetemp: a concurrent pytest session of the same user prunes old
     # basetemp directories, which would delete the data directory under a running server.
     parent = Path(tempfile.mkdtemp(prefix="kubetrade-pgserver-"))
-    server = pgserver.get_server(parent / "data", cleanup_mode="delete")
-    log.info(
-        "embedded postgres started",
-        extra={"uri": server.get_uri(), "seconds": round(time.perf_counter() - started, 2)},
-    )
+    server = start_postgres(parent / "data")
     try:
-        yield server.get_uri()
+        yield server.url
     finally:
-        server.cleanup()
+        server.stop()
         shutil.rmtree(parent, ignore_errors=True)
 
 
