@@ -8,8 +8,9 @@ Register with ``pytest_plugins = ["tests.fixtures_db"]`` (or the module's import
 - ``timescale_url`` (session): URL of a TimescaleDB server; ``KUBETRADE_TEST_TIMESCALE_URL``
   when set, else the WASM build started from ``../shared/tools/timescaledb-wasm/start.sh``
   (override with ``KUBETRADE_TIMESCALE_WASM``), killed at the end. Skips when neither is usable.
-  That server takes ONE connection at a time and cannot COPY: close connections promptly and
-  use ``Store(..., copy=False)``.
+  That server takes ONE connection at a time, cannot COPY and shares session state (prepared
+  statements) between connections: close connections promptly, connect with
+  ``prepare_threshold=None`` and use ``Store(conn, copy=False)``.
 """
 
 from __future__ import annotations
