@@ -19,8 +19,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -56,7 +57,9 @@ spec:
             type: object
             required: [replicas]
             x-kubernetes-validations:
-            - rule: "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas"
+            - rule: >-
+                !has(self.minReplicas) || !has(self.maxReplicas)
+                || self.minReplicas <= self.maxReplicas
               message: "minReplicas must not exceed maxReplicas"
             properties:
               replicas: {{type: integer, minimum: 0, maximum: 10}}
@@ -138,7 +141,7 @@ def test_binaries_are_the_pinned_release(controlplane: Any) -> None:
 def test_crd_schema_rejects_invalid_object_with_server_message(
     widget_crd: str, kubectl: Callable[..., Any], custom: Any, controlplane_namespace: str
 ) -> None:
-    from kubernetes.client.rest import ApiException
+    from kubernetes.client.exceptions import ApiException
 
     # As a user would: kubectl apply of a manifest with a string where the
     # schema says integer. The error text is the apiserver's.
@@ -146,8 +149,8 @@ def test_crd_schema_rejects_invalid_object_with_server_message(
     r = kubectl("apply", "-f", "-", input=bad, check=False)
     assert r.returncode != 0
     assert (
-        'spec.replicas: Invalid value: "string": spec.replicas in body must be of type integer: "string"'
-        in r.stderr
+        'spec.replicas: Invalid value: "string": '
+        'spec.replicas in body must be of type integer: "string"' in r.stderr
     ), r.stderr
 
     # Through the API: 422 Invalid with a structured cause per field.
@@ -174,7 +177,7 @@ def test_crd_schema_rejects_invalid_object_with_server_message(
             PLURAL,
             {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "empty"}, "spec": {}},
         )
-    assert "spec.replicas: Required value" in ei.value.body
+    assert "spec.replicas: Required value" in str(ei.value.body)
 
     assert kubectl("get", "widgets", "-o", "name").stdout.strip() == ""
 
@@ -203,7 +206,7 @@ def test_structural_schema_prunes_and_strict_validation_rejects_unknown_fields(
 def test_cel_validation_rules_are_enforced(
     widget_crd: str, custom: Any, controlplane_namespace: str
 ) -> None:
-    from kubernetes.client.rest import ApiException
+    from kubernetes.client.exceptions import ApiException
 
     ns = controlplane_namespace
     with pytest.raises(ApiException) as ei:
@@ -267,7 +270,7 @@ def test_stale_resource_version_update_gets_409(
     widget_crd: str, custom: Any, kube_api: Any, controlplane_namespace: str
 ) -> None:
     from kubernetes import client
-    from kubernetes.client.rest import ApiException
+    from kubernetes.client.exceptions import ApiException
 
     ns = controlplane_namespace
     custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, widget("c"))
@@ -288,7 +291,7 @@ def test_stale_resource_version_update_gets_409(
     )
 
     # Same for a built-in type, through a precondition on a ConfigMap.
-    core = client.CoreV1Api(kube_api)
+    core: Any = client.CoreV1Api(kube_api)
     cm = core.create_namespaced_config_map(
         ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="cm"), data={"a": "1"})
     )
@@ -363,7 +366,7 @@ def test_owner_reference_garbage_collects_deployment(
     controlplane_namespace: str,
 ) -> None:
     from kubernetes import client
-    from kubernetes.client.rest import ApiException
+    from kubernetes.client.exceptions import ApiException
 
     ns = controlplane_namespace
     owner = custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, widget("owner"))
@@ -395,7 +398,8 @@ def test_owner_reference_garbage_collects_deployment(
     }
     kubectl("apply", "-f", "-", input=yaml.safe_dump(deployment))
 
-    apps, core = client.AppsV1Api(kube_api), client.CoreV1Api(kube_api)
+    apps: Any = client.AppsV1Api(kube_api)
+    core: Any = client.CoreV1Api(kube_api)
     # The deployment controller makes a ReplicaSet, the replicaset controller
     # makes Pods (which never run: no kubelet, no scheduler).
     rs = wait_for(lambda: apps.list_namespaced_replica_set(ns).items, 60, "a ReplicaSet")
@@ -420,7 +424,7 @@ def test_owner_reference_garbage_collects_deployment(
             apps.read_namespaced_deployment("owned", ns)
             return False
         except ApiException as e:
-            return e.status == 404
+            return bool(e.status == 404)
 
     wait_for(gone, 120, "the garbage collector to delete the Deployment")
     wait_for(lambda: not apps.list_namespaced_replica_set(ns).items, 60, "ReplicaSets to go")
@@ -431,10 +435,10 @@ def test_foreground_deletion_waits_for_dependents(
     kube_api: Any, controlplane_namespace: str
 ) -> None:
     from kubernetes import client
-    from kubernetes.client.rest import ApiException
+    from kubernetes.client.exceptions import ApiException
 
     ns = controlplane_namespace
-    core = client.CoreV1Api(kube_api)
+    core: Any = client.CoreV1Api(kube_api)
     owner = core.create_namespaced_config_map(
         ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owner"))
     )
@@ -473,7 +477,7 @@ def test_foreground_deletion_waits_for_dependents(
             core.read_namespaced_config_map("owner", ns)
             return False
         except ApiException as e:
-            return e.status == 404
+            return bool(e.status == 404)
 
     wait_for(owner_gone, 60, "the owner to be deleted after its dependent")
 

@@ -37,8 +37,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 HERE = Path(__file__).resolve().parent
 GO_MOD = HERE / "go.mod"
@@ -55,7 +55,9 @@ PACKAGES = {
     "k8s.io/kubernetes/cmd/kubectl": "kubectl",
 }
 
-_K8S_RE = re.compile(r"^\s*(?:require\s+)?k8s\.io/kubernetes\s+(v1\.(\d+)\.(\d+))\s*(?://.*)?$", re.M)
+_K8S_RE = re.compile(
+    r"^\s*(?:require\s+)?k8s\.io/kubernetes\s+(v1\.(\d+)\.(\d+))\s*(?://.*)?$", re.M
+)
 _ETCD_RE = re.compile(r"^\s*go\.etcd\.io/etcd/server/v3\s+(v3\.\d+\.\d+)\b", re.M)
 _REPLACE_RE = re.compile(r"^\s*(k8s\.io/[a-z0-9-]+)\s+=>\s+(k8s\.io/[a-z0-9-]+)\s+(\S+)\s*$", re.M)
 
@@ -150,7 +152,11 @@ def _go_env(extra_goflags: str) -> dict[str, str]:
 def _module_time(env: dict[str, str]) -> str:
     out = subprocess.run(
         ["go", "list", "-m", "-json", "k8s.io/kubernetes"],
-        cwd=HERE, env=env, check=True, capture_output=True, text=True,
+        cwd=HERE,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     t = json.loads(out).get("Time")
     if t:
@@ -179,8 +185,9 @@ def build(force: bool = False, nice: int = 19) -> Path:
         tmp.mkdir()
 
         env = _go_env("-mod=readonly")
-        go_version = subprocess.run(["go", "version"], env=env, capture_output=True, text=True,
-                                    check=True).stdout.strip()
+        go_version = subprocess.run(
+            ["go", "version"], env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
         build_date = _module_time(env)
         xs = {
             "gitVersion": v["kubernetes"],
@@ -194,19 +201,33 @@ def build(force: bool = False, nice: int = 19) -> Path:
             for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
                 ldflags.append(f"-X {pkg}.{key}={val}")
 
-        print(f"controlplane: building kubernetes {v['kubernetes']} + etcd {v['etcd']} "
-              f"with {go_version} into {dest}", flush=True)
+        print(
+            f"controlplane: building kubernetes {v['kubernetes']} + etcd {v['etcd']} "
+            f"with {go_version} into {dest}",
+            flush=True,
+        )
         t0 = time.monotonic()
-        dl = ["go", "mod", "download", "-x"] if os.environ.get("KUBETRADE_CP_VERBOSE") else \
-             ["go", "mod", "download"]
+        dl = (
+            ["go", "mod", "download", "-x"]
+            if os.environ.get("KUBETRADE_CP_VERBOSE")
+            else ["go", "mod", "download"]
+        )
         subprocess.run(dl, cwd=HERE, env=env, check=True)
         t_dl = time.monotonic() - t0
         print(f"controlplane: modules downloaded in {t_dl:.0f}s", flush=True)
 
         # One `go build` for all four main packages: they share most of their
         # dependency graph, so the toolchain compiles each package once.
-        cmd = ["go", "build", "-trimpath", "-ldflags", " ".join(ldflags), "-o", str(tmp) + "/",
-               *PACKAGES]
+        cmd = [
+            "go",
+            "build",
+            "-trimpath",
+            "-ldflags",
+            " ".join(ldflags),
+            "-o",
+            str(tmp) + "/",
+            *PACKAGES,
+        ]
         if nice and shutil.which("nice"):
             cmd = ["nice", "-n", str(nice), *cmd]
         t1 = time.monotonic()
@@ -229,7 +250,7 @@ def build(force: bool = False, nice: int = 19) -> Path:
             "etcd": v["etcd"],
             "go": go_version,
             "ldflags": ldflags,
-            "built_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "built_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "download_seconds": round(t_dl, 1),
             "build_seconds": round(t_build, 1),
             "total_seconds": round(time.monotonic() - t0, 1),
@@ -239,8 +260,11 @@ def build(force: bool = False, nice: int = 19) -> Path:
         tmp_info = dest / (INFO_FILE + ".tmp")
         tmp_info.write_text(json.dumps(info, indent=2) + "\n")
         os.replace(tmp_info, dest / INFO_FILE)
-        print(f"controlplane: built in {info['total_seconds']:.0f}s "
-              f"(download {t_dl:.0f}s, compile {t_build:.0f}s) -> {dest}", flush=True)
+        print(
+            f"controlplane: built in {info['total_seconds']:.0f}s "
+            f"(download {t_dl:.0f}s, compile {t_build:.0f}s) -> {dest}",
+            flush=True,
+        )
         return dest
 
 
@@ -251,9 +275,16 @@ def pin(version: str) -> None:
         raise SystemExit(f"pin: expected v1.Y.Z, got {version!r}")
     staging = f"v0.{m.group(1)}.{m.group(2)}"
     env = _go_env("-mod=mod")
-    info = json.loads(subprocess.run(
-        ["go", "mod", "download", "-json", f"k8s.io/kubernetes@{version}"],
-        cwd=HERE, env=env, check=True, capture_output=True, text=True).stdout)
+    info = json.loads(
+        subprocess.run(
+            ["go", "mod", "download", "-json", f"k8s.io/kubernetes@{version}"],
+            cwd=HERE,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     upstream = Path(info["GoMod"]).read_text()
     staged = sorted(set(re.findall(r"^\s*(k8s\.io/[a-z0-9-]+)\s+=>\s+\./staging/", upstream, re.M)))
     etcd = re.search(r"^\s*go\.etcd\.io/etcd/server/v3\s+(v\S+)", upstream, re.M)
@@ -278,7 +309,9 @@ def pin(version: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd")
     b = sub.add_parser("build", help="build into the cache unless already there")
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
@@ -298,8 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "check":
             miss = missing()
             if miss:
-                print(f"controlplane: {bin_dir()} lacks {', '.join(miss)}; run `make controlplane`",
-                      file=sys.stderr)
+                print(
+                    f"controlplane: {bin_dir()} lacks {', '.join(miss)}; run `make controlplane`",
+                    file=sys.stderr,
+                )
                 return 1
             print(bin_dir())
         elif args.cmd == "versions":
@@ -310,8 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"controlplane: {e}", file=sys.stderr)
         return 2
     except subprocess.CalledProcessError as e:
-        print(f"controlplane: command failed ({e.returncode}): {' '.join(map(str, e.cmd))}",
-              file=sys.stderr)
+        print(
+            f"controlplane: command failed ({e.returncode}): {' '.join(map(str, e.cmd))}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -1,0 +1,1 @@
+"""Kubernetes control plane for the tests: Go wrapper module, builder, pytest plugin."""
