@@ -2,10 +2,11 @@
 // binaries (kube-apiserver, kube-controller-manager, kubectl) and etcd
 // from the Go module proxy for kubetrade's control-plane test tier.
 //
-// THE PIN: the `k8s.io/kubernetes` require line below is the one place the
+// THE PIN: `require k8s.io/kubernetes vX.Y.Z` below is the one place the
 // Kubernetes release is written. Every `k8s.io/<staging>` replace line is
-// derived from it (v1.Y.Z -> v0.Y.Z) and etcd is the go.etcd.io/etcd/server/v3
-// version that this Kubernetes release itself requires. Do not edit by hand:
+// derived from it (v1.Y.Z -> v0.Y.Z) and etcd (next require line) is the
+// go.etcd.io/etcd/server/v3 version this Kubernetes release requires itself.
+// Do not edit by hand:
 // run `python tests/controlplane/build.py pin vX.Y.Z` to move the pin.
 // build.py refuses to build when the replace lines disagree with the pin.
 module kubetrade.local/controlplane
@@ -20,6 +21,10 @@ tool (
 	k8s.io/kubernetes/cmd/kube-controller-manager
 	k8s.io/kubernetes/cmd/kubectl
 )
+
+require k8s.io/kubernetes v1.37.2 // indirect
+
+require go.etcd.io/etcd/server/v3 v3.7.0 // indirect
 
 require (
 	cel.dev/expr v0.25.1 // indirect
@@ -127,7 +132,6 @@ require (
 	go.etcd.io/etcd/client/pkg/v3 v3.7.0 // indirect
 	go.etcd.io/etcd/client/v3 v3.7.0 // indirect
 	go.etcd.io/etcd/pkg/v3 v3.7.0 // indirect
-	go.etcd.io/etcd/server/v3 v3.7.0 // indirect
 	go.etcd.io/raft/v3 v3.7.0 // indirect
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
 	go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc v0.68.0 // indirect
@@ -187,7 +191,6 @@ require (
 	k8s.io/kube-scheduler v0.0.0 // indirect
 	k8s.io/kubectl v0.0.0 // indirect
 	k8s.io/kubelet v0.37.2 // indirect
-	k8s.io/kubernetes v1.37.2 // indirect
 	k8s.io/metrics v0.37.2 // indirect
 	k8s.io/mount-utils v0.0.0 // indirect
 	k8s.io/pod-security-admission v0.0.0 // indirect
