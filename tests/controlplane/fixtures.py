@@ -84,6 +84,11 @@ def _load_build_module() -> Any:
 _build = _load_build_module()
 
 _skip_reasons: list[str] = []
+# The running session control plane, and the last collected test that uses it:
+# it is stopped right after that test instead of idling (~3% of a core,
+# ~400 MB) through the rest of the session.
+_active: list[ControlPlane] = []
+_last_user: list[str] = []
 
 
 # --------------------------------------------------------------------------- #
@@ -660,10 +665,25 @@ def controlplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPl
         pytest.skip(f"SKIPPED LOUDLY: {reason}")
     workdir = tmp_path_factory.mktemp("controlplane", numbered=True)
     cp = start_controlplane(_build.bin_dir(), workdir)
+    _active.append(cp)
     try:
         yield cp
     finally:
+        _active.remove(cp)
         cp.stop()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    users = [it.nodeid for it in items if "controlplane" in getattr(it, "fixturenames", ())]
+    _last_user[:] = users[-1:]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    yield
+    if _active and _last_user and item.nodeid == _last_user[0]:
+        _active[0].stop()  # idempotent: the session finalizer calls it again
 
 
 @pytest.fixture(scope="session")
