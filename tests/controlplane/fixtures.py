@@ -247,7 +247,9 @@ def _make_pki(d: Path) -> _PKI:
 
 
 def _kubeconfig(server: str, pki: _PKI, user: str = "kubetrade-test-admin") -> str:
-    b64 = lambda p: base64.b64encode(p.read_bytes()).decode()  # noqa: E731
+    def b64(p: Path) -> str:
+        return base64.b64encode(p.read_bytes()).decode()
+
     return json.dumps(
         {
             "apiVersion": "v1",
@@ -446,7 +448,8 @@ class ControlPlane:
         """A new ``kubernetes.client.ApiClient`` for this control plane."""
         from kubernetes import config
 
-        return config.new_client_from_config(config_file=str(self.kubeconfig))
+        new_client: Any = config.new_client_from_config  # untyped upstream
+        return new_client(config_file=str(self.kubeconfig))
 
     def stop(self) -> None:
         # Reverse start order: controller-manager, apiserver, etcd.
