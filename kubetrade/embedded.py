@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sysconfig
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +107,10 @@ def start_postgres(data_dir: Path) -> EmbeddedPostgres:
     from pgserver.postgres_server import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = get_server(data_dir, cleanup_mode="stop")
+    with warnings.catch_warnings():
+        # pgserver asks platformdirs for a runtime dir it never uses; the warning is noise.
+        warnings.simplefilter("ignore")
+        server = get_server(data_dir, cleanup_mode="stop")
     url = str(server.get_uri())
     log.info(
         "embedded PostgreSQL ready", extra={"data_dir": str(data_dir), "pid": server.get_pid()}

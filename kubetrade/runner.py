@@ -80,8 +80,10 @@ class Progress:
     def table(self, bot: TradingBot) -> Table:
         """A live table of the components' states and counters."""
         table = Table(title=f"kubetrade run {bot.key}", expand=False)
-        for column in ("component", "state", "candles", "signals", "orders", "fills", "equity"):
-            table.add_column(column)
+        for column in ("component", "state", "candles", "predictions", "orders", "fills", "equity"):
+            table.add_column(
+                column, justify="left" if column in ("component", "state") else "right"
+            )
         for component in ("feed", "inference", "executor"):
             status = self.statuses.get(component)
             if status is None:
@@ -91,13 +93,20 @@ class Progress:
             equity = (status.trading or {}).get("equity")
             table.add_row(
                 component,
-                status.state + (f" ({status.message[:60]})" if status.message else ""),
-                str(c.get("candles", c.get("processed", ""))),
-                str(c.get("signals", "")),
+                status.state,
+                str(c.get("processed", c.get("candles", ""))),
+                str(c.get("signals", "")) if component == "inference" else "",
                 str(c.get("orders", "")),
                 str(c.get("fills", "")),
                 "" if equity is None else f"{equity:,.2f}",
             )
+        problems = [
+            f"{s.component}: {s.message}"
+            for s in self.statuses.values()
+            if s.state in ("degraded", "failed", "halted") and s.message
+        ]
+        if problems:
+            table.caption = "\n".join(problems)
         return table
 
 

@@ -13,13 +13,16 @@ import os
 import signal
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from kubetrade.backtest import run_backtest
 from kubetrade.bus import connect, ensure_stream
-from kubetrade.domain import Fill
+from kubetrade.domain import Fill, OrderReason
 from kubetrade.features import default_feature_spec
+from kubetrade.messages import ControlMessage, encode
 from kubetrade.runner import Progress, RunOptions, run_bot
 from kubetrade.serving.model import OnnxPredictor
 from kubetrade.spec import TradingBot
@@ -186,3 +189,80 @@ def test_executor_killed_mid_run_resumes_with_identical_fills(
     assert counts.signals == 3000  # nothing lost, nothing doubled
     assert [_fill_key(f) for f in run_fills] == [_fill_key(f) for f in backtest_fills]
     assert round(run_equity[-1].equity, 2) == round(backtest_equity, 2)
+
+
+async def _control(nats_url: str, bot: TradingBot, action: str) -> None:
+    subjects = Subjects(bot.metadata.namespace, bot.metadata.name)
+    nc = await connect(nats_url, "itest")
+    await nc.publish(subjects.control, encode(ControlMessage(action=action, reason="test")))
+    await nc.drain()
+
+
+def _entries(db_url: str, bot: TradingBot) -> int:
+    with Store.connect(db_url) as db:
+        orders = [stored.order for stored in db.read_orders(bot.key)]
+    return sum(o.reason in (OrderReason.ENTRY_LONG, OrderReason.ENTRY_SHORT) for o in orders)
+
+
+def _processed(progress: Progress) -> int:
+    executor = progress.statuses.get("executor")
+    return 0 if executor is None else executor.counters.get("processed", 0)
+
+
+def _trading(progress: Progress) -> dict[str, Any]:
+    executor = progress.statuses.get("executor")
+    return {} if executor is None or executor.trading is None else executor.trading
+
+
+def test_pause_and_kill_switch_over_the_control_subject(
+    model: str, nats_url: str, db_url: str, tmp_path: Path
+) -> None:
+    """Pause stops entries; kill flattens every position and halts; health and metrics answer."""
+    bot = make_bot(
+        "control",
+        {"name": "synthetic", "seed": 21, "limit": 2000, "speed": 3600 * 40},
+        ["BTC/USDT", "ETH/USDT"],
+        model,
+    )
+    options = RunOptions(report_dir=tmp_path, nats_url=nats_url, database_url=db_url)
+    procs, planned = start_workers(bot, nats_url, db_url, tmp_path, options)
+    try:
+        wait_for(bot, nats_url, procs, lambda p: _trading(p).get("openPositions", 0) >= 1, 180)
+
+        executor_port = planned["executor"].http_port
+        feed_port = planned["feed"].http_port
+        metrics = httpx.get(f"http://127.0.0.1:{executor_port}/metrics", timeout=5).text
+        assert 'kubetrade_signals_processed_total{bot="itest/control"}' in metrics
+        assert "kubetrade_decision_latency_seconds_bucket" in metrics
+        assert httpx.get(f"http://127.0.0.1:{executor_port}/readyz", timeout=5).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{feed_port}/healthz", timeout=5).status_code == 200
+        feed_metrics = httpx.get(f"http://127.0.0.1:{feed_port}/metrics", timeout=5).text
+        assert "kubetrade_candles_published_total" in feed_metrics
+
+        asyncio.run(_control(nats_url, bot, "kill"))
+
+        def flat_and_halted(p: Progress) -> bool:
+            status = p.statuses.get("executor")
+            return (
+                status is not None
+                and status.state == "halted"
+                and _trading(p).get("openPositions") == 0
+            )
+
+        progress = wait_for(bot, nats_url, procs, flat_and_halted, 60)
+        assert "kill" in progress.statuses["executor"].message.lower()
+        entries = _entries(db_url, bot)
+        processed = _processed(progress)
+        later = wait_for(bot, nats_url, procs, lambda p: _processed(p) > processed + 100, 60)
+        assert _entries(db_url, bot) == entries, "the kill switch let a new entry through"
+        assert _trading(later)["openPositions"] == 0
+
+        asyncio.run(_control(nats_url, bot, "reset"))  # entries resume after a reset...
+        wait_for(bot, nats_url, procs, lambda _: _entries(db_url, bot) > entries, 60)
+        asyncio.run(_control(nats_url, bot, "pause"))  # ...and stop again while paused
+        paused = wait_for(bot, nats_url, procs, lambda p: _trading(p).get("paused") is True, 30)
+        entries, processed = _entries(db_url, bot), _processed(paused)
+        wait_for(bot, nats_url, procs, lambda p: _processed(p) > processed + 100, 60)
+        assert _entries(db_url, bot) == entries, "a paused bot opened a position"
+    finally:
+        procs.stop()
