@@ -233,11 +233,17 @@ def run_bot(bot: TradingBot, options: RunOptions, console: Console | None = None
         log_dir = options.report_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         procs = LocalProcesses(log_dir)
+        interrupted = False
         try:
             for process in plan(bot, nats_url, db_url, options):
                 procs.start(process)
             asyncio.run(watch(bot, nats_url, procs, Progress.done, options.timeout_s, console))
+        except KeyboardInterrupt:
+            interrupted = True
         finally:
             procs.stop()
+        # Also after Ctrl-C: the ledger holds everything committed so far, so report it.
         report_from_database(bot, db_url, options.report_dir, console)
+    if interrupted:
+        raise KeyboardInterrupt
     return options.report_dir

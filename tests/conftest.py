@@ -39,3 +39,21 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+MODEL = "itest-baseline"
+
+
+@pytest.fixture(scope="session")
+def model(tmp_path_factory: pytest.TempPathFactory, btc_csv: Path) -> str:
+    """A small XGBoost model trained on the real BTC data, in a private BentoML store."""
+    from kubetrade.market import load_candles
+    from kubetrade.onnx_export.pipeline import TrainConfig, train_and_register
+
+    home = tmp_path_factory.mktemp("bentoml")
+    os.environ["BENTOML_HOME"] = str(home)
+    train_and_register(
+        {"BTC/USD": load_candles(btc_csv)},
+        TrainConfig(name=MODEL, timeframe="1h", source=str(btc_csv), version="1"),
+    )
+    return MODEL

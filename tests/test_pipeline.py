@@ -33,24 +33,6 @@ from tests.integration_support import make_bot, read_spans, start_workers, wait_
 
 pytestmark = pytest.mark.integration
 
-MODEL = "itest-baseline"
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory, btc_csv: Path) -> str:
-    """A small XGBoost model trained on the real BTC data, in a private BentoML store."""
-    from kubetrade.market import load_candles
-    from kubetrade.onnx_export.pipeline import TrainConfig, train_and_register
-
-    home = tmp_path_factory.mktemp("bentoml")
-    os.environ["BENTOML_HOME"] = str(home)
-    frame = load_candles(btc_csv)
-    train_and_register(
-        {"BTC/USD": frame},
-        TrainConfig(name=MODEL, timeframe="1h", source=str(btc_csv), version="1"),
-    )
-    return MODEL
-
 
 def _fills(progress: Progress) -> int:
     executor = progress.statuses.get("executor")

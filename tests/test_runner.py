@@ -1,0 +1,66 @@
+"""``kubetrade run`` as a user runs it: embedded servers, progress, Ctrl-C, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+
+def test_ctrl_c_stops_every_process_and_still_reports(model: str, tmp_path: Path) -> None:
+    """An endless synthetic bot, interrupted: workers and embedded servers stop, report written."""
+    manifest = tmp_path / "bot.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kubetrade.io/v1alpha1",
+                "kind": "TradingBot",
+                "metadata": {"name": "endless"},
+                "spec": {
+                    "symbols": ["BTC/USDT"],
+                    "exchange": {"name": "synthetic", "speed": 3600 * 200},
+                    "model": {"name": model},
+                    "strategy": {"longAbove": 0.52, "exitBelow": 0.48},
+                },
+            }
+        )
+    )
+    report_dir = tmp_path / "report"
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "kubetrade", "run", str(manifest), "--report-dir", str(report_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        executor_log = report_dir / "logs" / "executor.log"
+        while time.monotonic() < deadline:
+            if executor_log.exists() and "executor running" in executor_log.read_text():
+                break
+            assert runner.poll() is None, runner.communicate()[0].decode()
+            time.sleep(0.5)
+        time.sleep(3)  # let candles flow
+        started = psutil.Process(runner.pid).children(recursive=True)
+        assert len(started) >= 4  # nats-server, feed, bentoml (+ its worker), executor
+        runner.send_signal(signal.SIGINT)
+        output, _ = runner.communicate(timeout=60)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode == 130, output.decode()
+    assert "every process and server was stopped" in output.decode()
+    survivors = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not survivors, f"left running: {[p.cmdline() for p in survivors]}"
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["candles"] > 0
