@@ -115,6 +115,7 @@ class LocalProcesses:
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
         self.running: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, process: LocalProcess) -> None:
