@@ -18,14 +18,13 @@ import os
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import psutil
 
 from kubetrade.embedded import embedded_servers
-from kubetrade.runner import LocalProcesses, Progress, RunOptions, plan, watch
+from kubetrade.runner import LocalProcesses, Progress, RunOptions, plan, start_in_order, watch
 from kubetrade.settings import quiet_environment
 from kubetrade.spec import TradingBot, parse_bot
 from kubetrade.store import Store
@@ -68,11 +67,12 @@ def train_model() -> None:
 
 
 class MemorySampler:
-    """Samples the resident memory of each worker's process tree until stopped."""
+    """Samples the resident memory and CPU time of each worker's process tree until stopped."""
 
     def __init__(self, procs: LocalProcesses) -> None:
         self.procs = procs
         self.peak: dict[str, int] = {}
+        self.cpu: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -83,9 +83,11 @@ class MemorySampler:
                     root = psutil.Process(popen.pid)
                     tree = [root, *root.children(recursive=True)]
                     rss = sum(p.memory_info().rss for p in tree if p.is_running())
+                    cpu = sum(sum(p.cpu_times()[:2]) for p in tree if p.is_running())
                 except psutil.Error:
                     continue
                 self.peak[component] = max(self.peak.get(component, 0), rss)
+                self.cpu[component] = max(self.cpu.get(component, 0.0), cpu)
             self._stop.wait(0.2)
 
     def __enter__(self) -> MemorySampler:
@@ -97,20 +99,16 @@ class MemorySampler:
         self._thread.join()
 
 
-def run_phase(
-    b: TradingBot, nats_url: str, db_url: str, work: Path
-) -> tuple[dict[str, int], float]:
-    """Run the bot to completion; return the peak RSS per worker and the wall time."""
+def run_phase(b: TradingBot, nats_url: str, db_url: str, work: Path) -> MemorySampler:
+    """Run the bot to completion (feed started once its consumers are up); sample its workers."""
     procs = LocalProcesses(work)
-    started = time.perf_counter()
     try:
         with MemorySampler(procs) as sampler:
-            for process in plan(b, nats_url, db_url, RunOptions()):
-                procs.start(process)
+            start_in_order(b, nats_url, procs, plan(b, nats_url, db_url, RunOptions()))
             asyncio.run(watch(b, nats_url, procs, Progress.done, 1800))
     finally:
         procs.stop()
-    return sampler.peak, time.perf_counter() - started
+    return sampler
 
 
 def latencies(db_url: str, b: TradingBot) -> tuple[np.ndarray, float]:
@@ -142,29 +140,25 @@ def main() -> None:
         train_model()
         with embedded_servers(root) as (nats_url, db_url):
             fast = bot("throughput", symbols, args.per_symbol, speed=0)
-            fast_rss, fast_wall = run_phase(fast, nats_url, db_url, root / "fast")
+            fast_sample = run_phase(fast, nats_url, db_url, root / "fast")
             _, rate = latencies(db_url, fast)
 
             per_symbol = int(args.paced_rate * args.paced_seconds / len(symbols))
-            speed = (
-                args.paced_rate / len(symbols) * 3600
-            )  # 1h candles: candle-times per second x 3600
+            # 1h candles: candle times per second x 3600 s per candle
+            speed = args.paced_rate / len(symbols) * 3600
             paced = bot("paced", symbols, per_symbol, speed=speed)
-            paced_rss, _ = run_phase(paced, nats_url, db_url, root / "paced")
+            paced_sample = run_phase(paced, nats_url, db_url, root / "paced")
             lat, _ = latencies(db_url, paced)
 
+    workers = ("feed", "inference", "executor")
     total = len(symbols) * args.per_symbol
-    peak = {
-        c: max(fast_rss.get(c, 0), paced_rss.get(c, 0)) / 2**20
-        for c in ("feed", "inference", "executor")
-    }
     figures = {
         "machine": f"{os.cpu_count()} cores, Python {sys.version.split()[0]}",
         "throughput": {
             "candles": total,
             "symbols": len(symbols),
             "sustained_candles_per_s": round(rate, 1),
-            "wall_s_including_startup": round(fast_wall, 1),
+            "cpu_s_per_worker": {c: round(fast_sample.cpu.get(c, 0.0), 2) for c in workers},
         },
         "paced": {
             "rate_candles_per_s": args.paced_rate,
@@ -173,7 +167,10 @@ def main() -> None:
             "decision_latency_ms_p99": float(np.percentile(lat, 99)),
             "decision_latency_ms_max": float(lat.max()),
         },
-        "peak_rss_mib": {c: round(v, 1) for c, v in peak.items()},
+        "peak_rss_mib": {
+            c: round(max(fast_sample.peak.get(c, 0), paced_sample.peak.get(c, 0)) / 2**20, 1)
+            for c in workers
+        },
     }
     print(json.dumps(figures, indent=2))
 

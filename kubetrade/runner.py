@@ -211,6 +211,31 @@ async def watch(
     return progress
 
 
+def consumers_ready(progress: Progress) -> bool:
+    """True once inference and executor report running (or a state that needs attention)."""
+    states = {c: s.state for c, s in progress.statuses.items()}
+    return all(
+        states.get(c) in ("running", "degraded", "halted") for c in ("inference", "executor")
+    )
+
+
+def start_in_order(
+    bot: TradingBot, nats_url: str, procs: LocalProcesses, processes: list[LocalProcess]
+) -> None:
+    """Start inference and executor, wait until both consume, then start the feed.
+
+    Their durable consumers would catch up on anything published earlier, but candles
+    published while the model loads would wait in the stream and show up as latency.
+    """
+    for process in processes:
+        if process.component != "feed":
+            procs.start(process)
+    asyncio.run(watch(bot, nats_url, procs, consumers_ready, 120))
+    for process in processes:
+        if process.component == "feed":
+            procs.start(process)
+
+
 @contextlib.contextmanager
 def _workdir(report_dir: Path) -> Iterator[Path]:
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -236,8 +261,7 @@ def run_bot(bot: TradingBot, options: RunOptions, console: Console | None = None
         procs = LocalProcesses(log_dir)
         interrupted = False
         try:
-            for process in plan(bot, nats_url, db_url, options):
-                procs.start(process)
+            start_in_order(bot, nats_url, procs, plan(bot, nats_url, db_url, options))
             asyncio.run(watch(bot, nats_url, procs, Progress.done, options.timeout_s, console))
         except KeyboardInterrupt:
             interrupted = True

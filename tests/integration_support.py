@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kubetrade.runner import LocalProcesses, Progress, RunOptions, plan, watch
+from kubetrade.runner import LocalProcesses, Progress, RunOptions, plan, start_in_order, watch
 from kubetrade.spec import TradingBot, parse_bot
 
 
@@ -44,13 +44,10 @@ def start_workers(
     bot: TradingBot, nats_url: str, db_url: str, work: Path, options: RunOptions
 ) -> tuple[LocalProcesses, dict[str, Any]]:
     """Start the rendered feed, inference and executor as local processes."""
-    log_dir = work / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    procs = LocalProcesses(log_dir)
-    planned = {p.component: p for p in plan(bot, nats_url, db_url, options)}
-    for process in planned.values():
-        procs.start(process)
-    return procs, planned
+    procs = LocalProcesses(work / "logs")
+    processes = plan(bot, nats_url, db_url, options)
+    start_in_order(bot, nats_url, procs, processes)
+    return procs, {p.component: p for p in processes}
 
 
 def wait_for(
