@@ -58,9 +58,7 @@ PACKAGES = {
 _K8S_RE = re.compile(
     r"^\s*(?:require\s+)?k8s\.io/kubernetes\s+(v1\.(\d+)\.(\d+))\s*(?://.*)?$", re.M
 )
-_ETCD_RE = re.compile(
-    r"^\s*(?:require\s+)?go\.etcd\.io/etcd/server/v3\s+(v3\.\d+\.\d+)\b", re.M
-)
+_ETCD_RE = re.compile(r"^\s*(?:require\s+)?go\.etcd\.io/etcd/server/v3\s+(v3\.\d+\.\d+)\b", re.M)
 _REPLACE_RE = re.compile(r"^\s*(k8s\.io/[a-z0-9-]+)\s+=>\s+(k8s\.io/[a-z0-9-]+)\s+(\S+)\s*$", re.M)
 
 
