@@ -7,13 +7,17 @@ the registry's ``metadata.json``, so a model file that travels alone still names
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kubetrade.features import FeatureSpec
 
-VERSIONED_PACKAGES = ("kubetrade", "xgboost", "onnx", "onnxruntime", "onnxmltools")
+# Recorded for every model; each model kind adds its own libraries (``Model.packages``).
+BASE_PACKAGES = ("kubetrade", "numpy", "onnx", "onnxruntime")
+
+ModelType = Literal["xgboost", "lstm", "transformer", "ensemble"]
+MODEL_TYPES: tuple[ModelType, ...] = ("xgboost", "lstm", "transformer", "ensemble")
 
 
 class MetadataError(ValueError):
@@ -25,9 +29,13 @@ class LabelInfo(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    horizon: int = Field(ge=1, description="Candles ahead the forward return looks.")
+    kind: Literal["forward_return", "triple_barrier"] = "forward_return"
+    horizon: int = Field(ge=1, description="Candles ahead the label looks.")
     threshold: float = Field(description="Forward return above which a row is labelled up.")
     dead_zone: float = Field(default=0.0, ge=0)
+    take_profit: float | None = Field(default=None, description="Upper barrier, in sigmas.")
+    stop_loss: float | None = Field(default=None, description="Lower barrier, in sigmas.")
+    vol_window: int | None = Field(default=None, description="Candles of the barrier sigma.")
 
 
 class TrainingWindow(BaseModel):
@@ -39,6 +47,12 @@ class TrainingWindow(BaseModel):
     timeframe: str
     first_open_time: int = Field(description="First candle of the data, ms UTC.")
     last_open_time: int = Field(description="Last candle of the data, ms UTC.")
+    train_start_time: int | None = Field(
+        default=None, description="First training row's candle, ms UTC."
+    )
+    train_end_time: int | None = Field(
+        default=None, description="Last training row's candle, ms UTC."
+    )
     test_start_time: int = Field(description="First candle of the held-out tail, ms UTC.")
     train_rows: int
     test_rows: int
@@ -51,7 +65,8 @@ class ModelMetadata(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model_type: str = "xgboost"
+    model_type: ModelType = "xgboost"
+    window: int = Field(default=1, ge=1, description="Feature rows per prediction.")
     feature_spec: dict[str, Any] = Field(description="FeatureSpec.to_dict(): names, params, hash.")
     feature_names: list[str]
     feature_hash: str
@@ -59,12 +74,23 @@ class ModelMetadata(BaseModel):
     label: LabelInfo
     training: TrainingWindow
     params: dict[str, Any]
+    model: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The model's own description: preprocessing, members, combiner.",
+    )
     metrics: dict[str, float | int | None]
-    parity_max_abs_diff: float = Field(description="Max |XGBoost - ONNX Runtime| probability.")
+    parity_max_abs_diff: float = Field(description="Max |native - ONNX Runtime| probability.")
+    parity_rows: int | None = Field(default=None, description="Held-out rows it was measured on.")
     input_name: str
     output_name: str
     versions: dict[str, str]
     created_at: int = Field(description="Export time, ms UTC.")
+
+    @property
+    def input_shape(self) -> list[int | str]:
+        """The ONNX input shape: ``[batch, features]`` or ``[batch, window, features]``."""
+        width = len(self.feature_names)
+        return ["batch", width] if self.window == 1 else ["batch", self.window, width]
 
     def spec(self) -> FeatureSpec:
         """The FeatureSpec the model was trained with."""
@@ -86,10 +112,18 @@ class ModelMetadata(BaseModel):
             ) from None
 
 
-def package_versions() -> dict[str, str]:
+def model_type(kind: str) -> ModelType:
+    """``kind`` as a metadata model type, or ValueError naming the known ones."""
+    for known in MODEL_TYPES:
+        if kind == known:
+            return known
+    raise ValueError(f"unknown model type {kind!r}; use one of {MODEL_TYPES}")
+
+
+def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
     """Installed versions of the packages that shape a model's predictions."""
     found = {}
-    for name in VERSIONED_PACKAGES:
+    for name in (*BASE_PACKAGES, *extra):
         try:
             found[name] = version(name)
         except PackageNotFoundError:

@@ -4,6 +4,11 @@ Each version is a BentoML model directory holding ``model.onnx`` and ``metadata.
 BentoML model's labels and metadata carry the same facts for ``bentoml models list``. The store
 is ``$BENTOML_HOME/models`` (default ``~/bentoml/models``), read when each function is called so
 that tests and tools can point it elsewhere at any time.
+
+``latest`` is what bots get when they name no version: the promoted version when one is
+promoted (``promote``; a file ``promoted`` beside the versions, which BentoML ignores), else the
+most recently registered one. Promotion is what makes a new version go live: registering one
+does not change what a bot that follows ``latest`` serves once a version is promoted.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +30,7 @@ log = logging.getLogger(__name__)
 ONNX_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 LATEST = "latest"
+PROMOTED_FILE = "promoted"
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$")
 _VERSION = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9_.-]{0,61}[a-zA-Z0-9])?$")
 
@@ -163,9 +170,16 @@ def _record(model: Any) -> ModelRecord:
     )
 
 
-def resolve(name: str, version: str = LATEST) -> ModelRecord:
-    """The record of ``name`` at ``version`` (``latest``: the most recently registered)."""
-    store = _store()
+def promoted_version(name: str) -> str | None:
+    """The version of ``name`` promoted to ``latest``, if any (and still in the store)."""
+    file = store_path() / name / PROMOTED_FILE
+    if not file.is_file():
+        return None
+    version = file.read_text().strip()
+    return version if version in _versions(name) else None
+
+
+def _check_version(name: str, version: str) -> list[str]:
     versions = _versions(name)
     if not versions:
         known = ", ".join(_names()) or "none"
@@ -178,7 +192,47 @@ def resolve(name: str, version: str = LATEST) -> ModelRecord:
             f"model {name!r} has no version {version!r} in {store_path()}; "
             f"its versions: {', '.join(versions)} (or use 'latest')"
         )
+    return versions
+
+
+def resolve(name: str, version: str = LATEST) -> ModelRecord:
+    """The record of ``name`` at ``version`` (``latest``: the promoted version, else the most
+    recently registered)."""
+    store = _store()
+    _check_version(name, version)
+    if version == LATEST:
+        version = promoted_version(name) or LATEST
     return _record(store.get(f"{name}:{version}"))
+
+
+def promote(name: str, version: str) -> ModelRecord:
+    """Make ``version`` of ``name`` the one ``latest`` names, for every bot that follows it."""
+    if version == LATEST:
+        raise ValueError("promote a concrete version, not 'latest'")
+    record = resolve(name, version)
+    file = store_path() / name / PROMOTED_FILE
+    staging = file.with_suffix(".tmp")
+    staging.write_text(record.version + "\n")
+    # A rename is atomic: a server resolving 'latest' meanwhile sees the old or the new file.
+    staging.replace(file)
+    log.info("model promoted", extra={"model": name, "version": record.version})
+    return record
+
+
+def export_files(name: str, version: str, directory: Path) -> list[Path]:
+    """Copy the ONNX file and metadata of ``name:version`` into ``directory`` (created)."""
+    record = resolve(name, version)
+    directory.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for file_name in (ONNX_FILE, METADATA_FILE):
+        target = directory / file_name
+        shutil.copyfile(record.path / file_name, target)
+        copied.append(target)
+    log.info(
+        "model exported",
+        extra={"model": name, "version": record.version, "directory": str(directory)},
+    )
+    return copied
 
 
 def list_models(name: str | None = None) -> list[ModelRecord]:

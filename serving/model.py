@@ -17,10 +17,14 @@ log = logging.getLogger(__name__)
 
 
 class OnnxPredictor:
-    """Probability of up for feature rows, from one registered model.
+    """Probability of up for feature rows (or windows of them), from one registered model.
 
-    Rows must be in the model's feature order (``feature_names``); ``check`` compares the
-    caller's FeatureSpec with the model's before any prediction is trusted.
+    Any model kind loads the same way: every export takes ``features`` and returns
+    ``probabilities`` [batch, 2]. A tabular model (``window == 1``) takes rows
+    ``[n, features]``; a sequence model or an ensemble holding one takes windows
+    ``[n, window, features]``, oldest row first. Rows must be in the model's feature order
+    (``feature_names``); ``check`` compares the caller's FeatureSpec with the model's before any
+    prediction is trusted.
     """
 
     def __init__(
@@ -55,7 +59,9 @@ class OnnxPredictor:
         self.feature_names: tuple[str, ...] = tuple(metadata.feature_names)
         self.feature_hash = metadata.feature_hash
         self.warmup = metadata.warmup
+        self.window = metadata.window
         self.n_features = len(self.feature_names)
+        self.model_type = metadata.model_type
 
     @classmethod
     def load(cls, name: str, version: str = LATEST) -> OnnxPredictor:
@@ -67,6 +73,8 @@ class OnnxPredictor:
             extra={
                 "model": record.name,
                 "version": record.version,
+                "type": predictor.model_type,
+                "window": predictor.window,
                 "features": predictor.n_features,
                 "feature_hash": predictor.feature_hash,
             },
@@ -77,13 +85,23 @@ class OnnxPredictor:
         """Raise FeatureMismatchError unless ``spec`` computes the features the model expects."""
         check_feature_spec(self.feature_spec, spec)
 
+    def input_shape(self) -> str:
+        """The accepted input shape, for messages."""
+        if self.window == 1:
+            return f"[n, {self.n_features}]"
+        return f"[n, {self.window}, {self.n_features}]"
+
     def predict_proba(self, rows: npt.ArrayLike) -> np.ndarray:
-        """Probability of up per row (float64, shape [n]); rows are cast to float32."""
+        """Probability of up per row or window (float64, shape [n]); inputs are cast to
+        float32."""
         batch = np.asarray(rows, dtype=np.float32)
-        if batch.ndim != 2 or batch.shape[1] != self.n_features:
+        expected = (self.n_features,) if self.window == 1 else (self.window, self.n_features)
+        if batch.ndim != len(expected) + 1 or batch.shape[1:] != expected:
+            unit = "rows" if self.window == 1 else f"windows of {self.window} rows"
             raise ValueError(
-                f"model {self.model_name}:{self.model_version} takes rows of "
-                f"{self.n_features} features {list(self.feature_names)}; got shape {batch.shape}"
+                f"model {self.model_name}:{self.model_version} takes {unit} of "
+                f"{self.n_features} features {list(self.feature_names)} (shape "
+                f"{self.input_shape()}); got shape {batch.shape}"
             )
         (proba,) = self._session.run(self._outputs, {self._input: batch})
         return np.asarray(proba[:, 1], dtype=np.float64)

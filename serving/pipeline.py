@@ -2,6 +2,10 @@
 
 The NATS bridge and the in-process backtest both run this class, so a live paper run and a
 backtest over the same candles see the same predictions.
+
+A tabular model (``window == 1``) gets one feature row per candle, shape ``[n, features]``; a
+sequence model (LSTM, Transformer, or an ensemble holding one) gets the last ``window`` rows of
+the symbol, shape ``[n, window, features]``, and predicts once that many rows exist.
 """
 
 from __future__ import annotations
@@ -31,9 +35,12 @@ class Predictor(Protocol):
     model_name: str
     model_version: str
     feature_spec: FeatureSpec
+    # Feature rows per prediction: 1 for tabular models, the sequence length for the others.
+    window: int
 
     def predict_proba(self, rows: np.ndarray) -> np.ndarray:
-        """Probability that the price goes up, one per row."""
+        """Probability that the price goes up, one per row (``window == 1``: rows are
+        ``[n, features]``) or per window of rows (``[n, window, features]``)."""
         ...
 
 
@@ -61,25 +68,49 @@ class SignalPipeline:
     def __init__(self, predictor: Predictor, code_spec: FeatureSpec | None = None) -> None:
         # Refuse before the first candle: a model trained on other features must never predict.
         check_feature_spec(predictor.feature_spec, code_spec or default_feature_spec())
+        if predictor.window < 1:
+            raise ValueError(
+                f"model {predictor.model_name}:{predictor.model_version} has window "
+                f"{predictor.window}; a model takes at least one feature row"
+            )
         self.predictor = predictor
         self._engines: dict[str, FeatureEngine] = {}
+        self._rows: dict[str, deque[np.ndarray]] = {}
 
     def _engine(self, symbol: str) -> FeatureEngine:
         engine = self._engines.get(symbol)
         if engine is None:
             engine = self._engines[symbol] = FeatureEngine(self.predictor.feature_spec)
+            self._rows[symbol] = deque(maxlen=self.predictor.window)
         return engine
+
+    def _update(self, candle: Candle) -> np.ndarray | None:
+        """The model input of this candle (a row or a window of rows), None while warming up."""
+        engine = self._engine(candle.symbol)
+        gaps = engine.gaps_filled
+        row = engine.update(candle)
+        if self.predictor.window == 1:
+            return row
+        rows = self._rows[candle.symbol]
+        if engine.gaps_filled != gaps:
+            # The engine does not hand out the rows of the flat candles it filled a gap with,
+            # so the window would skip them: start the window again rather than predict on
+            # a sequence the model never saw in training.
+            rows.clear()
+        if row is None:
+            return None
+        rows.append(row)
+        return np.stack(rows) if len(rows) == rows.maxlen else None
 
     def warm_up(self, candles: Iterable[Candle]) -> None:
         """Feed history (e.g. after a restart) through the feature engines without predicting."""
         history: dict[str, deque[Candle]] = {}
+        keep_last = self.predictor.feature_spec.warmup + self.predictor.window - 1
         for candle in candles:
-            keep = history.setdefault(
-                candle.symbol, deque(maxlen=self.predictor.feature_spec.warmup)
-            )
-            keep.append(candle)
-        for symbol, recent in history.items():
-            self._engine(symbol).warm_up(recent)
+            history.setdefault(candle.symbol, deque(maxlen=keep_last)).append(candle)
+        for recent in history.values():
+            for candle in recent:
+                self._update(candle)
 
     def process(self, candles: Sequence[Candle]) -> list[MarketEvent | Rejected]:
         """One result per candle, in input order: an event (prediction None while a symbol
@@ -90,7 +121,7 @@ class SignalPipeline:
         results: list[MarketEvent | Rejected] = []
         for index, candle in enumerate(candles):
             try:
-                row = self._engine(candle.symbol).update(candle)
+                row = self._update(candle)
             except ValueError as error:
                 results.append(Rejected(candle, str(error)))
                 continue
@@ -99,7 +130,7 @@ class SignalPipeline:
                 rows.append(row)
                 warm.append(index)
         if rows:
-            probs = self.predictor.predict_proba(np.vstack(rows))
+            probs = self.predictor.predict_proba(np.stack(rows))
             for index, prob in zip(warm, probs, strict=True):
                 results[index] = MarketEvent(
                     candles[index], to_prediction(float(prob), self.predictor)
