@@ -52,5 +52,13 @@ crds: install
 bench: install
 	$(PY) bench/pipeline.py
 
+## controlplane: build kube-apiserver, kube-controller-manager, kubectl (Kubernetes v1.37.2) and etcd v3.7.0 once into ~/.cache/kubetrade/controlplane (~10 min cold, instant when cached)
+controlplane:
+	python3 tests/controlplane/build.py build
+
+## test-controlplane: only the real-Kubernetes tier; builds first if needed; a missing build is an error, not a skip
+test-controlplane: install controlplane
+	KUBETRADE_REQUIRE_CONTROLPLANE=1 $(PY) -m pytest -q -ra -m controlplane
+
 clean:
 	rm -rf reports .mypy_cache .ruff_cache .pytest_cache

@@ -1220,9 +1220,10 @@ class FeatureSpec:
     def __hash__(self) -> int:
         return hash(self.hash)
 
-    @property
+    @cached_property
     def hash(self) -> str:
-        """sha256 hex digest of the canonical JSON of names, params and version."""
+        """sha256 hex digest of the canonical JSON of names, params and version (computed once:
+        every signal carries it)."""
         canonical = json.dumps(
             {"names": list(self.names), "params": _jsonable(self.params), "version": self.version},
             sort_keys=True,
