@@ -167,9 +167,10 @@ def inference() -> None:
 
 
 def _attach_training() -> None:
-    from kubetrade.onnx_export.cli import train
+    from kubetrade.onnx_export.cli import export, model, train, validate
 
-    main.add_command(train)
+    for command in (train, validate, export, model):
+        main.add_command(command)
 
 
 _attach_training()

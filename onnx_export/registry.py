@@ -124,7 +124,11 @@ def register(
     with bentoml.models.create(
         tag,
         labels=_labels(metadata),
-        metadata=metadata.model_dump(mode="json", exclude={"feature_spec"}),
+        # BentoML's metadata takes no None and should stay readable in `bentoml models get`;
+        # the whole document is metadata.json.
+        metadata=metadata.model_dump(
+            mode="json", exclude={"feature_spec", "model", "params"}, exclude_none=True
+        ),
         _model_store=store,
     ) as model:
         directory = Path(model.path)

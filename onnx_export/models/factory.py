@@ -15,7 +15,8 @@ class TorchMissingError(ImportError):
     """A neural model was asked for without PyTorch installed."""
 
 
-def _neural() -> Any:
+def neural_module() -> Any:
+    """``models.neural``, or TorchMissingError saying how to install PyTorch."""
     try:
         from kubetrade.onnx_export.models import neural
     except ImportError as error:
@@ -34,7 +35,7 @@ def config_from_dict(data: dict[str, Any]) -> ModelConfig:
 
         return XGBoostParams.from_dict(data)
     if kind in ("lstm", "transformer"):
-        config: ModelConfig = _neural().NeuralParams.from_dict(data)
+        config: ModelConfig = neural_module().NeuralParams.from_dict(data)
         return config
     if kind == "ensemble":
         from kubetrade.onnx_export.models.ensemble import EnsembleParams
@@ -51,7 +52,7 @@ def build_model(config: ModelConfig) -> Model:
         assert isinstance(config, XGBoostParams)
         return XGBoostModel(config)
     if config.kind in ("lstm", "transformer"):
-        model: Model = _neural().NeuralModel(config)
+        model: Model = neural_module().NeuralModel(config)
         return model
     if config.kind == "ensemble":
         from kubetrade.onnx_export.models.ensemble import EnsembleModel, EnsembleParams
@@ -76,7 +77,7 @@ def load_model(directory: Path) -> Model:
 
         return XGBoostModel.load(directory, data)
     if kind in ("lstm", "transformer"):
-        model: Model = _neural().NeuralModel.load(directory, data)
+        model: Model = neural_module().NeuralModel.load(directory, data)
         return model
     if kind == "ensemble":
         from kubetrade.onnx_export.models.ensemble import EnsembleModel
