@@ -483,7 +483,7 @@ def export(checkpoint: Path, name: str, version: str | None, promote: bool) -> N
     help="Rolling: the last --train before each test window; expanding: all since the start.",
 )
 @click.option(
-    "--bot",
+    "--trading-bot",
     "bot_manifest",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="TradingBot manifest whose strategy, risk and execution the fold backtests use.",

@@ -25,6 +25,7 @@ def _chart(result: WalkForwardResult) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     folds = result.folds
     index = [f.fold.index for f in folds]
@@ -51,6 +52,7 @@ def _chart(result: WalkForwardResult) -> bytes:
         axis.grid(alpha=0.3)
     for axis in (axes[0][0], axes[0][1], axes[1][0]):
         axis.set_xlabel("fold")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
