@@ -1,5 +1,14 @@
 """The inference service: one ONNX model behind BentoML's HTTP API and the NATS bridge.
 
+Any registered model serves: XGBoost (rows of features), LSTM/Transformer (windows of rows) or
+an ensemble, all one ONNX Runtime session. ``POST /predict`` takes a batch of feature rows (or
+windows of rows, for a windowed model) with their feature names; ``POST /signal`` takes recent
+candles of one symbol and answers the signal the NATS bridge would publish for the last one.
+Bad requests get 4xx with a message naming the problem. Predictions go through BentoML's
+adaptive batching dispatcher (``CorkDispatcher``, the engine of ``batchable=True`` APIs),
+applied after each request is validated on its own: a batchable API takes one argument and one
+bad request would fail every request batched with it.
+
 Run it with ``bentoml serve kubetrade.serving.service:InferenceService --host H --port P``
 (``serve_command()`` builds that command; ``kubetrade worker inference`` execs it). BentoML
 starts an arbiter process and one worker process; the worker loads the model once, and when
@@ -18,7 +27,6 @@ code) happen inside the worker only, in ``InferenceService.__init__``.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time
@@ -46,6 +54,8 @@ from starlette.responses import JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from kubetrade.serving.bridge import BridgeHandle
     from kubetrade.serving.model import OnnxPredictor
 
@@ -56,17 +66,33 @@ ENV_MODEL_VERSION = "KUBETRADE_MODEL_VERSION"
 SERVICE_TARGET = "kubetrade.serving.service:InferenceService"
 DEFAULT_PORT = 3000
 MAX_BATCH_ROWS = 10_000
+MAX_SIGNAL_CANDLES = 5_000
+# Adaptive batching: the dispatcher may hold a request up to this long to batch it with others
+# (it learns how long batches take and waits only when waiting pays off)...
+BATCH_MAX_LATENCY_MS = 20
+# ...and sends at most this many rows (or windows) to ONNX Runtime at once.
+BATCH_MAX_ROWS = 1024
 
 REQUESTS = Counter(
     "kubetrade_inference_requests_total",
-    "HTTP /predict requests by outcome (ok, bad_request, not_ready)",
-    ["outcome"],
+    "HTTP /predict and /signal requests by endpoint and outcome (ok, bad_request, not_ready)",
+    ["endpoint", "outcome"],
 )
-ROWS = Counter("kubetrade_inference_rows_total", "Feature rows predicted over HTTP")
+ROWS = Counter("kubetrade_inference_rows_total", "Feature rows or windows predicted over HTTP")
 PREDICT_LATENCY = Histogram(
     "kubetrade_inference_onnx_seconds",
-    "ONNX Runtime time per HTTP /predict batch",
+    "ONNX Runtime time per batch the adaptive batcher sends",
     buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25),
+)
+BATCH_ROWS = Histogram(
+    "kubetrade_inference_batch_rows",
+    "Rows (or windows) per ONNX Runtime call after adaptive batching",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
+BATCH_REQUESTS = Histogram(
+    "kubetrade_inference_batch_requests",
+    "HTTP requests merged into one ONNX Runtime call by adaptive batching",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
 )
 MODEL_READY = Gauge(
     "kubetrade_inference_model_ready",
@@ -125,39 +151,141 @@ def serve_command(env: Mapping[str, str] | None = None) -> list[str]:
 
 
 class BatchError(ValueError):
-    """A /predict request the model cannot answer; the message says what to fix."""
+    """A request the model cannot answer; the message says what to fix."""
+
+
+def _shape(window: int, width: int) -> str:
+    return f"[n, {width}]" if window == 1 else f"[n, {window}, {width}]"
+
+
+def _check_finite(batch: np.ndarray, expected: Sequence[str], window: int) -> None:
+    import numpy as np
+
+    bad = np.argwhere(~np.isfinite(batch))
+    if bad.shape[0]:
+        first = [int(i) for i in bad[0]]
+        where = f"row {first[0]}" if window == 1 else f"window {first[0]} row {first[1]}"
+        raise BatchError(
+            f"{where} feature {expected[first[-1]]!r} is {batch[tuple(first)]}: features must "
+            "be finite numbers (rows still in the feature warm-up cannot be predicted)"
+        )
 
 
 def check_batch(
-    rows: Sequence[Sequence[float]], names: Sequence[str], expected: Sequence[str]
-) -> None:
-    """Refuse a batch whose feature names, row widths or values the model cannot take."""
-    if not rows:
+    rows: Sequence[Sequence[Any]] | None,
+    names: Sequence[str],
+    expected: Sequence[str],
+    window: int = 1,
+    windows: Sequence[Sequence[Sequence[Any]]] | None = None,
+) -> np.ndarray:
+    """The request's inputs as float32 ``[n, features]`` (``window == 1``) or
+    ``[n, window, features]``; BatchError naming the problem when the model cannot take them."""
+    import numpy as np
+
+    width = len(expected)
+    if window == 1 and windows is not None:
+        raise BatchError(
+            f"this model takes single rows of features, shape {_shape(1, width)}: send them as "
+            "`rows`, not `windows`"
+        )
+    if window > 1 and windows is None:
+        raise BatchError(
+            f"this model takes windows of {window} consecutive feature rows, oldest first "
+            f"(shape {_shape(window, width)}): send them as `windows`"
+        )
+    inputs: Sequence[Any] = (rows if window == 1 else windows) or []
+    if not inputs:
         raise BatchError("empty batch: send at least one row of features")
     if list(names) != list(expected):
         raise BatchError(
             f"feature names do not match the model: expected {list(expected)}, "
             f"got {list(names)}; send the features in the model's order (GET /model)"
         )
-    width = len(expected)
-    for index, row in enumerate(rows):
-        if len(row) != width:
+    matrices = [inputs] if window == 1 else inputs
+    for w, matrix in enumerate(matrices):
+        if window > 1 and len(matrix) != window:
             raise BatchError(
-                f"row {index} has {len(row)} values; the model takes {width} features "
-                f"{list(expected)}"
+                f"window {w} has {len(matrix)} rows; the model takes windows of exactly "
+                f"{window} rows (shape {_shape(window, width)})"
             )
-        for column, value in enumerate(row):
-            if not math.isfinite(value):
+        for index, row in enumerate(matrix):
+            if len(row) != width:
+                where = f"row {index}" if window == 1 else f"window {w} row {index}"
                 raise BatchError(
-                    f"row {index} feature {expected[column]!r} is {value}: features must be "
-                    "finite numbers (rows still in the feature warm-up cannot be predicted)"
+                    f"{where} has {len(row)} values; the model takes {width} features "
+                    f"{list(expected)}"
                 )
+    batch = np.asarray(inputs, dtype=np.float32)
+    _check_finite(batch, expected, window)
+    return batch
+
+
+class CandleIn(BaseModel):
+    """One closed candle of the symbol, as the feed publishes it."""
+
+    open_time: int = Field(description="Open time, ms UTC.")
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+
+def check_candles(candles: Sequence[CandleIn], step_ms: int, needed: int) -> dict[str, np.ndarray]:
+    """The candles as feature-code columns; BatchError unless they are enough, in order and
+    gap-free on the timeframe grid, with sane prices."""
+    import numpy as np
+
+    if len(candles) < needed:
+        raise BatchError(
+            f"{len(candles)} candles are too few: the model needs the last {needed} (feature "
+            "warm-up plus its window) to compute the signal of the last one"
+        )
+    for index, candle in enumerate(candles):
+        prices = (candle.open, candle.high, candle.low, candle.close)
+        if not (
+            all(np.isfinite(p) and p > 0 for p in prices)
+            and np.isfinite(candle.volume)
+            and candle.volume >= 0
+            and candle.high >= max(candle.open, candle.close, candle.low)
+            and candle.low <= min(candle.open, candle.close)
+        ):
+            raise BatchError(
+                f"candle {index} ({candle.open_time}) has impossible prices: they must be "
+                "positive with low <= open, close <= high, volume finite and non-negative"
+            )
+        if index and candle.open_time - candles[index - 1].open_time != step_ms:
+            raise BatchError(
+                f"candle {index} opens at {candle.open_time}, not {step_ms} ms after candle "
+                f"{index - 1} ({candles[index - 1].open_time}): send consecutive candles, oldest "
+                "first, without gaps"
+            )
+    return {
+        "open_time": np.array([c.open_time for c in candles], dtype=np.int64),
+        **{
+            column: np.array([getattr(c, column) for c in candles], dtype=np.float64)
+            for column in ("open", "high", "low", "close", "volume")
+        },
+    }
 
 
 class PredictResponse(BaseModel):
     """Probabilities that the price goes up, one per row, and the model that gave them."""
 
     probabilities: list[float]
+    model_name: str
+    model_version: str
+    feature_hash: str
+
+
+class SignalResponse(BaseModel):
+    """The signal of the last candle sent: what the NATS bridge publishes for it."""
+
+    symbol: str
+    open_time: int
+    prob_up: float
+    direction: str
+    confidence: float
     model_name: str
     model_version: str
     feature_hash: str
@@ -185,6 +313,7 @@ class InferenceService:
         self.predictor: OnnxPredictor | None = None
         self.not_ready_reason: str | None = None
         self.bridge: BridgeHandle | None = None
+        self._batcher: _Batcher | None = None
         self._load(os.environ)
         if self.predictor is not None and os.environ.get(ENV_NATS_URL):
             from kubetrade.serving.bridge import start_bridge
@@ -207,6 +336,8 @@ class InferenceService:
         except (ModelChoiceError, ModelNotFoundError, RegistryError, ValueError) as error:
             self.not_ready_reason = f"model not loaded: {error}"
         MODEL_READY.set(0 if self.not_ready_reason else 1)
+        if self.predictor is not None:
+            self._batcher = _Batcher(self.predictor)
         if self.not_ready_reason:
             log.error("inference not ready", extra={"reason": self.not_ready_reason})
         else:
@@ -242,38 +373,135 @@ class InferenceService:
             info["bridge"] = self.bridge.status()
         return info
 
+    def _serving(self, endpoint: str) -> tuple[OnnxPredictor, _Batcher] | JSONResponse:
+        # Only the model decides: a reconnecting NATS bridge does not stop HTTP predictions.
+        if self.not_ready_reason or self.predictor is None or self._batcher is None:
+            REQUESTS.labels(endpoint, "not_ready").inc()
+            return _error(503, self.not_ready_reason or "model not loaded")
+        return self.predictor, self._batcher
+
     # _bentoml_sdk ships no py.typed, so mypy sees its decorators as untyped.
     @bentoml.api(output_spec=PredictResponse)  # type: ignore[untyped-decorator]
-    def predict(
+    async def predict(
         self,
-        rows: Annotated[list[list[float]], Field(max_length=MAX_BATCH_ROWS)],
         feature_names: list[str],
+        rows: Annotated[list[list[float]] | None, Field(max_length=MAX_BATCH_ROWS)] = None,
+        windows: Annotated[list[list[list[float]]] | None, Field(max_length=MAX_BATCH_ROWS)] = None,
     ) -> PredictResponse | JSONResponse:
-        """Probability of up for each row of features, given in the model's feature order."""
-        # Only the model decides: a reconnecting NATS bridge does not stop HTTP predictions.
-        if self.not_ready_reason or self.predictor is None:
-            REQUESTS.labels("not_ready").inc()
-            return _error(503, self.not_ready_reason or "model not loaded")
+        """Probability of up per row of features (``rows``, tabular models) or per window of
+        consecutive rows, oldest first (``windows``, LSTM/Transformer/ensemble models), given
+        in the model's feature order."""
+        serving = self._serving("predict")
+        if isinstance(serving, JSONResponse):
+            return serving
+        predictor, batcher = serving
         try:
-            check_batch(rows, feature_names, self.predictor.feature_names)
+            batch = check_batch(
+                rows, feature_names, predictor.feature_names, predictor.window, windows
+            )
         except BatchError as error:
-            REQUESTS.labels("bad_request").inc()
+            REQUESTS.labels("predict", "bad_request").inc()
             return _error(422, str(error))
-        started = time.perf_counter()
-        probabilities = self.predictor.predict_proba(rows)
-        PREDICT_LATENCY.observe(time.perf_counter() - started)
-        REQUESTS.labels("ok").inc()
-        ROWS.inc(len(rows))
+        probabilities = await batcher(batch)
+        REQUESTS.labels("predict", "ok").inc()
+        ROWS.inc(len(batch))
         return PredictResponse(
             probabilities=probabilities.tolist(),
-            model_name=self.predictor.model_name,
-            model_version=self.predictor.model_version,
-            feature_hash=self.predictor.feature_hash,
+            model_name=predictor.model_name,
+            model_version=predictor.model_version,
+            feature_hash=predictor.feature_hash,
+        )
+
+    @bentoml.api(output_spec=SignalResponse)  # type: ignore[untyped-decorator]
+    async def signal(
+        self,
+        candles: Annotated[list[CandleIn], Field(max_length=MAX_SIGNAL_CANDLES)],
+        symbol: str = "UNKNOWN",
+        timeframe: str | None = None,
+    ) -> SignalResponse | JSONResponse:
+        """The signal of the last of ``candles`` (consecutive closed candles of one symbol,
+        oldest first, at least the model's warm-up plus window - 1): features by the shared
+        feature code, then the model."""
+        serving = self._serving("signal")
+        if isinstance(serving, JSONResponse):
+            return serving
+        predictor, batcher = serving
+        from kubetrade.domain import TIMEFRAME_MS
+        from kubetrade.features import compute_features
+        from kubetrade.serving.pipeline import to_prediction
+
+        chosen = timeframe or predictor.metadata.training.timeframe
+        if chosen not in TIMEFRAME_MS:
+            REQUESTS.labels("signal", "bad_request").inc()
+            return _error(422, f"unknown timeframe {chosen!r}; use one of {list(TIMEFRAME_MS)}")
+        needed = predictor.warmup + predictor.window - 1
+        try:
+            columns = check_candles(candles, TIMEFRAME_MS[chosen], needed)
+        except BatchError as error:
+            REQUESTS.labels("signal", "bad_request").inc()
+            return _error(422, str(error))
+        # Only the candles the last prediction depends on: features are settled after the
+        # warm-up, so older candles change nothing but the cost.
+        recent = {name: values[-needed:] for name, values in columns.items()}
+        features = compute_features(recent, predictor.feature_spec)[-predictor.window :]
+        model_input = features if predictor.window == 1 else features[None, :, :]
+        (prob_up,) = (await batcher(model_input.astype("float32"))).tolist()
+        prediction = to_prediction(float(prob_up), predictor)
+        REQUESTS.labels("signal", "ok").inc()
+        return SignalResponse(
+            symbol=symbol,
+            open_time=int(columns["open_time"][-1]),
+            prob_up=prediction.prob_up,
+            direction=prediction.direction.value,
+            confidence=prediction.confidence,
+            model_name=prediction.model_name,
+            model_version=prediction.model_version,
+            feature_hash=prediction.feature_hash,
         )
 
     @bentoml.on_shutdown  # type: ignore[untyped-decorator]
     def stop_bridge(self) -> None:
         """Stop the NATS bridge before the worker exits (it finishes its current batch)."""
+        if self._batcher is not None:
+            self._batcher.dispatcher.shutdown()
         if self.bridge is not None:
             self.bridge.stop()
             log.info("nats bridge stopped")
+
+
+class _Batcher:
+    """Validated inputs in, probabilities out, through BentoML's adaptive batching dispatcher."""
+
+    def __init__(self, predictor: OnnxPredictor) -> None:
+        from bentoml._internal.marshal.dispatcher import CorkDispatcher
+        from bentoml.exceptions import ServiceUnavailable
+
+        def overloaded() -> Any:
+            raise ServiceUnavailable("inference is overloaded: retry later")
+
+        self.predictor = predictor
+        self.dispatcher: Any = CorkDispatcher(
+            max_latency_in_ms=BATCH_MAX_LATENCY_MS,
+            max_batch_size=BATCH_MAX_ROWS,
+            fallback=overloaded,
+            get_batch_size=lambda batch: int(batch.shape[0]),
+            batch_dim=(0, 0),
+        )
+        self._call: Any = self.dispatcher(self._run)
+
+    async def _run(self, batches: Sequence[np.ndarray]) -> list[np.ndarray]:
+        import anyio
+        import numpy as np
+
+        merged = np.concatenate(batches) if len(batches) > 1 else batches[0]
+        BATCH_REQUESTS.observe(len(batches))
+        BATCH_ROWS.observe(len(merged))
+        started = time.perf_counter()
+        probabilities = await anyio.to_thread.run_sync(self.predictor.predict_proba, merged)
+        PREDICT_LATENCY.observe(time.perf_counter() - started)
+        edges = np.cumsum([len(b) for b in batches])[:-1]
+        return list(np.split(probabilities, edges))
+
+    async def __call__(self, batch: np.ndarray) -> np.ndarray:
+        result: np.ndarray = await self._call(batch)
+        return result

@@ -12,21 +12,18 @@ import pytest
 from kubetrade.features import compute_features, default_feature_spec
 from kubetrade.market.loaders import load_candles
 from kubetrade.market.synthetic import generate
-from kubetrade.onnx_export.cli import frames_by_symbol
 from kubetrade.onnx_export.dataset import (
     LabelSpec,
     build_dataset,
     chronological_split,
     forward_returns,
     label_returns,
+    triple_barrier_labels,
 )
-from kubetrade.onnx_export.export import (
-    ParityError,
-    check_parity,
-    read_onnx_metadata,
-    to_onnx,
-)
+from kubetrade.onnx_export.export import ParityError, check_parity, read_onnx_metadata
 from kubetrade.onnx_export.metadata import MetadataError
+from kubetrade.onnx_export.metrics import score
+from kubetrade.onnx_export.models.boosted import XGBoostModel, XGBoostParams
 from kubetrade.onnx_export.pipeline import TrainConfig, TrainResult, train_and_register
 from kubetrade.onnx_export.registry import (
     ModelNotFoundError,
@@ -35,9 +32,9 @@ from kubetrade.onnx_export.registry import (
     register,
     resolve,
 )
-from kubetrade.onnx_export.train import TrainParams, train_classifier
+from kubetrade.onnx_export.sources import frames_by_symbol
 
-SMALL = TrainParams(n_estimators=60, max_depth=3)
+SMALL = XGBoostParams(n_estimators=60, max_depth=3)
 
 
 @pytest.fixture
@@ -55,7 +52,7 @@ def frames() -> dict[str, pd.DataFrame]:
 
 def _train(frames: dict[str, pd.DataFrame], name: str, version: str | None = None) -> TrainResult:
     config = TrainConfig(
-        name=name, version=version, timeframe="1h", source="synthetic(seed=11)", params=SMALL
+        name=name, version=version, timeframe="1h", source="synthetic(seed=11)", model=SMALL
     )
     return train_and_register(frames, config)
 
@@ -139,12 +136,28 @@ def test_train_export_register_on_synthetic(store: Path, frames: dict[str, pd.Da
     assert meta.feature_hash == spec.hash
     assert meta.spec().hash == spec.hash
     assert meta.warmup == spec.warmup
-    assert (meta.label.horizon, meta.label.threshold) == (4, 0.0)
+    assert (meta.label.kind, meta.label.horizon, meta.label.threshold) == (
+        "forward_return",
+        4,
+        0.0,
+    )
+    assert (meta.model_type, meta.window) == ("xgboost", 1)
+    assert meta.params["n_estimators"] == 60
+    assert meta.model["preprocessing"]["kind"] == "none"
+    assert meta.parity_rows == min(2000, meta.training.test_rows)
     assert meta.training.symbols == ["BTC/USDT", "ETH/USDT"]
     assert meta.training.first_open_time == int(frames["BTC/USDT"]["open_time"].iloc[0])
     assert meta.training.last_open_time == int(frames["BTC/USDT"]["open_time"].iloc[-1])
     assert meta.training.first_open_time < meta.training.test_start_time
-    assert set(meta.versions) == {"kubetrade", "xgboost", "onnx", "onnxruntime", "onnxmltools"}
+    assert set(meta.versions) == {
+        "kubetrade",
+        "numpy",
+        "xgboost",
+        "onnx",
+        "onnxruntime",
+        "onnxmltools",
+    }
+    assert "not installed" not in meta.versions.values()
     assert meta.parity_max_abs_diff == result.parity_max_abs_diff
     assert meta.metrics == result.metrics.to_dict()
     assert 0 <= result.metrics.accuracy <= 1
@@ -161,14 +174,15 @@ def test_parity_check_refuses_a_model_that_predicts_differently(
 ) -> None:
     dataset = build_dataset(frames, default_feature_spec(), LabelSpec())
     train, test = chronological_split(dataset, 0.2)
-    model = train_classifier(train, SMALL)
-    exported = to_onnx(model, len(dataset.feature_names))
+    model = XGBoostModel(SMALL)
+    model.fit(train)
+    exported = model.to_onnx(len(dataset.feature_names))
     assert check_parity(model, exported, test.features) <= 1e-5
 
     tree = next(n for n in exported.graph.node if n.op_type == "TreeEnsembleClassifier")
     weights = next(a for a in tree.attribute if a.name == "class_weights")
     weights.floats[:] = [w + 0.05 for w in weights.floats]
-    with pytest.raises(ParityError, match=r"differ by up to .* the limit is 1e-05"):
+    with pytest.raises(ParityError, match=r"xgboost model refused: .*differ by up to .*1e-05"):
         check_parity(model, exported, test.features)
 
 
@@ -199,8 +213,9 @@ def test_registry_resolves_versions_and_names_what_exists(
 
 def test_onnx_file_without_metadata_is_refused(frames: dict[str, pd.DataFrame]) -> None:
     dataset = build_dataset(frames, default_feature_spec(), LabelSpec())
-    model = train_classifier(dataset, SMALL)
-    bare = to_onnx(model, len(dataset.feature_names))
+    model = XGBoostModel(SMALL)
+    model.fit(dataset)
+    bare = model.to_onnx(len(dataset.feature_names))
     with pytest.raises(MetadataError, match=r"no 'kubetrade\.metadata' metadata"):
         read_onnx_metadata(bare, "bare.onnx")
 
@@ -217,3 +232,131 @@ def test_train_on_real_btc_history(store: Path, btc_csv: Path) -> None:
     auc = result.metrics.roc_auc
     assert auc is not None
     assert 0.4 < auc < 0.7, "hourly BTC direction is close to a coin flip"
+
+
+def test_triple_barrier_labels_take_the_first_barrier_touched() -> None:
+    # Flat history (sigma from tiny alternating returns), then four scripted futures.
+    n_history = 30
+    base = 100.0 * np.exp(0.001 * ((np.arange(n_history) % 2) * 2 - 1))
+    close = np.concatenate([base, [100.0] * 6])
+    high = close.copy()
+    low = close.copy()
+    label = LabelSpec(kind="triple_barrier", horizon=3, vol_window=10)
+    t = n_history - 1
+    sigma = np.std(np.diff(np.log(close[t - 10 : t + 1])), ddof=1)
+    up = close[t] * np.exp(sigma * np.sqrt(3))
+    down = close[t] * np.exp(-sigma * np.sqrt(3))
+
+    def label_at_t(h: list[float], lo: list[float], c: list[float]) -> float:
+        hi_, lo_, c_ = high.copy(), low.copy(), close.copy()
+        hi_[t + 1 : t + 4], lo_[t + 1 : t + 4], c_[t + 1 : t + 4] = h, lo, c
+        return float(triple_barrier_labels(hi_, lo_, c_, label)[t])
+
+    mid = close[t]
+    assert label_at_t([mid, up * 1.001, mid], [mid, mid, down * 0.99], [mid] * 3) == 1.0
+    assert label_at_t([mid, mid, up * 1.01], [down * 0.999, mid, mid], [mid] * 3) == 0.0
+    # Both barriers inside one candle: the cautious reading, not up.
+    assert label_at_t([up * 1.01, mid, mid], [down * 0.99, mid, mid], [mid] * 3) == 0.0
+    # Neither touched: the forward return decides (slightly up, inside both barriers).
+    assert label_at_t([mid] * 3, [mid] * 3, [mid, mid, mid * 1.0001]) == 1.0
+    labels = triple_barrier_labels(high, low, close, label)
+    assert np.isnan(labels[:10]).all(), "no sigma yet"
+    assert np.isnan(labels[-3:]).all(), "no full horizon ahead"
+
+
+@pytest.mark.parametrize("kind", ["forward_return", "triple_barrier"])
+def test_no_lookahead_features_windows_and_labels(
+    frames: dict[str, pd.DataFrame], kind: str
+) -> None:
+    spec = default_feature_spec()
+    label = LabelSpec(kind=kind, horizon=4, dead_zone=0.001)
+    original = frames["BTC/USDT"]
+    t = 2000
+    cut_time = int(original["open_time"].iloc[t])
+    perturbed = original.copy()
+    factor = np.random.default_rng(0).uniform(0.7, 1.3, size=len(original) - t - 1)
+    for column in ("open", "high", "low", "close", "volume"):
+        perturbed.loc[t + 1 :, column] = original.loc[t + 1 :, column].to_numpy() * factor
+
+    a = build_dataset({"BTC/USDT": original}, spec, label, window=8)
+    b = build_dataset({"BTC/USDT": perturbed}, spec, label, window=8)
+    known_a = a.open_time <= cut_time
+    known_b = b.open_time <= cut_time
+    np.testing.assert_array_equal(a.open_time[known_a], b.open_time[known_b])
+    np.testing.assert_array_equal(a.features[known_a], b.features[known_b])
+    assert a.windows is not None and b.windows is not None
+    np.testing.assert_array_equal(a.windows[known_a], b.windows[known_b])
+    decided_a = a.label_time <= cut_time
+    decided_b = b.label_time <= cut_time
+    np.testing.assert_array_equal(a.labels[decided_a], b.labels[decided_b])
+    # The test has teeth: rows whose label window passes t see the perturbation.
+    undecided = known_a & ~decided_a
+    assert undecided.sum() > 0
+    rows_a = a.subset(undecided)
+    rows_b = b.subset(known_b & ~decided_b)
+    changed = len(rows_a) != len(rows_b) or not np.array_equal(rows_a.labels, rows_b.labels)
+    assert changed, "moves of up to 30% after t must change some labels that look past t"
+    later_a, later_b = a.features[~known_a], b.features[~known_b]
+    assert later_a.shape != later_b.shape or not np.array_equal(later_a, later_b)
+    # Labels are never features: another label leaves the feature matrix unchanged.
+    other = build_dataset({"BTC/USDT": original}, spec, LabelSpec(horizon=12), window=8)
+    common = np.intersect1d(a.open_time, other.open_time)
+    np.testing.assert_array_equal(
+        a.features[np.isin(a.open_time, common)], other.features[np.isin(other.open_time, common)]
+    )
+
+
+def test_windows_are_the_rows_before_each_row(frames: dict[str, pd.DataFrame]) -> None:
+    spec = default_feature_spec()
+    frame = frames["ETH/USDT"]
+    dataset = build_dataset({"ETH/USDT": frame}, spec, LabelSpec(), window=5)
+    features = compute_features(frame, spec)
+    times = frame["open_time"].to_numpy()
+    assert dataset.windows is not None and dataset.windows.shape[1:] == (5, len(spec.names))
+    for i in (0, len(dataset) // 2, len(dataset) - 1):
+        end = int(np.searchsorted(times, dataset.open_time[i]))
+        np.testing.assert_array_equal(dataset.windows[i], features[end - 4 : end + 1].astype("f4"))
+    assert int(dataset.open_time[0]) == int(times[spec.warmup - 1 + 4]), "first full window"
+    np.testing.assert_array_equal(dataset.inputs(3), dataset.windows[:, -3:, :])
+    with pytest.raises(ValueError, match="window >= 9"):
+        dataset.inputs(9)
+
+
+def test_scores_are_the_textbook_figures() -> None:
+    labels = np.array([1, 1, 1, 0, 0, 0, 1, 0])
+    probabilities = np.array([0.9, 0.8, 0.3, 0.6, 0.2, 0.1, 0.7, 0.4])
+    metrics = score(probabilities, labels)
+    # TP=3 (0.9, 0.8, 0.7), FN=1 (0.3), FP=1 (0.6), TN=3.
+    assert metrics.accuracy == pytest.approx(6 / 8)
+    assert metrics.precision == pytest.approx(3 / 4)
+    assert metrics.recall == pytest.approx(3 / 4)
+    assert metrics.f1 == pytest.approx(3 / 4)
+    assert metrics.mcc == pytest.approx((3 * 3 - 1 * 1) / 16)
+    assert metrics.roc_auc == pytest.approx(14 / 16), "pairs ranked right: 4 + 4 + 4 + 2"
+    assert metrics.log_loss == pytest.approx(
+        -np.mean(labels * np.log(probabilities) + (1 - labels) * np.log(1 - probabilities))
+    )
+    one_class = score(np.array([0.2, 0.4]), np.array([0, 0]))
+    assert one_class.roc_auc is None and one_class.precision == 0.0
+    with pytest.raises(ValueError, match="one probability per label"):
+        score(np.array([0.5]), np.array([1, 0]))
+
+
+def test_training_reads_candles_from_the_database(db_url: str) -> None:
+    from kubetrade.market.frame import to_candles
+    from kubetrade.onnx_export.sources import database_frames
+    from kubetrade.store import Store
+
+    frame = generate(["BTC/USDT", "ETH/USDT"], "1h", 50, seed=4)
+    with Store.connect(db_url) as store:
+        store.migrate()
+        store.write_candles("research/feed", to_candles(frame, "1h"))
+    read = database_frames(db_url, "research/feed", "1h")
+    expected = frames_by_symbol(frame)
+    assert sorted(read) == sorted(expected)
+    for symbol, part in expected.items():
+        pd.testing.assert_frame_equal(read[symbol], part, check_like=True)
+    only_eth = database_frames(db_url, "research/feed", "1h", ["ETH/USDT"])
+    assert list(only_eth) == ["ETH/USDT"]
+    with pytest.raises(ValueError, match=r"no 4h candles of bot 'research/feed'"):
+        database_frames(db_url, "research/feed", "4h")
