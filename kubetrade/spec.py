@@ -332,6 +332,30 @@ class TradingSummary(_Model):
     halt_reason: str | None = None
 
 
+class ModelFailure(_Model):
+    """Why the last model the bot asked for could not serve."""
+
+    reason: str
+    message: str = ""
+    time: str | None = None
+
+
+class ModelStatus(_Model):
+    """Which model serves the bot's signals and where a rollout stands (after KServe's)."""
+
+    target: str = Field(description="name:version the spec asks for.")
+    active: str | None = Field(
+        default=None, description="name:version serving signals now, if any."
+    )
+    state: Literal["Pending", "Loading", "Loaded", "FailedToLoad"] = Field(
+        default="Pending", description="State of the target model."
+    )
+    transition: Literal["UpToDate", "InProgress", "BlockedByFailedLoad"] = Field(
+        default="InProgress", description="UpToDate once the target serves."
+    )
+    last_failure: ModelFailure | None = None
+
+
 class TradingBotStatus(_Model):
     """What the operator observed."""
 
@@ -339,6 +363,7 @@ class TradingBotStatus(_Model):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
     trading: TradingSummary | None = None
+    model: ModelStatus | None = None
 
 
 class TradingBot(_Model):
