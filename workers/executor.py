@@ -85,6 +85,20 @@ class Pending:
         return bool(self.signals or self.orders or self.fills or self.equity)
 
 
+@dataclass(frozen=True)
+class Commit:
+    """An applied batch waiting for its transaction, acknowledgement and publication."""
+
+    pending: Pending
+    checkpoint: Checkpoint | None
+    batch: list[Delivery]
+
+
+# Applied-but-uncommitted batches allowed in flight: decisions do not wait for the previous
+# batch's commit (~3 ms), yet a stalled database soon stops the executor consuming.
+COMMITS_IN_FLIGHT = 8
+
+
 class Executor:
     """Owns the engine, the checkpoint and the database connection of one bot."""
 
@@ -121,8 +135,9 @@ class Executor:
                 self.js, self.subjects, msg, error, component="executor", bot=self.bot.key
             )
 
-    async def apply_batch(self, batch: list[Delivery]) -> None:
-        """Apply controls and one batch of signals; commit; then acknowledge and publish."""
+    async def apply_batch(self, batch: list[Delivery]) -> Commit:
+        """Apply queued controls and one batch of signals to the engine: decisions now,
+        persistence later (in order) by :meth:`commit`."""
         pending = Pending()
         while not self.controls.empty():
             command = self.controls.get_nowait()
@@ -133,14 +148,21 @@ class Executor:
                 self.engine.control(ControlCommand.parse(command.action, command.reason)),
                 self.subjects,
             )
-        last_seq = self.sequence
+        first_seq = self.sequence
         for delivery in batch:
             if delivery.sequence <= self.sequence:
                 continue  # applied before a restart; its effects are already in the database
-            last_seq = delivery.sequence
+            self.sequence = delivery.sequence
             await self._apply_signal(delivery, pending)
-        if pending or last_seq != self.sequence:
-            checkpoint = Checkpoint(last_seq, self.processed, self.engine.snapshot())
+        checkpoint = None
+        if pending or self.sequence != first_seq:
+            checkpoint = Checkpoint(self.sequence, self.processed, self.engine.snapshot())
+        return Commit(pending, checkpoint, batch)
+
+    async def commit(self, item: Commit) -> None:
+        """Write one applied batch with its checkpoint, then acknowledge it and publish."""
+        pending = item.pending
+        if item.checkpoint is not None:
             with DB_WRITE_SECONDS.labels(self.bot.key, "executor").time():
                 await self.db.write_batch(
                     self.bot.key,
@@ -148,13 +170,21 @@ class Executor:
                     orders=pending.orders,
                     fills=pending.fills,
                     equity=pending.equity,
-                    checkpoint=checkpoint,
+                    checkpoint=item.checkpoint,
                 )
-            self.sequence = last_seq
-        await BatchConsumer.ack_through(batch)
+        await BatchConsumer.ack_through(item.batch)
         if pending.outgoing:
             await publish_all(self.js, pending.outgoing)
         self._count(pending)
+
+    async def commit_forever(self, queue: asyncio.Queue[Commit]) -> None:
+        """The writer: commits applied batches in the order they were applied."""
+        while True:
+            item = await queue.get()
+            try:
+                await self.commit(item)
+            finally:
+                queue.task_done()
 
     async def _apply_signal(self, delivery: Delivery, pending: Pending) -> None:
         try:
@@ -265,10 +295,20 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
     )
     log.info("executor running", extra={"symbols": bot.spec.symbols, "mode": bot.spec.mode.value})
     try:
-        while not stop.is_set():
+        commits: asyncio.Queue[Commit] = asyncio.Queue(maxsize=COMMITS_IN_FLIGHT)
+        writer = asyncio.create_task(executor.commit_forever(commits))
+        while not stop.is_set() and not writer.done():
             batch = await consumer.next_batch(BATCH_MAX, timeout=0.25)
             if batch or not executor.controls.empty():
-                await executor.apply_batch(batch)
+                put = asyncio.ensure_future(commits.put(await executor.apply_batch(batch)))
+                # A full queue waits for the writer; a dead writer must not leave us waiting.
+                await asyncio.wait({put, writer}, return_when=asyncio.FIRST_COMPLETED)
+                put.cancel()
+        if not writer.done():
+            await commits.join()  # what was decided is committed before we go
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer  # re-raises a database failure, which must stop the worker
     finally:
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -37,6 +37,51 @@ tracer = trace.get_tracer("kubetrade.feed")
 BATCH_MAX = 500
 
 
+class CandleWriter:
+    """Writes published candles to the database off the publishing path, many per COPY.
+
+    A COPY costs a few milliseconds whatever its size; done inline it would delay every
+    paced candle behind it, so the writer takes whatever queued up meanwhile in one go.
+    """
+
+    def __init__(self, db: AsyncStore, bot: str) -> None:
+        self._db = db
+        self._bot = bot
+        self._queue: asyncio.Queue[list[Candle]] = asyncio.Queue(maxsize=1000)
+        self._task = asyncio.create_task(self._run())
+
+    async def submit(self, candles: list[Candle]) -> None:
+        """Queue candles for writing (waits when the database falls far behind)."""
+        if self._task.done():
+            await self._task  # surfaces the database error that stopped the writer
+        await self._queue.put(candles)
+
+    async def flush(self) -> None:
+        """Wait until everything submitted is in the database."""
+        join = asyncio.ensure_future(self._queue.join())
+        await asyncio.wait({join, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if self._task.done():
+            join.cancel()
+            await self._task
+
+    async def close(self) -> None:
+        """Stop the writer (after a flush, nothing is lost)."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            parts = [await self._queue.get()]
+            while not self._queue.empty():
+                parts.append(self._queue.get_nowait())
+            candles = [c for part in parts for c in part]
+            with DB_WRITE_SECONDS.labels(self._bot, "feed").time():
+                await self._db.write_candles(self._bot, candles)
+            for _ in parts:
+                self._queue.task_done()
+
+
 async def last_published(js: JetStreamContext, subjects: Subjects, symbol: str) -> int | None:
     """Open time of the newest candle of ``symbol`` already in the stream, if any."""
     try:
@@ -95,6 +140,7 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
     log.info(
         "feed started", extra={"source": bot.spec.exchange.name, "resume": resume, "tf_ms": tf}
     )
+    writer = CandleWriter(db, bot.key) if db is not None else None
     try:
         source = candle_source(bot, settings.data_file)
         async for batch in paced(source, bot.spec.exchange.speed):
@@ -105,10 +151,11 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
                 continue
             await _publish(js, subjects, fresh, bot.key)
             status.count("candles", len(fresh))
-            if db is not None:
-                with DB_WRITE_SECONDS.labels(bot.key, "feed").time():
-                    await db.write_candles(bot.key, fresh)
+            if writer is not None:
+                await writer.submit(fresh)
         else:
+            if writer is not None:
+                await writer.flush()
             status.state = "finished"
             status.message = f"source exhausted after {status.counters.get('candles', 0)} candles"
             log.info("feed finished", extra={"candles": status.counters.get("candles", 0)})
@@ -120,6 +167,8 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
         await nc.publish(subjects.status, encode(status.to_message()))
         await health.stop()
         await nc.drain()
+        if writer is not None:
+            await writer.close()
         if db is not None:
             await db.close()
 
