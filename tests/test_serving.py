@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import psutil
 import pytest
 from nats.aio.msg import Msg
@@ -30,24 +31,26 @@ from kubetrade.features import (
 from kubetrade.market.frame import to_candles
 from kubetrade.market.synthetic import generate
 from kubetrade.messages import CandleMessage, SignalMessage, decode, encode
-from kubetrade.onnx_export.cli import frames_by_symbol
 from kubetrade.onnx_export.dataset import LabelSpec, build_dataset, chronological_split
+from kubetrade.onnx_export.models.boosted import XGBoostModel, XGBoostParams
 from kubetrade.onnx_export.pipeline import TrainConfig, train_and_register
 from kubetrade.onnx_export.registry import register
-from kubetrade.onnx_export.train import TrainParams, train_classifier, up_probabilities
+from kubetrade.onnx_export.sources import frames_by_symbol
 from kubetrade.serving.model import OnnxPredictor
 from kubetrade.serving.service import (
     BatchError,
+    CandleIn,
     ModelChoice,
     ModelChoiceError,
     check_batch,
+    check_candles,
     model_choice,
     serve_command,
 )
 from kubetrade.settings import ENV_HTTP_HOST, ENV_HTTP_PORT, ENV_NATS_URL, ENV_SPEC, QUIET_ENV
 from kubetrade.subjects import Subjects
 
-SMALL = TrainParams(n_estimators=40, max_depth=3)
+SMALL = XGBoostParams(n_estimators=40, max_depth=3)
 STARTUP_TIMEOUT = 90.0
 
 
@@ -58,6 +61,7 @@ class Store:
     home: Path
     rows: np.ndarray
     names: list[str]
+    candles: pd.DataFrame
 
 
 def _other_spec() -> FeatureSpec:
@@ -78,7 +82,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         frames = frames_by_symbol(generate(["BTC/USDT"], "1h", 1500, seed=3))
         good = train_and_register(
             frames,
-            TrainConfig(name="serve-test", version="1", timeframe="1h", source="t", params=SMALL),
+            TrainConfig(name="serve-test", version="1", timeframe="1h", source="t", model=SMALL),
         )
         other = _other_spec()
         register(
@@ -95,7 +99,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         )
         features = compute_features(frames["BTC/USDT"], default_feature_spec())
         rows = features[np.isfinite(features).all(axis=1)][-50:]
-        yield Store(home, rows, list(default_feature_spec().names))
+        yield Store(home, rows, list(default_feature_spec().names), frames["BTC/USDT"])
     finally:
         if previous is None:
             os.environ.pop("BENTOML_HOME", None)
@@ -195,7 +199,9 @@ def test_predictor_matches_xgboost_and_checks_specs(store: Store) -> None:
     # so the served ONNX model must reproduce native XGBoost on them.
     frames = frames_by_symbol(generate(["BTC/USDT"], "1h", 1500, seed=3))
     train, _ = chronological_split(build_dataset(frames, default_feature_spec(), LabelSpec()), 0.2)
-    native = up_probabilities(train_classifier(train, SMALL), store.rows)
+    model = XGBoostModel(SMALL)
+    model.fit(train)
+    native = model.predict_proba(store.rows)
     served = predictor.predict_proba(store.rows)
     assert served.dtype == np.float64 and served.shape == (len(store.rows),)
     np.testing.assert_allclose(served, native, atol=1e-5)
@@ -207,7 +213,8 @@ def test_predictor_matches_xgboost_and_checks_specs(store: Store) -> None:
     names = list(default_feature_spec().names)
     assert str(names[0]) in str(error.value) and str(names[-1]) in str(error.value)
 
-    with pytest.raises(ValueError, match=r"takes rows of \d+ features"):
+    assert (predictor.window, predictor.model_type) == (1, "xgboost")
+    with pytest.raises(ValueError, match=r"takes rows of \d+ features .*got shape \(50, 58\)"):
         predictor.predict_proba(store.rows[:, :-1])
 
 
@@ -247,7 +254,8 @@ def test_model_choice_prefers_explicit_env_then_bot_spec() -> None:
 
 def test_check_batch_names_what_is_wrong() -> None:
     names = ["a", "b"]
-    check_batch([[1.0, 2.0]], names, names)
+    batch = check_batch([[1.0, 2.0]], names, names)
+    assert batch.dtype == np.float32 and batch.shape == (1, 2)
     with pytest.raises(BatchError, match="empty batch"):
         check_batch([], names, names)
     with pytest.raises(BatchError, match=r"expected \['a', 'b'\], got \['b', 'a'\]"):
@@ -256,6 +264,56 @@ def test_check_batch_names_what_is_wrong() -> None:
         check_batch([[1.0, 2.0], [1.0]], names, names)
     with pytest.raises(BatchError, match="row 0 feature 'b' is nan"):
         check_batch([[1.0, float("nan")]], names, names)
+    with pytest.raises(BatchError, match="send them as `rows`, not `windows`"):
+        check_batch(None, names, names, windows=[[[1.0, 2.0]]])
+
+
+def test_check_batch_of_windows() -> None:
+    names = ["a", "b"]
+    window = [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
+    batch = check_batch(None, names, names, 3, [window, window])
+    assert batch.shape == (2, 3, 2)
+    with pytest.raises(BatchError, match=r"windows of 3 consecutive feature rows.*\[n, 3, 2\]"):
+        check_batch([[1.0, 2.0]], names, names, 3)
+    with pytest.raises(
+        BatchError, match="window 1 has 2 rows; the model takes windows of exactly 3"
+    ):
+        check_batch(None, names, names, 3, [window, window[:2]])
+    with pytest.raises(BatchError, match="window 0 row 2 has 1 values"):
+        check_batch(None, names, names, 3, [[*window[:2], [1.0]]])
+    with pytest.raises(BatchError, match="window 1 row 0 feature 'a' is inf"):
+        check_batch(None, names, names, 3, [window, [[float("inf"), 1.0], *window[1:]]])
+
+
+def _candles_in(frame: pd.DataFrame) -> list[CandleIn]:
+    return [
+        CandleIn(
+            open_time=int(r.open_time),
+            open=r.open,
+            high=r.high,
+            low=r.low,
+            close=r.close,
+            volume=r.volume,
+        )
+        for r in frame.itertuples()
+    ]
+
+
+def test_check_candles_refuses_short_gapped_or_impossible_series(store: Store) -> None:
+    candles = _candles_in(store.candles.iloc[:10])
+    columns = check_candles(candles, 3_600_000, 10)
+    np.testing.assert_array_equal(columns["close"], store.candles["close"].iloc[:10])
+    with pytest.raises(BatchError, match="10 candles are too few: the model needs the last 11"):
+        check_candles(candles, 3_600_000, 11)
+    with pytest.raises(BatchError, match=r"candle 5 opens at .*not 3600000 ms after candle 4"):
+        check_candles([*candles[:5], *candles[6:]], 3_600_000, 5)
+    broken = [
+        *candles[:3],
+        candles[3].model_copy(update={"low": candles[3].high * 2}),
+        *candles[4:],
+    ]
+    with pytest.raises(BatchError, match=r"candle 3 .* has impossible prices"):
+        check_candles(broken, 3_600_000, 5)
 
 
 def test_serve_command_binds_the_configured_address() -> None:
@@ -293,7 +351,8 @@ def test_health_model_and_metrics(server: Server, store: Store) -> None:
 
     _predict(server, {"rows": store.rows[:2].tolist(), "feature_names": store.names})
     metrics = httpx.get(f"{server.url}/metrics").text
-    assert 'kubetrade_inference_requests_total{outcome="ok"}' in metrics
+    assert 'kubetrade_inference_requests_total{endpoint="predict",outcome="ok"}' in metrics
+    assert "kubetrade_inference_batch_rows_bucket" in metrics
     assert "kubetrade_inference_model_ready" in metrics
     assert "bentoml_service_request_duration_seconds" in metrics
 
@@ -326,8 +385,18 @@ def test_health_model_and_metrics(server: Server, store: Store) -> None:
             "validation error",
         ),
         (lambda rows, names: {"rows": rows}, 400, "feature_names"),
+        (
+            lambda rows, names: {"windows": [rows], "feature_names": names},
+            422,
+            "send them as `rows`, not `windows`",
+        ),
+        (
+            lambda rows, names: {"rows": [[*r, 1.0] for r in rows], "feature_names": names},
+            422,
+            "row 0 has 60 values",
+        ),
     ],
-    ids=["empty", "names", "count", "nan", "null", "no-names"],
+    ids=["empty", "names", "count", "nan", "null", "no-names", "windows", "too-many"],
 )
 def test_bad_requests_get_4xx_with_a_message(
     server: Server, store: Store, mutate: object, status: int, message: str
@@ -342,6 +411,40 @@ def test_bad_requests_get_4xx_with_a_message(
     )
     assert response.status_code == status, response.text
     assert message in response.text
+
+
+def test_signal_from_recent_candles(server: Server, store: Store) -> None:
+    spec = default_feature_spec()
+    recent = store.candles.iloc[-(spec.warmup + 20) :]
+    body = {
+        "symbol": "BTC/USDT",
+        "timeframe": "1h",
+        "candles": [c.model_dump() for c in _candles_in(recent)],
+    }
+    response = httpx.post(f"{server.url}/signal", json=body, timeout=10)
+    assert response.status_code == 200, response.text
+    signal = response.json()
+    assert signal["symbol"] == "BTC/USDT"
+    assert signal["open_time"] == int(recent["open_time"].iloc[-1])
+    # The same candle's features through /predict: the signal is that row's prediction.
+    row = compute_features(store.candles, spec)[-1:]
+    expected = _predict(server, {"rows": row.tolist(), "feature_names": store.names}).json()
+    assert signal["prob_up"] == pytest.approx(expected["probabilities"][0], abs=1e-6)
+    assert signal["direction"] == ("up" if signal["prob_up"] > 0.5 else "down")
+    assert signal["confidence"] == pytest.approx(abs(2 * signal["prob_up"] - 1))
+    assert (signal["model_name"], signal["model_version"]) == ("serve-test", "1")
+
+    short = {**body, "candles": body["candles"][-10:]}
+    response = httpx.post(f"{server.url}/signal", json=short, timeout=10)
+    assert response.status_code == 422 and "10 candles are too few" in response.text
+    gapped = {**body, "candles": body["candles"][:100] + body["candles"][101:]}
+    response = httpx.post(f"{server.url}/signal", json=gapped, timeout=10)
+    assert response.status_code == 422 and "without gaps" in response.text
+    response = httpx.post(f"{server.url}/signal", json={**body, "timeframe": "7m"}, timeout=10)
+    assert response.status_code == 422 and "unknown timeframe '7m'" in response.text
+    response = httpx.post(f"{server.url}/signal", json={"candles": "none"}, timeout=10)
+    assert response.status_code == 400
+    assert httpx.get(f"{server.url}/readyz").status_code == 200, "bad requests crash nothing"
 
 
 def test_mismatched_model_keeps_the_service_up_but_not_ready(store: Store, tmp_path: Path) -> None:
