@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -297,7 +298,12 @@ class NeuralModel:
         example = torch.zeros(2, self.window, n_features)
         # The exporter writes to a binary file object too, though its stubs name paths only.
         buffer: Any = io.BytesIO()
-        with _deterministic(self.config.threads), torch.no_grad():
+        with _deterministic(self.config.threads), torch.no_grad(), warnings.catch_warnings():
+            # The tracer warns that shape checks become constants: they are, on purpose (the
+            # window and width are fixed per model; only the batch is dynamic). The classic
+            # exporter also announces its deprecation on every call.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
                 net,
                 (example,),
