@@ -24,29 +24,34 @@ pytest.importorskip(
     "(install the train extra: pip install -e '.[dev,train]')",
 )
 
-from kubetrade.backtest import run_backtest  # noqa: E402
-from kubetrade.cli import main  # noqa: E402
-from kubetrade.features import compute_features, default_feature_spec  # noqa: E402
-from kubetrade.market.frame import to_candles  # noqa: E402
-from kubetrade.market.synthetic import generate  # noqa: E402
-from kubetrade.onnx_export.dataset import LabelSpec, build_dataset, chronological_split  # noqa: E402
-from kubetrade.onnx_export.export import ParityError, check_parity  # noqa: E402
-from kubetrade.onnx_export.models.boosted import XGBoostParams  # noqa: E402
-from kubetrade.onnx_export.models.ensemble import EnsembleModel, EnsembleParams  # noqa: E402
-from kubetrade.onnx_export.models.factory import build_model  # noqa: E402
-from kubetrade.onnx_export.models.neural import NeuralModel, NeuralParams  # noqa: E402
-from kubetrade.onnx_export.pipeline import (  # noqa: E402
+from kubetrade.backtest import run_backtest
+from kubetrade.cli import main
+from kubetrade.domain import MarketEvent
+from kubetrade.features import compute_features, default_feature_spec
+from kubetrade.market.frame import to_candles
+from kubetrade.market.synthetic import generate
+from kubetrade.onnx_export.dataset import (
+    Dataset,
+    LabelSpec,
+    build_dataset,
+    chronological_split,
+)
+from kubetrade.onnx_export.export import ParityError, check_parity
+from kubetrade.onnx_export.models.boosted import XGBoostParams
+from kubetrade.onnx_export.models.ensemble import EnsembleModel, EnsembleParams
+from kubetrade.onnx_export.models.neural import NeuralModel, NeuralParams
+from kubetrade.onnx_export.pipeline import (
     Checkpoint,
     TrainConfig,
     fit_checkpoint,
     train_and_register,
 )
-from kubetrade.onnx_export.preprocess import Standardizer  # noqa: E402
-from kubetrade.onnx_export.sources import frames_by_symbol  # noqa: E402
-from kubetrade.serving.model import OnnxPredictor  # noqa: E402
-from kubetrade.serving.pipeline import SignalPipeline  # noqa: E402
-from tests.integration_support import make_bot  # noqa: E402
-from tests.test_serving import Server, Store, _candles_in, _kill_tree, _start  # noqa: E402
+from kubetrade.onnx_export.preprocess import Standardizer
+from kubetrade.onnx_export.sources import frames_by_symbol
+from kubetrade.serving.model import OnnxPredictor
+from kubetrade.serving.pipeline import SignalPipeline
+from tests.integration_support import make_bot
+from tests.test_serving import Server, Store, _candles_in, _kill_tree, _start
 
 WINDOW = 8
 LSTM = NeuralParams("lstm", window=WINDOW, hidden=16, epochs=2, batch_size=128)
@@ -61,7 +66,7 @@ def frames() -> dict[str, pd.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def split(frames: dict[str, pd.DataFrame]) -> tuple[object, object]:
+def split(frames: dict[str, pd.DataFrame]) -> tuple[Dataset, Dataset]:
     dataset = build_dataset(frames, default_feature_spec(), LabelSpec(), window=WINDOW)
     return chronological_split(dataset, 0.25)
 
@@ -74,7 +79,9 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.mark.parametrize("params", [LSTM, TRANSFORMER], ids=["lstm", "transformer"])
-def test_training_is_seeded_and_exports_with_parity(split: tuple, params: NeuralParams) -> None:
+def test_training_is_seeded_and_exports_with_parity(
+    split: tuple[Dataset, Dataset], params: NeuralParams
+) -> None:
     train, test = split
     first, second, other = (NeuralModel(params) for _ in range(3))
     first.fit(train)
@@ -96,7 +103,7 @@ def test_training_is_seeded_and_exports_with_parity(split: tuple, params: Neural
     assert first.describe()["preprocessing"]["applied_in"] == "onnx graph"
 
 
-def test_parity_check_refuses_a_changed_network(split: tuple) -> None:
+def test_parity_check_refuses_a_changed_network(split: tuple[Dataset, Dataset]) -> None:
     train, test = split
     model = NeuralModel(LSTM)
     model.fit(train)
@@ -111,7 +118,9 @@ def test_parity_check_refuses_a_changed_network(split: tuple) -> None:
 
 
 @pytest.mark.parametrize("method", ["stacked", "average"])
-def test_ensemble_combines_members_in_one_graph(split: tuple, method: str) -> None:
+def test_ensemble_combines_members_in_one_graph(
+    split: tuple[Dataset, Dataset], method: str
+) -> None:
     train, test = split
     model = EnsembleModel(EnsembleParams((TREES, LSTM), method=method))
     model.fit(train)
@@ -134,7 +143,7 @@ def test_ensemble_combines_members_in_one_graph(split: tuple, method: str) -> No
 
 
 def test_windowed_model_registers_loads_and_streams_like_training(
-    store: Path, frames: dict[str, pd.DataFrame], split: tuple
+    store: Path, frames: dict[str, pd.DataFrame], split: tuple[Dataset, Dataset]
 ) -> None:
     config = TrainConfig(name="lstm-test", version="1", timeframe="1h", source="t", model=LSTM)
     result = train_and_register(frames, config)
@@ -158,7 +167,7 @@ def test_windowed_model_registers_loads_and_streams_like_training(
     streamed = {
         e.candle.open_time: e.prediction.prob_up
         for e in pipeline.process(candles)
-        if e.prediction is not None  # type: ignore[union-attr]
+        if isinstance(e, MarketEvent) and e.prediction is not None
     }
     first_predicted = min(streamed)
     spec = default_feature_spec()
@@ -171,8 +180,8 @@ def test_windowed_model_registers_loads_and_streams_like_training(
     restarted = SignalPipeline(predictor)
     restarted.warm_up(candles[:-1])
     (event,) = restarted.process(candles[-1:])
-    assert event.prediction is not None  # type: ignore[union-attr]
-    assert event.prediction.prob_up == pytest.approx(streamed[candles[-1].open_time], abs=1e-6)  # type: ignore[union-attr]
+    assert isinstance(event, MarketEvent) and event.prediction is not None
+    assert event.prediction.prob_up == pytest.approx(streamed[candles[-1].open_time], abs=1e-6)
 
     # The shared backtest runs windowed models too.
     bot = make_bot("lstm-bt", {"name": "synthetic"}, ["BTC/USDT"], model="lstm-test")

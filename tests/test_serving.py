@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -416,7 +417,7 @@ def test_bad_requests_get_4xx_with_a_message(
 def test_signal_from_recent_candles(server: Server, store: Store) -> None:
     spec = default_feature_spec()
     recent = store.candles.iloc[-(spec.warmup + 20) :]
-    body = {
+    body: dict[str, Any] = {
         "symbol": "BTC/USDT",
         "timeframe": "1h",
         "candles": [c.model_dump() for c in _candles_in(recent)],

@@ -302,8 +302,7 @@ class NeuralModel:
             # The tracer warns that shape checks become constants: they are, on purpose (the
             # window and width are fixed per model; only the batch is dynamic). The classic
             # exporter also announces its deprecation on every call.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", module=r"torch(\.|$)")
             torch.onnx.export(
                 net,
                 (example,),
