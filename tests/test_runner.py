@@ -44,9 +44,9 @@ def test_ctrl_c_stops_every_process_and_still_reports(model: str, tmp_path: Path
     )
     try:
         deadline = time.monotonic() + 120
-        executor_log = report_dir / "logs" / "executor.log"
+        feed_log = report_dir / "logs" / "feed.log"
         while time.monotonic() < deadline:
-            if executor_log.exists() and "executor running" in executor_log.read_text():
+            if feed_log.exists() and "feed started" in feed_log.read_text():
                 break
             assert runner.poll() is None, runner.communicate()[0].decode()
             time.sleep(0.5)

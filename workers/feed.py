@@ -168,6 +168,13 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
         await health.stop()
         await nc.drain()
         if writer is not None:
+            # Stopped mid-stream: what was published belongs in the database too.
+            try:
+                await asyncio.wait_for(writer.flush(), 10)
+            except Exception as error:
+                log.error(
+                    "candles published but not stored at shutdown", extra={"error": str(error)}
+                )
             await writer.close()
         if db is not None:
             await db.close()
