@@ -174,3 +174,106 @@ def _attach_training() -> None:
 
 
 _attach_training()
+
+
+@main.command("operator")
+@click.option(
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    envvar="KUBETRADE_WATCH_NAMESPACES",
+    help="Watch only these namespaces (repeat; env: space-separated). Default: all.",
+)
+@click.option(
+    "--nats-url", envvar="KUBETRADE_NATS_URL", help="NATS for bot status and control commands."
+)
+@click.option(
+    "--bot-nats-url",
+    envvar="KUBETRADE_BOT_NATS_URL",
+    help="NATS URL the bots' pods use (default: --nats-url).",
+)
+@click.option("--image", envvar="KUBETRADE_BOT_IMAGE", help="Image of the bots' workers.")
+@click.option(
+    "--image-pull-policy", envvar="KUBETRADE_BOT_IMAGE_PULL_POLICY", default="IfNotPresent"
+)
+@click.option(
+    "--database-secret",
+    envvar="KUBETRADE_DATABASE_SECRET",
+    default="kubetrade-database",
+    show_default=True,
+    help="Secret (key url) with the database URL, in each bot's namespace.",
+)
+@click.option("--bot-otlp-endpoint", envvar="KUBETRADE_BOT_OTLP_ENDPOINT", help="OTLP for bots.")
+@click.option("--model-store", envvar="KUBETRADE_MODEL_STORE", help="BENTOML_HOME of inference.")
+@click.option("--model-store-claim", envvar="KUBETRADE_MODEL_STORE_CLAIM", help="Its PVC.")
+@click.option("--metrics-host", default="0.0.0.0", envvar="KUBETRADE_METRICS_HOST")
+@click.option("--metrics-port", type=int, default=9090, envvar="KUBETRADE_METRICS_PORT")
+@click.option(
+    "--liveness",
+    default="http://0.0.0.0:8080/healthz",
+    envvar="KUBETRADE_LIVENESS_ENDPOINT",
+    show_default=True,
+    help="kopf's liveness endpoint.",
+)
+@click.option(
+    "--status-interval",
+    type=float,
+    default=5.0,
+    envvar="KUBETRADE_STATUS_INTERVAL",
+    show_default=True,
+    help="Seconds between writes of one bot's trading figures.",
+)
+@click.option("--heartbeat-timeout", type=float, default=10.0, envvar="KUBETRADE_HEARTBEAT_TIMEOUT")
+@click.option(
+    "--finalizer-timeout",
+    type=float,
+    default=60.0,
+    envvar="KUBETRADE_FINALIZER_TIMEOUT",
+    show_default=True,
+    help="Seconds a deletion waits for positions to flatten.",
+)
+@click.option("--log-level", default="INFO", envvar="KUBETRADE_LOG_LEVEL")
+def operator_command(
+    namespaces: tuple[str, ...],
+    nats_url: str | None,
+    bot_nats_url: str | None,
+    image: str | None,
+    image_pull_policy: str,
+    database_secret: str,
+    bot_otlp_endpoint: str | None,
+    model_store: str | None,
+    model_store_claim: str | None,
+    metrics_host: str,
+    metrics_port: int,
+    liveness: str,
+    status_interval: float,
+    heartbeat_timeout: float,
+    finalizer_timeout: float,
+    log_level: str,
+) -> None:
+    """Run the TradingBot operator (kopf): one replica per cluster."""
+    from kubetrade.operator.main import OperatorOptions, run_operator
+
+    options = OperatorOptions(
+        namespaces=tuple(n for ns in namespaces for n in ns.replace(",", " ").split()),
+        nats_url=nats_url,
+        bot_nats_url=bot_nats_url,
+        image=image,
+        image_pull_policy=image_pull_policy,
+        database_secret=database_secret,
+        bot_otlp_endpoint=bot_otlp_endpoint,
+        model_store=model_store,
+        model_store_claim=model_store_claim,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
+        liveness=liveness or None,
+        status_interval=status_interval,
+        heartbeat_timeout=heartbeat_timeout,
+        finalizer_timeout=finalizer_timeout,
+        log_level=log_level,
+    )
+    try:
+        run_operator(options)
+    except ValueError as error:
+        console.print(f"[red]kubetrade operator: {error}[/red]")
+        raise SystemExit(2) from None

@@ -1,0 +1,100 @@
+"""``kubetrade operator``: the kopf operator, its status loop, NATS and metrics in one process.
+
+kopf peering is not high availability: run exactly one replica (the chart's Deployment uses
+the Recreate strategy so two never overlap during an upgrade).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from kubetrade.operator.bots import Bots
+from kubetrade.operator.config import OperatorConfig
+from kubetrade.operator.events import EventPoster
+from kubetrade.operator.handlers import register
+from kubetrade.operator.heartbeats import Heartbeats
+from kubetrade.operator.kubeapi import Connection, KubeApi
+from kubetrade.operator.metrics import MetricsServer
+from kubetrade.operator.observations import Observations
+from kubetrade.operator.reconciler import Reconciler
+from kubetrade.operator.statusloop import StatusLoop, cancel
+
+log = logging.getLogger(__name__)
+
+
+class Operator:
+    """Everything the handlers share: API client, bots, heartbeats, status loop, metrics."""
+
+    def __init__(self, config: OperatorConfig, connection: Connection) -> None:
+        self.config = config
+        self.api = KubeApi(connection, config.max_connections)
+        self.bots = Bots()
+        self.observations = Observations()
+        self.heartbeats = Heartbeats(config.nats_url, self.observations)
+        self.events = EventPoster(self.api)
+        self.reconciler = Reconciler(
+            config, self.api, self.bots, self.observations, self.heartbeats, self.events
+        )
+        self.status = StatusLoop(
+            config, self.api, self.bots, self.observations, self.heartbeats, self.events
+        )
+        self.metrics = (
+            MetricsServer(config.metrics_host, config.metrics_port) if config.metrics_port else None
+        )
+        self._loop_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Connect to NATS, serve metrics and start the status loop (kopf's startup)."""
+        await self.heartbeats.start()
+        if self.metrics is not None:
+            await self.metrics.start()
+        self._loop_task = asyncio.create_task(self.status.run(), name="status-loop")
+        log.info(
+            "operator started",
+            extra={
+                "namespaces": list(self.config.namespaces) or "all",
+                "nats_url": self.config.nats_url,
+                "metrics_port": self.config.metrics_port,
+            },
+        )
+
+    async def stop(self) -> None:
+        """Stop the loop, NATS, metrics and the API session (kopf's cleanup)."""
+        await cancel(self._loop_task)
+        await self.heartbeats.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
+        await self.api.close()
+
+    async def finalize(self, body: Mapping[str, Any]) -> None:
+        """A bot is being deleted: the reconciler's finalizer, then forget its bookkeeping."""
+        await self.reconciler.finalize(body)
+        self.status.forget(f"{body['metadata']['namespace']}/{body['metadata']['name']}")
+
+
+async def serve(
+    config: OperatorConfig,
+    *,
+    connection: Connection | None = None,
+    stop_flag: asyncio.Event | threading.Event | None = None,
+    ready_flag: asyncio.Event | threading.Event | None = None,
+) -> None:
+    """Run the operator in the current event loop until ``stop_flag`` is set."""
+    operator = Operator(config, connection or Connection.from_environment())
+    registry = kopf.OperatorRegistry()
+    register(registry, operator)
+    await kopf.operator(
+        registry=registry,
+        standalone=True,
+        clusterwide=not config.namespaces,
+        namespaces=list(config.namespaces),
+        liveness_endpoint=config.liveness_endpoint,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+    )

@@ -1,0 +1,359 @@
+"""Reconcile: a TradingBot becomes its objects, stays that way, and goes away cleanly.
+
+``reconcile`` renders the bot with the same pure ``render`` that ``kubetrade run`` uses and
+server-side applies every object under one field manager. ``restore`` puts back an owned
+object that was deleted or edited by hand. ``finalize`` runs when a bot is deleted: it
+flattens or leaves positions as ``spec.onDelete`` says, bounded by a timeout, then deletes
+what the bot owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from opentelemetry import trace
+
+from kubetrade.messages import ControlMessage
+from kubetrade.operator.bots import BotRecord, Bots, config_hashes, object_key
+from kubetrade.operator.conditions import READY, condition, merge, timestamp
+from kubetrade.operator.config import OperatorConfig
+from kubetrade.operator.drift import differences
+from kubetrade.operator.events import EventPoster
+from kubetrade.operator.heartbeats import Heartbeats
+from kubetrade.operator.kubeapi import KINDS, ApiError, KubeApi
+from kubetrade.operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, RESTORED
+from kubetrade.operator.observations import Observations
+from kubetrade.operator.render import BOT_LABEL, RenderError, render
+from kubetrade.operator.status import (
+    KILL_REASON,
+    KILL_SWITCH_ANNOTATION,
+    KILL_SWITCH_FLATTEN,
+    EventSpec,
+)
+from kubetrade.spec import ManifestError, Phase, TradingBot, TradingBotStatus, parse_bot
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("kubetrade.operator")
+
+OWNED_KINDS = [
+    KINDS["v1", "ConfigMap"],
+    KINDS["v1", "ServiceAccount"],
+    KINDS["v1", "Service"],
+    KINDS["apps/v1", "Deployment"],
+]
+
+
+class InvalidBotError(ValueError):
+    """The bot cannot be reconciled until its spec changes (retrying would not help)."""
+
+
+class RetryableError(RuntimeError):
+    """The API server could not take the change now; reconcile again shortly."""
+
+
+def bot_from_body(body: Mapping[str, Any]) -> TradingBot:
+    """The TradingBot in a watched object, without the server's bookkeeping."""
+    meta = body.get("metadata", {})
+    metadata = {
+        key: meta[key]
+        for key in ("name", "namespace", "labels", "annotations", "generation", "uid")
+        if meta.get(key) is not None
+    }
+    where = f"TradingBot {meta.get('namespace')}/{meta.get('name')}"
+    try:
+        return parse_bot(
+            {
+                "apiVersion": body.get("apiVersion"),
+                "kind": body.get("kind"),
+                "metadata": metadata,
+                "spec": body.get("spec"),
+            },
+            where,
+        )
+    except ManifestError as error:
+        raise InvalidBotError(str(error)) from None
+
+
+def status_from_body(body: Mapping[str, Any]) -> TradingBotStatus | None:
+    """The status already on the object (kept across operator restarts), if readable."""
+    raw = body.get("status")
+    if not raw:
+        return None
+    try:
+        return TradingBotStatus.model_validate(raw)
+    except ValueError:
+        return None
+
+
+class Reconciler:
+    """Applies, restores and finalizes the objects of every bot."""
+
+    def __init__(
+        self,
+        config: OperatorConfig,
+        api: KubeApi,
+        bots: Bots,
+        observations: Observations,
+        heartbeats: Heartbeats,
+        events: EventPoster,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.api = api
+        self.bots = bots
+        self.observations = observations
+        self.heartbeats = heartbeats
+        self.events = events
+        self._clock = clock
+        self._applying: set[str] = set()
+
+    async def reconcile(self, body: Mapping[str, Any], trigger: str) -> None:
+        """Render the bot and apply every object; raise InvalidBotError or RetryableError."""
+        meta = body["metadata"]
+        key = f"{meta['namespace']}/{meta['name']}"
+        attributes = {"kubetrade.bot": key, "kubetrade.trigger": trigger}
+        with (
+            tracer.start_as_current_span("operator.reconcile", attributes=attributes) as span,
+            RECONCILE_SECONDS.time(),
+        ):
+            record = self.bots.get(key)
+            try:
+                bot = bot_from_body(body)
+                objects = render(bot, self.config.platform)
+            except (InvalidBotError, RenderError) as error:
+                span.set_attribute("kubetrade.outcome", "invalid")
+                await self._refuse(key, body, record, str(error), trigger)
+                raise InvalidBotError(str(error)) from None
+            before = config_hashes(list(record.objects.values())) if record else {}
+            if record is None:
+                record = BotRecord(bot, status=status_from_body(body))
+            record.bot = bot
+            record.objects = {object_key(o): o for o in objects}
+            self.bots.put(record)
+            self._applying.add(key)
+            try:
+                await asyncio.gather(
+                    *(self.api.apply(o, self.config.field_manager) for o in objects)
+                )
+            except ApiError as error:
+                record.reconcile_error = str(error)
+                RECONCILE_ERRORS.labels("api").inc()
+                RECONCILES.labels(trigger, "error").inc()
+                span.set_attribute("kubetrade.outcome", "error")
+                if error.retryable:
+                    raise RetryableError(str(error)) from error
+                await self.events.post(
+                    record.reference(), EventSpec("Warning", "ApplyRefused", str(error))
+                )
+                raise InvalidBotError(str(error)) from error
+            finally:
+                self._applying.discard(key)
+            record.applied_generation = bot.metadata.generation
+            record.reconcile_error = None
+            RECONCILES.labels(trigger, "applied").inc()
+            span.set_attribute("kubetrade.outcome", "applied")
+            log.info(
+                "reconciled",
+                extra={"bot": key, "trigger": trigger, "generation": record.applied_generation},
+            )
+        after = config_hashes(objects)
+        rolled = sorted(c for c in after if before and before.get(c) != after[c])
+        if rolled:
+            message = f"spec generation {record.applied_generation}: rolling " + ", ".join(
+                f"{c} (config hash {before[c][:12]} -> {after[c][:12]})" for c in rolled
+            )
+            await self.events.post(
+                record.reference(), EventSpec("Normal", "ConfigChanged", message)
+            )
+        switch = bot.metadata.annotations.get(KILL_SWITCH_ANNOTATION)
+        if switch is not None and switch != KILL_SWITCH_FLATTEN:
+            message = (
+                f"annotation {KILL_SWITCH_ANNOTATION}={switch!r} is not understood and is ignored: "
+                f"the only value is {KILL_SWITCH_FLATTEN!r}"
+            )
+            await self.events.post(
+                record.reference(), EventSpec("Warning", "InvalidKillSwitch", message)
+            )
+
+    async def _refuse(
+        self, key: str, body: Mapping[str, Any], record: BotRecord | None, error: str, trigger: str
+    ) -> None:
+        """Say in the status why the bot cannot be reconciled, and post an Event."""
+        RECONCILE_ERRORS.labels("invalid").inc()
+        RECONCILES.labels(trigger, "invalid").inc()
+        log.error("cannot reconcile", extra={"bot": key, "error": error})
+        await self.events.post(_reference(body), EventSpec("Warning", "InvalidSpec", error))
+        if record is not None:
+            # The status loop keeps writing it, with the heartbeats of what still runs.
+            record.reconcile_error = error
+            return
+        generation = body["metadata"].get("generation")
+        ready = condition(READY, False, "ReconcileFailed", error, generation)
+        status = TradingBotStatus(
+            phase=Phase.FAILED,
+            observed_generation=generation,
+            conditions=merge([], [ready], timestamp(time.time())),
+        )
+        try:
+            await self.api.apply_status(
+                {
+                    **_reference(body),
+                    "metadata": {
+                        "name": body["metadata"]["name"],
+                        "namespace": body["metadata"]["namespace"],
+                    },
+                    "status": status.model_dump(by_alias=True, exclude_none=True, mode="json"),
+                },
+                self.config.field_manager,
+            )
+        except ApiError as write_error:
+            log.warning("could not write status", extra={"bot": key, "error": str(write_error)})
+
+    async def restore(self, event_type: str | None, obj: Mapping[str, Any]) -> bool:
+        """Put an owned object back as rendered when it was deleted or edited; True if it was."""
+        meta = obj.get("metadata", {})
+        bot_name = (meta.get("labels") or {}).get(BOT_LABEL)
+        key = f"{meta.get('namespace')}/{bot_name}"
+        record = self.bots.get(key)
+        if record is None or record.deleting or key in self._applying:
+            return False
+        if record.applied_generation is None or record.reconcile_error is not None:
+            return False
+        name = object_key(obj)
+        desired = record.objects.get(name)
+        if desired is None:
+            return False
+        if event_type == "DELETED":
+            what = "was deleted"
+        else:
+            changed = differences(desired, obj)
+            if not changed:
+                return False
+            what = "was changed at " + ", ".join(changed[:5])
+        try:
+            await self.api.apply(desired, self.config.field_manager)
+        except ApiError as error:
+            # The object's next event (or the bot's next reconcile) tries again.
+            log.warning(
+                "could not restore", extra={"bot": key, "object": name, "error": str(error)}
+            )
+            return False
+        RESTORED.labels(obj.get("kind", "")).inc()
+        await self.events.post(
+            record.reference(),
+            EventSpec("Normal", "ObjectRestored", f"{name} {what}; restored as rendered"),
+        )
+        return True
+
+    async def finalize(self, body: Mapping[str, Any]) -> None:
+        """Flatten or leave positions as ``spec.onDelete`` says, then delete what the bot owns."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        key = f"{namespace}/{name}"
+        reference = _reference(body)
+        record = self.bots.get(key)
+        if record is not None:
+            record.deleting = True
+        on_delete = (body.get("spec") or {}).get("onDelete", "leave")
+        with tracer.start_as_current_span(
+            "operator.finalize", attributes={"kubetrade.bot": key, "kubetrade.on_delete": on_delete}
+        ):
+            if on_delete == "flatten":
+                await self._flatten(namespace, name, reference)
+            else:
+                open_positions = self._open_positions(key)
+                held = "an unknown number of" if open_positions is None else str(open_positions)
+                await self.events.post(
+                    reference,
+                    EventSpec(
+                        "Normal",
+                        "PositionsLeft",
+                        f"onDelete: leave: {held} open position(s) are left as they are",
+                    ),
+                )
+            deleted = await self._delete_owned(namespace, name)
+            await self.events.post(
+                reference,
+                EventSpec(
+                    "Normal", "Deleted", f"deleted {', '.join(deleted) or 'nothing (already gone)'}"
+                ),
+            )
+        self.bots.forget(key)
+        self.observations.forget(key)
+
+    def _open_positions(self, key: str) -> int | None:
+        beat = self.observations.of(key).executor
+        if beat is None or beat.trading is None:
+            return None
+        return int(beat.trading.get("openPositions") or 0)
+
+    async def _flatten(self, namespace: str, name: str, reference: dict[str, Any]) -> None:
+        """Kill-switch the executor until it reports no open position, or give up at the timeout."""
+        key = f"{namespace}/{name}"
+        timeout = self.config.finalizer_timeout_s
+        deadline = self._clock() + timeout
+        kill = ControlMessage(
+            action="kill", reason=f"{KILL_REASON}: bot deleted, onDelete: flatten"
+        )
+        announced = False
+        while True:
+            beat = self.observations.of(key).executor
+            fresh = beat is not None and beat.age(self._clock()) <= self.config.heartbeat_timeout_s
+            open_positions = self._open_positions(key)
+            if fresh and open_positions == 0:
+                await self.events.post(
+                    reference,
+                    EventSpec("Normal", "Flattened", "onDelete: flatten: no open position is left"),
+                )
+                return
+            if self._clock() >= deadline:
+                why = (
+                    f"{open_positions} position(s) still open"
+                    if fresh
+                    else "no status from the executor"
+                )
+                await self.events.post(
+                    reference,
+                    EventSpec(
+                        "Warning",
+                        "FinalizerTimeout",
+                        f"onDelete: flatten not confirmed within {timeout:g}s ({why}); deleting "
+                        "the bot anyway: check the account for open positions",
+                    ),
+                )
+                return
+            if fresh and await self.heartbeats.send(namespace, name, kill) and not announced:
+                announced = True
+                await self.events.post(
+                    reference,
+                    EventSpec(
+                        "Normal",
+                        "Flattening",
+                        f"onDelete: flatten: closing {open_positions} open position(s) first",
+                    ),
+                )
+            await asyncio.sleep(1.0)
+
+    async def _delete_owned(self, namespace: str, name: str) -> list[str]:
+        """Delete every object labelled as the bot's; their dependents go in the background."""
+        deleted = []
+        for kind in OWNED_KINDS:
+            for obj in await self.api.list(kind, namespace, f"{BOT_LABEL}={name}"):
+                if await self.api.delete(kind, namespace, obj["metadata"]["name"]):
+                    deleted.append(f"{kind.kind}/{obj['metadata']['name']}")
+        return deleted
+
+
+def _reference(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return {
+        "apiVersion": body.get("apiVersion", "kubetrade.io/v1alpha1"),
+        "kind": body.get("kind", "TradingBot"),
+        "name": meta["name"],
+        "namespace": meta["namespace"],
+        "uid": meta.get("uid"),
+    }
