@@ -33,6 +33,9 @@ FINALIZER_RETRIES = 5
 def configure(settings: kopf.OperatorSettings) -> None:
     """kopf settings: one replica without peering, state in our annotations, our own Events."""
     settings.peering.standalone = True
+    # The resources are fixed (the chart installs the CRD first) and namespaces are named, not
+    # patterns: no need to watch CRDs and namespaces, nor for the rights to.
+    settings.scanning.disabled = True
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=API_GROUP)
