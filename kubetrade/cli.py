@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -23,6 +24,35 @@ def _load(path: Path) -> TradingBot:
         raise SystemExit(2) from None
 
 
+def _bot_and_candles(report_dir: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The arguments ``run`` and ``backtest`` share: manifest, ``--data``, ``--report-dir``."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(
+            (
+                click.argument(
+                    "manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+                ),
+                click.option(
+                    "--data",
+                    "data_file",
+                    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                    help="Replay this candle file instead of the bot's own source.",
+                ),
+                click.option(
+                    "--report-dir",
+                    type=click.Path(file_okay=False, path_type=Path),
+                    default=Path(report_dir),
+                    show_default=True,
+                ),
+            )
+        ):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @click.group()
 @click.version_option(package_name="kubetrade")
 def main() -> None:
@@ -39,19 +69,7 @@ def check(manifest: Path) -> None:
 
 
 @main.command()
-@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--data",
-    "data_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Replay this candle file instead of the bot's own source.",
-)
-@click.option(
-    "--report-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("reports/run"),
-    show_default=True,
-)
+@_bot_and_candles("reports/run")
 @click.option("--nats-url", help="Use this NATS server instead of an embedded one.")
 @click.option("--database-url", help="Use this PostgreSQL/TimescaleDB instead of an embedded one.")
 @click.option(
@@ -99,19 +117,7 @@ def run(
 
 
 @main.command()
-@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--data",
-    "data_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Candle file to test on (default: the bot's own source).",
-)
-@click.option(
-    "--report-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("reports/backtest"),
-    show_default=True,
-)
+@_bot_and_candles("reports/backtest")
 def backtest(manifest: Path, data_file: Path | None, report_dir: Path) -> None:
     """Backtest a bot in-process with the same features, model, strategy, risk and broker."""
     from kubetrade.backtest import run_backtest

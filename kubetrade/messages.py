@@ -7,6 +7,7 @@ of a crash. Adding an optional field is compatible; anything else needs a new ``
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -55,30 +56,11 @@ class CandleMessage(_Message):
     @classmethod
     def from_candle(cls, candle: Candle, published_at: int) -> CandleMessage:
         """Wrap a domain candle."""
-        return cls(
-            symbol=candle.symbol,
-            timeframe=candle.timeframe,
-            open_time=candle.open_time,
-            open=candle.open,
-            high=candle.high,
-            low=candle.low,
-            close=candle.close,
-            volume=candle.volume,
-            published_at=published_at,
-        )
+        return cls(**asdict(candle), published_at=published_at)
 
     def to_candle(self) -> Candle:
         """The domain candle."""
-        return Candle(
-            self.symbol,
-            self.timeframe,
-            self.open_time,
-            self.open,
-            self.high,
-            self.low,
-            self.close,
-            self.volume,
-        )
+        return Candle(**self.model_dump(exclude={"v", "published_at"}))
 
 
 class PredictionBody(BaseModel):
@@ -105,18 +87,7 @@ class SignalMessage(_Message):
     def from_event(cls, event: MarketEvent, published_at: int, produced_at: int) -> SignalMessage:
         """Wrap what the inference pipeline produced for one candle."""
         p = event.prediction
-        body = (
-            None
-            if p is None
-            else PredictionBody(
-                prob_up=p.prob_up,
-                direction=p.direction,
-                confidence=p.confidence,
-                model_name=p.model_name,
-                model_version=p.model_version,
-                feature_hash=p.feature_hash,
-            )
-        )
+        body = None if p is None else PredictionBody(**asdict(p))
         return cls(
             candle=CandleMessage.from_candle(event.candle, published_at),
             prediction=body,
@@ -126,13 +97,7 @@ class SignalMessage(_Message):
     def to_event(self) -> MarketEvent:
         """The domain event the executor acts on."""
         p = self.prediction
-        prediction = (
-            None
-            if p is None
-            else Prediction(
-                p.prob_up, p.direction, p.confidence, p.model_name, p.model_version, p.feature_hash
-            )
-        )
+        prediction = None if p is None else Prediction(**p.model_dump())
         return MarketEvent(self.candle.to_candle(), prediction)
 
 
@@ -150,15 +115,7 @@ class OrderMessage(_Message):
     @classmethod
     def from_order(cls, order: Order) -> OrderMessage:
         """Wrap a domain order."""
-        return cls(
-            client_order_id=order.client_order_id,
-            symbol=order.symbol,
-            side=order.side,
-            quantity=order.quantity,
-            reason=order.reason,
-            created_at=order.created_at,
-            reference_price=order.reference_price,
-        )
+        return cls(**asdict(order))
 
 
 class FillMessage(_Message):
@@ -177,17 +134,7 @@ class FillMessage(_Message):
     @classmethod
     def from_fill(cls, fill: Fill) -> FillMessage:
         """Wrap a domain fill."""
-        return cls(
-            client_order_id=fill.client_order_id,
-            symbol=fill.symbol,
-            side=fill.side,
-            quantity=fill.quantity,
-            price=fill.price,
-            fee=fill.fee,
-            time=fill.time,
-            reason=fill.reason,
-            realized_pnl=fill.realized_pnl,
-        )
+        return cls(**asdict(fill))
 
 
 class StatusMessage(_Message):

@@ -13,6 +13,9 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from click.testing import CliRunner
+
+from kubetrade.cli import main
 
 pytestmark = pytest.mark.integration
 
@@ -64,3 +67,49 @@ def test_ctrl_c_stops_every_process_and_still_reports(model: str, tmp_path: Path
     assert not survivors, f"left running: {[p.cmdline() for p in survivors]}"
     report = json.loads((report_dir / "report.json").read_text())
     assert report["candles"] > 0
+
+
+def test_backtest_command_writes_the_same_report_files(
+    model: str, tmp_path: Path, btc_csv: Path
+) -> None:
+    """``kubetrade backtest`` on real candles: every figure of the run report, and the files."""
+    manifest = tmp_path / "bot.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kubetrade.io/v1alpha1",
+                "kind": "TradingBot",
+                "metadata": {"name": "bt"},
+                "spec": {
+                    "symbols": ["BTC/USD"],
+                    "exchange": {"name": "replay", "uri": str(btc_csv)},
+                    "model": {"name": model},
+                    "strategy": {"longAbove": 0.52, "exitBelow": 0.48},
+                },
+            }
+        )
+    )
+    result = CliRunner().invoke(
+        main, ["backtest", str(manifest), "--report-dir", str(tmp_path / "bt")]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "bt" / "report.json").read_text())
+    assert report["candles"] == 20111
+    assert report["fills"] > 0
+    assert {"final_equity", "total_return_pct", "max_drawdown_pct", "sharpe", "win_rate"} <= set(
+        report
+    )
+    assert (tmp_path / "bt" / "equity.png").exists()
+
+
+def test_a_bad_manifest_is_refused_with_every_field_named(tmp_path: Path) -> None:
+    manifest = tmp_path / "bad.yaml"
+    manifest.write_text(
+        "apiVersion: kubetrade.io/v1alpha1\nkind: TradingBot\nmetadata: {name: bad}\n"
+        "spec: {symbols: [btc], model: {name: m}, risk: {breakers: {maxDrawdownPct: 150}}}\n"
+    )
+    result = CliRunner().invoke(main, ["check", str(manifest)])
+    assert result.exit_code == 2
+    assert "spec.symbols" in result.output
+    assert "spec.risk.breakers.maxDrawdownPct: must be between 0 and 100" in result.output
+    assert "Traceback" not in result.output
