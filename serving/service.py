@@ -67,9 +67,9 @@ SERVICE_TARGET = "kubetrade.serving.service:InferenceService"
 DEFAULT_PORT = 3000
 MAX_BATCH_ROWS = 10_000
 MAX_SIGNAL_CANDLES = 5_000
-# Adaptive batching: the dispatcher may hold a request up to this long to batch it with others
-# (it learns how long batches take and waits only when waiting pays off)...
-BATCH_MAX_LATENCY_MS = 20
+# Adaptive batching: the dispatcher learns how long batches take and holds a request back only
+# when batching pays off; a request still queued after this long is shed with 503 (overload)...
+BATCH_MAX_LATENCY_MS = 200
 # ...and sends at most this many rows (or windows) to ONNX Runtime at once.
 BATCH_MAX_ROWS = 1024
 
