@@ -220,6 +220,11 @@ def test_pause_and_kill_switch_over_the_control_subject(
         assert httpx.get(f"http://127.0.0.1:{feed_port}/healthz", timeout=5).status_code == 200
         feed_metrics = httpx.get(f"http://127.0.0.1:{feed_port}/metrics", timeout=5).text
         assert "kubetrade_candles_published_total" in feed_metrics
+        inference = f"http://127.0.0.1:{planned['inference'].http_port}"
+        assert (
+            "kubetrade_candles_received_total" in httpx.get(f"{inference}/metrics", timeout=5).text
+        )
+        assert httpx.get(f"{inference}/readyz", timeout=5).status_code == 200
 
         asyncio.run(_control(nats_url, bot, "kill"))
 
