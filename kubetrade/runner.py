@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 from nats.aio.msg import Msg
 from rich.console import Console
 from rich.live import Live
@@ -139,20 +140,43 @@ class LocalProcesses:
                     f"the {component} process exited with code {proc.returncode}:\n{tail}"
                 )
 
+    def kill(self, component: str) -> None:
+        """SIGKILL one component with every process it started (as a node failure would)."""
+        proc = self.running[component]
+        for process in [*_descendants(proc.pid), psutil.Process(proc.pid)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        proc.wait()
+
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM every process group, then SIGKILL what is still alive after ``timeout``."""
+        """SIGTERM every component, then SIGKILL whatever of its process tree is left.
+
+        The tree, not just the process group: bentoml's workers run in sessions of their own.
+        """
+        trees = {c: _descendants(p.pid) for c, p in self.running.items() if p.poll() is None}
         for proc in self.running.values():
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for proc in self.running.values():
+        for component, proc in self.running.items():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(max(deadline - time.monotonic(), 0.1))
-            with contextlib.suppress(ProcessLookupError):
-                # The group may hold children (bentoml's workers) even after the leader exited.
-                os.killpg(proc.pid, signal.SIGKILL)
+            leftovers = [p for p in trees.get(component, []) if p.is_running()]
+            _, alive = psutil.wait_procs(leftovers, timeout=max(deadline - time.monotonic(), 0.1))
+            for process in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
+            if proc.poll() is None:
+                proc.kill()
             proc.wait()
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
 
 
 def plan(

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -142,22 +140,26 @@ def test_run_and_backtest_give_identical_fills_on_real_btc(
     assert round(run_equity[-1].equity, 2) == round(backtest_equity, 2)
 
 
-def test_executor_killed_mid_run_resumes_with_identical_fills(
-    model: str, nats_url: str, db_url: str, tmp_path: Path
+@pytest.mark.parametrize("victim", ["executor", "inference"])
+def test_worker_killed_mid_run_resumes_with_identical_fills(
+    victim: str, model: str, nats_url: str, db_url: str, tmp_path: Path
 ) -> None:
-    """SIGKILL the executor mid-run, restart it: same fills as an uninterrupted run."""
+    """SIGKILL a worker mid-run, restart it: same fills as an uninterrupted run.
+
+    The executor resumes from its database checkpoint; inference from its consumer's ack
+    floor, rebuilding its feature windows from the stream (re-published signals are
+    de-duplicated by message id).
+    """
     bot = make_bot(
-        "sigkill", {"name": "synthetic", "seed": 5, "limit": 1500, "speed": 360000},
+        f"kill-{victim}", {"name": "synthetic", "seed": 5, "limit": 1500, "speed": 360000},
         ["BTC/USDT", "ETH/USDT"], model,
     )  # fmt: skip
     options = RunOptions(report_dir=tmp_path, nats_url=nats_url, database_url=db_url)
     procs, planned = start_workers(bot, nats_url, db_url, tmp_path, options)
     try:
         wait_for(bot, nats_url, procs, lambda p: _fills(p) >= 3, timeout=180)
-        executor = procs.running["executor"]
-        os.kill(executor.pid, signal.SIGKILL)
-        executor.wait()
-        procs.start(planned["executor"])
+        procs.kill(victim)
+        procs.start(planned[victim])
         progress = wait_for(bot, nats_url, procs, lambda p: p.done(), timeout=240)
     finally:
         procs.stop()
