@@ -272,6 +272,16 @@ def run_bot(bot: TradingBot, options: RunOptions, console: Console | None = None
     from kubetrade.report import report_from_database
 
     console = console or Console()
+    replay = options.data_file or (
+        Path(bot.spec.exchange.uri)
+        if bot.spec.exchange.name == "replay" and bot.spec.exchange.uri
+        else None
+    )
+    if replay is not None and not replay.is_file():
+        raise RunError(
+            f"replay file {replay} not found (relative to {Path.cwd()}); "
+            "point exchange.uri at a candle file or pass --data FILE"
+        )
     if bot.spec.mode is Mode.LIVE:
         raise RunError(
             "kubetrade run trades on paper only; live mode runs in a cluster with credentials"
