@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import http.client
 import json
 import os
@@ -128,13 +129,16 @@ def micro(trained: Trained, frames: dict[str, Any], seconds: float) -> dict[str,
     dataset = build_dataset(frames, default_feature_spec(), LabelSpec(), predictor.window)
     inputs = np.ascontiguousarray(dataset.inputs(predictor.window)[-1024:], dtype=np.float32)
     result: dict[str, Any] = {"train_seconds": round(trained.train_seconds, 2)}
-    one = inputs[:1]
-    for label, predict in (("onnx", predictor.predict_proba), ("native", model.predict_proba)):
-        result[f"{label}_one_row"] = percentiles(time_calls(lambda p=predict: p(one), seconds))
+    predictors: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "onnx": predictor.predict_proba,
+        "native": model.predict_proba,
+    }
+    for label, predict in predictors.items():
+        one_row = functools.partial(predict, inputs[:1])
+        result[f"{label}_one_row"] = percentiles(time_calls(one_row, seconds))
         throughput = {}
         for batch in BATCHES:
-            chunk = inputs[:batch]
-            samples = time_calls(lambda p=predict, c=chunk: p(c), seconds / 2, warmup=5)
+            samples = time_calls(functools.partial(predict, inputs[:batch]), seconds / 2, 5)
             throughput[str(batch)] = float(batch / np.median(samples))
         result[f"{label}_rows_per_s"] = throughput
 
