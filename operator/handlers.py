@@ -25,6 +25,7 @@ BOTS = (API_GROUP, API_VERSION, PLURAL)
 # The owned kinds, watched only where they carry the operator's label (filtered server-side).
 OWNED = (("", "v1", "configmaps"), ("", "v1", "serviceaccounts"), ("", "v1", "services"),
          ("apps", "v1", "deployments"))  # fmt: skip
+KOPF_PREFIX = f"operator.{API_GROUP}"
 RETRY_DELAY_S = 5.0
 # A finalizer that keeps failing gives up after this many tries (kopf then lets the object go).
 FINALIZER_RETRIES = 5
@@ -37,8 +38,10 @@ def configure(settings: kopf.OperatorSettings) -> None:
     # patterns: no need to watch CRDs and namespaces, nor for the rights to.
     settings.scanning.disabled = True
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=API_GROUP)
+    # Not API_GROUP itself: kopf leaves every annotation under its storage prefix out of the
+    # diff, and kubetrade.io/kill-switch must trigger a reconcile.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_PREFIX)
     # Events are posted by the operator itself (explicit reasons, never kopf's log lines).
     settings.posting.enabled = False
     for group, version, plural in OWNED:

@@ -58,10 +58,20 @@ class OperatorOptions:
         )
 
 
+class _DropKopfSettings(logging.Filter):
+    """kopf attaches its whole settings object to each record; one JSON line each is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("settings", None)
+        return True
+
+
 def run_operator(options: OperatorOptions) -> None:
     """Run until SIGTERM or SIGINT (kopf handles both and stops gracefully)."""
     config = options.config()
     setup_logging("operator", options.log_level)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropKopfSettings())
     if options.log_level.upper() != "DEBUG":
         # kopf logs every handler call at INFO; at hundreds of bots that drowns the rest.
         logging.getLogger("kopf").setLevel(logging.WARNING)

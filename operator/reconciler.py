@@ -201,7 +201,8 @@ class Reconciler:
         try:
             await self.api.apply_status(
                 {
-                    **_reference(body),
+                    "apiVersion": body.get("apiVersion"),
+                    "kind": body.get("kind"),
                     "metadata": {
                         "name": body["metadata"]["name"],
                         "namespace": body["metadata"]["namespace"],

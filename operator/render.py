@@ -219,13 +219,24 @@ def _probe(path: str, period: int, failures: int) -> Object:
     }
 
 
+def restart_spec(bot: TradingBot) -> str:
+    """The worker spec without the fields that never need a restart, for the config hash.
+
+    ``paused`` reaches a running executor as a control command (and a restarted one keeps it
+    in its checkpoint); ``onDelete`` is read by the operator's finalizer only. Rolling every
+    pod for either would interrupt trading for nothing.
+    """
+    steady = bot.spec.model_copy(update={"paused": False, "on_delete": "leave"})
+    return worker_spec(bot.model_copy(update={"spec": steady}))
+
+
 def config_hash(spec_json: str, env: list[Object]) -> str:
     """sha256 of what a component's pods read at start-up: the spec and their environment."""
     payload = json.dumps({"spec": spec_json, "env": env}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _deployment(bot: TradingBot, platform: Platform, component: str, spec_json: str) -> Object:
+def _deployment(bot: TradingBot, platform: Platform, component: str, hashed_spec: str) -> Object:
     name = bot.metadata.name
     port = DEFAULT_HTTP_PORTS[component]
     env = _env(bot, platform, component)
@@ -280,7 +291,7 @@ def _deployment(bot: TradingBot, platform: Platform, component: str, spec_json: 
             "template": {
                 "metadata": {
                     "labels": labels(bot, component),
-                    "annotations": {CONFIG_HASH_ANNOTATION: config_hash(spec_json, env)},
+                    "annotations": {CONFIG_HASH_ANNOTATION: config_hash(hashed_spec, env)},
                 },
                 "spec": {
                     "serviceAccountName": name,
@@ -343,5 +354,6 @@ def render(bot: TradingBot, platform: Platform) -> list[Object]:
             ],
         },
     }
-    deployments = [_deployment(bot, platform, c, spec_json) for c in COMPONENTS]
+    hashed_spec = restart_spec(bot)
+    deployments = [_deployment(bot, platform, c, hashed_spec) for c in COMPONENTS]
     return [config_map, service_account, *deployments, inference_service]
