@@ -312,3 +312,16 @@ def test_serving_a_windowed_ensemble_over_http(windowed: Windowed, tmp_path: Pat
         assert server.stop() == 0
     finally:
         _kill_tree(server.process)
+
+
+def test_lstm_on_real_btc_history(store: Path, btc_csv: Path) -> None:
+    from kubetrade.onnx_export.sources import file_frames
+
+    btc = {s: f.iloc[-3000:].reset_index(drop=True) for s, f in file_frames(btc_csv, "1h").items()}
+    config = TrainConfig(name="btc-lstm", timeframe="1h", source=str(btc_csv), model=LSTM)
+    result = train_and_register(btc, config)
+    meta = result.record.metadata
+    assert meta.parity_max_abs_diff <= 1e-5 and meta.parity_rows == meta.training.test_rows
+    assert result.train_seconds < 30, "small sequence models train in seconds"
+    auc = result.metrics.roc_auc
+    assert auc is not None and 0.35 < auc < 0.7

@@ -172,3 +172,21 @@ def test_validate_cli_with_search_on_the_earlier_folds(tmp_path: Path) -> None:
     assert best in [t["params"] for t in search["trials"]]
     assert document["config"]["model"] == search["best"]
     assert np.isfinite(search["best_validation_log_loss"])
+
+
+def test_walk_forward_on_real_btc_history(btc_csv: Path) -> None:
+    from kubetrade.onnx_export.sources import file_frames
+
+    frames = file_frames(btc_csv, "1h")
+    config = WalkForwardConfig(
+        model=TREES, timeframe="1h", train="180d", test="90d", mode="expanding"
+    )
+    result = walk_forward(frames, config)
+    first = min(int(f["open_time"].iloc[0]) for f in frames.values())
+    assert result.folds[0].fold.test_start == first + 180 * 24 * HOUR
+    assert len(result.folds) >= 6
+    assert result.folds[-1].train_rows > result.folds[0].train_rows, "expanding windows grow"
+    auc = result.pooled.roc_auc
+    assert auc is not None and 0.4 < auc < 0.7, "hourly BTC direction is close to a coin flip"
+    trading = result.aggregate()["trading"]
+    assert trading["trades"] > 0 and np.isfinite(trading["compounded_return_pct"])
