@@ -27,6 +27,8 @@ from kubetrade.operator.statusloop import StatusLoop, cancel
 
 log = logging.getLogger(__name__)
 
+STATUS_CONNECTIONS = 8
+
 
 class Operator:
     """Everything the handlers share: API client, bots, heartbeats, status loop, metrics."""
@@ -34,6 +36,9 @@ class Operator:
     def __init__(self, config: OperatorConfig, connection: Connection) -> None:
         self.config = config
         self.api = KubeApi(connection, config.max_connections)
+        # Status writes get a pool of their own: with hundreds of bots being applied at once,
+        # they would otherwise queue behind every apply and statuses would lag the objects.
+        self.status_api = KubeApi(connection, STATUS_CONNECTIONS)
         self.bots = Bots()
         self.observations = Observations()
         self.heartbeats = Heartbeats(config.nats_url, self.observations)
@@ -42,7 +47,12 @@ class Operator:
             config, self.api, self.bots, self.observations, self.heartbeats, self.events
         )
         self.status = StatusLoop(
-            config, self.api, self.bots, self.observations, self.heartbeats, self.events
+            config,
+            self.status_api,
+            self.bots,
+            self.observations,
+            self.heartbeats,
+            EventPoster(self.status_api),
         )
         self.metrics = (
             MetricsServer(config.metrics_host, config.metrics_port) if config.metrics_port else None
@@ -71,6 +81,7 @@ class Operator:
         if self.metrics is not None:
             await self.metrics.stop()
         await self.api.close()
+        await self.status_api.close()
 
     async def finalize(self, body: Mapping[str, Any]) -> None:
         """A bot is being deleted: the reconciler's finalizer, then forget its bookkeeping."""

@@ -1,0 +1,106 @@
+"""Write the kustomize base in k8s/base/ from the Helm chart, so both install the same things.
+
+    .venv/bin/python k8s/generate.py           # rewrite k8s/base/
+    .venv/bin/python k8s/generate.py --check   # exit 1 when k8s/base/ is stale
+
+The base is the chart rendered with its default values as release ``kubetrade`` in namespace
+``kubetrade-system``, labelled as managed by kustomize instead of Helm; the CRD is the
+generated one. tests/test_chart.py fails when the files here differ from a fresh render.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CHART = REPO / "charts" / "kubetrade"
+CRD = REPO / "crds" / "tradingbot.yaml"
+BASE = HERE / "base"
+NAMESPACE = "kubetrade-system"
+RELEASE = "kubetrade"
+HEADER = "# Generated from charts/kubetrade by k8s/generate.py; do not edit.\n"
+
+
+def chart_objects(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The chart's templates rendered with the real Helm SDK, as objects in file order."""
+    import helm_python as helm
+
+    with helm.Chart.load(CHART) as chart:
+        rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    return [
+        doc
+        for path, text in sorted(rendered.items())
+        if path.endswith(".yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+
+
+def _unhelmed(obj: dict[str, Any]) -> dict[str, Any]:
+    """An object without the labels that say Helm installed it."""
+
+    def relabel(labels: dict[str, str]) -> None:
+        labels.pop("helm.sh/chart", None)
+        if labels.get("app.kubernetes.io/managed-by") == "Helm":
+            labels["app.kubernetes.io/managed-by"] = "kustomize"
+
+    relabel(obj["metadata"].get("labels", {}))
+    template = obj.get("spec", {}).get("template", {})
+    if template:
+        relabel(template["metadata"].get("labels", {}))
+    return obj
+
+
+def base_files() -> dict[str, str]:
+    """File name -> content of every file in k8s/base/."""
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+    objects = [_unhelmed(o) for o in chart_objects()]
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["namespace.yaml", "tradingbot-crd.yaml", "operator.yaml"],
+    }
+
+    def dump(documents: list[dict[str, Any]]) -> str:
+        return HEADER + yaml.safe_dump_all(documents, sort_keys=False, width=100)
+
+    crd = CRD.read_text().split("\n", 2)[2]  # the CRD without its own generated-by header
+    return {
+        "kustomization.yaml": dump([kustomization]),
+        "namespace.yaml": dump([namespace]),
+        "tradingbot-crd.yaml": HEADER + crd,
+        "operator.yaml": dump(objects),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write or check k8s/base/."""
+    parser = argparse.ArgumentParser(description="Generate the kustomize base from the chart.")
+    parser.add_argument("--check", action="store_true", help="fail when k8s/base/ is stale")
+    args = parser.parse_args(argv)
+    files = base_files()
+    if args.check:
+        stale = [
+            n
+            for n, text in files.items()
+            if not (BASE / n).exists() or (BASE / n).read_text() != text
+        ]
+        if stale:
+            print(f"k8s/base/ is stale ({', '.join(stale)}): run k8s/generate.py", file=sys.stderr)
+            return 1
+        return 0
+    BASE.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (BASE / name).write_text(text)
+        print(f"wrote {BASE / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
