@@ -1,0 +1,356 @@
+"""The Helm chart, rendered by the real Helm SDK (helm-python-sdk), linted, validated against
+the Kubernetes schemas (kubernetes-validate) and applied to the control plane; and the
+kustomize base in k8s/ that installs the same things."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.controlplane.fixtures import ControlPlane
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "charts" / "kubetrade"
+KUBE_VERSION = "1.37.0"
+SYSTEM = "kubetrade-system"
+OPERATOR_SA = f"system:serviceaccount:{SYSTEM}:kubetrade"
+
+NON_DEFAULT: dict[str, Any] = {
+    "image": {"repository": "registry.example/kubetrade", "tag": "9.9.9", "pullPolicy": "Always"},
+    "imagePullSecrets": [{"name": "registry-creds"}],
+    "operator": {
+        "watchNamespaces": ["bots-a", "bots-b"],
+        "logLevel": "DEBUG",
+        "statusInterval": 2,
+        "finalizerTimeout": 300,
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+    },
+    "nats": {"url": "nats://nats.messaging:4222"},
+    "database": {"secretName": "trading-db"},
+    "otlp": {"endpoint": "http://otel-collector.observability:4318"},
+    "bots": {
+        "image": {"repository": "registry.example/kubetrade-worker", "tag": "1.2.3"},
+        "modelStore": {"path": "/var/lib/kubetrade/bentoml", "claimName": "models"},
+    },
+    "metrics": {"port": 9191, "service": {"enabled": False}},
+    "serviceAccount": {"create": False, "name": "existing-operator"},
+}
+
+# Every (apiGroup, resource, verb) the operator uses (see operator/handlers.py and kubeapi.py):
+# kopf lists, watches and patches TradingBots; the status loop applies their status; the
+# reconciler server-side applies (create + patch), watches and deletes the owned kinds; events
+# are created. tradingbots/finalizers update is what blockOwnerDeletion needs where the
+# OwnerReferencesPermissionEnforcement admission plugin is on.
+EXPECTED_RIGHTS = {
+    *{("kubetrade.io", "tradingbots", v) for v in ("list", "watch", "patch")},
+    ("kubetrade.io", "tradingbots/status", "patch"),
+    ("kubetrade.io", "tradingbots/finalizers", "update"),
+    *{
+        (group, resource, verb)
+        for group, resource in (
+            ("apps", "deployments"),
+            ("", "configmaps"),
+            ("", "services"),
+            ("", "serviceaccounts"),
+        )
+        for verb in ("list", "watch", "create", "patch", "delete")
+    },
+    ("", "events", "create"),
+}
+
+
+def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    with helm.Chart.load(CHART) as chart:
+        rendered = chart.render(values, name="kubetrade", namespace=SYSTEM)
+    return [
+        doc
+        for path, text in sorted(rendered.items())
+        if path.endswith(".yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+
+
+def by_kind(objects: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for obj in objects:
+        found.setdefault(obj["kind"], []).append(obj)
+    return found
+
+
+def container_env(objects: list[dict[str, Any]]) -> dict[str, str]:
+    [deployment] = by_kind(objects)["Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in container["env"]}
+
+
+def rights(objects: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    [role] = by_kind(objects)["ClusterRole"]
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+# --- render -----------------------------------------------------------------------------
+
+
+def test_default_values_install_one_operator_cluster_wide() -> None:
+    objects = by_kind(render())
+
+    assert sorted(objects) == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+    ]
+    [deployment] = objects["Deployment"]
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == "kubetrade"
+    [container] = pod["containers"]
+    assert (
+        container["image"]
+        == f"ghcr.io/kubetrade/kubetrade:{helm.Chart.load(CHART).metadata['appVersion']}"
+    )
+    assert container["command"] == ["kubetrade", "operator"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    env = container_env(render())
+    assert env["KUBETRADE_NATS_URL"] == "nats://nats.kubetrade-system.svc:4222"
+    assert env["KUBETRADE_DATABASE_SECRET"] == "kubetrade-database"
+    assert "KUBETRADE_WATCH_NAMESPACES" not in env
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env
+    [binding] = objects["ClusterRoleBinding"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "kubetrade", "namespace": SYSTEM}
+    ]
+
+
+def test_non_default_values_reach_the_objects() -> None:
+    objects = render(NON_DEFAULT)
+    kinds = by_kind(objects)
+
+    assert "ServiceAccount" not in kinds and "Service" not in kinds
+    assert "ClusterRoleBinding" not in kinds
+    assert sorted(
+        (b["metadata"]["namespace"], b["roleRef"]["name"]) for b in kinds["RoleBinding"]
+    ) == [
+        ("bots-a", "kubetrade"),
+        ("bots-b", "kubetrade"),
+    ]
+    assert all(b["subjects"][0]["name"] == "existing-operator" for b in kinds["RoleBinding"])
+    [deployment] = kinds["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "existing-operator"
+    assert pod["imagePullSecrets"] == [{"name": "registry-creds"}]
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["containers"][0]["image"] == "registry.example/kubetrade:9.9.9"
+    assert pod["containers"][0]["ports"][0]["containerPort"] == 9191
+    env = container_env(objects)
+    assert env == {
+        **env,
+        "KUBETRADE_NATS_URL": "nats://nats.messaging:4222",
+        "KUBETRADE_BOT_IMAGE": "registry.example/kubetrade-worker:1.2.3",
+        "KUBETRADE_DATABASE_SECRET": "trading-db",
+        "KUBETRADE_WATCH_NAMESPACES": "bots-a bots-b",
+        "KUBETRADE_BOT_OTLP_ENDPOINT": "http://otel-collector.observability:4318",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability:4318",
+        "KUBETRADE_MODEL_STORE": "/var/lib/kubetrade/bentoml",
+        "KUBETRADE_MODEL_STORE_CLAIM": "models",
+        "KUBETRADE_STATUS_INTERVAL": "2",
+        "KUBETRADE_FINALIZER_TIMEOUT": "300",
+        "KUBETRADE_LOG_LEVEL": "DEBUG",
+        "KUBETRADE_METRICS_PORT": "9191",
+    }
+
+
+def test_the_environment_is_what_kubetrade_operator_reads() -> None:
+    from click import Option
+
+    from kubetrade.cli import operator_command
+
+    read = {p.envvar for p in operator_command.params if isinstance(p, Option) and p.envvar}
+    for values in (None, NON_DEFAULT):
+        names = set(container_env(render(values)))
+        passed = names - {"OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_ENDPOINT"}
+        passed -= {"BENTOML_DO_NOT_TRACK", "ORT_DISABLE_TELEMETRY"}
+        assert passed <= read, passed - read
+
+
+def test_the_chart_ships_the_generated_crd() -> None:
+    with helm.Chart.load(CHART) as chart:
+        [crd] = chart.crds
+    assert crd["data"] == (REPO / "crds" / "tradingbot.yaml").read_text(), (
+        "charts/kubetrade/crds/tradingbot.yaml is stale: cp crds/tradingbot.yaml "
+        "charts/kubetrade/crds/"
+    )
+
+
+def test_rbac_grants_exactly_what_the_operator_uses() -> None:
+    assert rights(render()) == EXPECTED_RIGHTS
+    assert rights(render(NON_DEFAULT)) == EXPECTED_RIGHTS
+
+
+# --- lint, schema, Kubernetes validation ------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [None, NON_DEFAULT], ids=["default", "non-default"])
+def test_the_chart_lints_clean(values: dict[str, Any] | None) -> None:
+    report = helm.lint(CHART, values, strict=True, kube_version=f"v{KUBE_VERSION}")
+
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and problems == [], report
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"operator": {"statusInterval": 0}}, "statusInterval"),
+        ({"operator": {"logLevel": "LOUD"}}, "logLevel"),
+        ({"nats": {"url": "http://nats:4222"}}, "url"),
+        ({"operator": {"watchNamespaces": ["Bad_Name"]}}, "watchNamespaces"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
+        ({"replicas": 2}, "replicas"),
+    ],
+)
+def test_the_values_schema_refuses_bad_values_naming_them(
+    values: dict[str, Any], named: str
+) -> None:
+    with helm.Chart.load(CHART) as chart:
+        chart.validate_schema(None)
+        with pytest.raises(helm.HelmValuesError) as refused:
+            chart.validate_schema(values)
+    assert named in str(refused.value)
+
+
+@pytest.mark.parametrize("values", [None, NON_DEFAULT], ids=["default", "non-default"])
+def test_every_object_is_valid_kubernetes(values: dict[str, Any] | None) -> None:
+    with helm.Chart.load(CHART) as chart:
+        crds = [yaml.safe_load(c["data"]) for c in chart.crds]
+    for obj in [*render(values), *crds]:
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
+# --- the kustomize base -----------------------------------------------------------------
+
+
+def _generator() -> Any:
+    spec = importlib.util.spec_from_file_location("k8s_generate", REPO / "k8s" / "generate.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_kustomize_base_is_the_chart_s_default_render() -> None:
+    generate = _generator()
+    files = generate.base_files()
+    stale = [n for n, text in files.items() if (REPO / "k8s" / "base" / n).read_text() != text]
+    assert not stale, f"k8s/base/ is stale ({stale}): run .venv/bin/python k8s/generate.py"
+    objects = [d for d in yaml.safe_load_all(files["operator.yaml"]) if d]
+    assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
+        (o["kind"], o["metadata"]["name"]) for o in render()
+    ]
+    assert all("helm.sh/chart" not in o["metadata"]["labels"] for o in objects)
+
+
+# --- on the control plane ---------------------------------------------------------------
+
+
+@pytest.mark.controlplane
+def test_kubectl_kustomize_builds_the_base(controlplane: ControlPlane) -> None:
+    built = controlplane.kubectl("kustomize", str(REPO / "k8s")).stdout
+    kinds = sorted(d["kind"] for d in yaml.safe_load_all(built) if d)
+
+    assert kinds == sorted(
+        ["Namespace", "CustomResourceDefinition", *(o["kind"] for o in render())]
+    )
+
+
+@pytest.mark.controlplane
+def test_the_chart_applies_and_its_service_account_has_only_its_rights(
+    controlplane: ControlPlane,
+) -> None:
+    with helm.Chart.load(CHART) as chart:
+        crds = [c["data"] for c in chart.crds]
+    for crd in crds:
+        controlplane.kubectl("apply", "--server-side", "-f", "-", input=crd)
+    controlplane.kubectl("create", "namespace", SYSTEM, check=False)
+    objects = render()
+    applied = controlplane.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
+    )
+    assert applied.returncode == 0
+    deployment = json.loads(
+        controlplane.kubectl(
+            "get", "deployment", "kubetrade", "-o", "json", namespace=SYSTEM
+        ).stdout
+    )
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+
+    def can(verb: str, resource: str, subresource: str = "") -> bool:
+        extra = [f"--subresource={subresource}"] if subresource else []
+        result = controlplane.kubectl(
+            "auth", "can-i", verb, resource, *extra, f"--as={OPERATOR_SA}", "-n", "default",
+            check=False,
+        )  # fmt: skip
+        return result.stdout.strip() == "yes"
+
+    for group, resource, verb in sorted(EXPECTED_RIGHTS):
+        plural, _, subresource = resource.partition("/")
+        qualified = f"{plural}.{group}" if group else plural
+        assert can(verb, qualified, subresource), f"the operator cannot {verb} {resource}"
+    for verb, resource in [
+        ("get", "secrets"),
+        ("list", "secrets"),
+        ("get", "pods"),
+        ("delete", "tradingbots.kubetrade.io"),
+        ("create", "tradingbots.kubetrade.io"),
+        ("update", "deployments.apps"),
+        ("create", "clusterroles.rbac.authorization.k8s.io"),
+        ("delete", "namespaces"),
+    ]:
+        assert not can(verb, resource), f"the operator can {verb} {resource}, which it never does"
+
+
+def test_kubernetes_validate_would_catch_a_broken_object() -> None:
+    [deployment] = by_kind(render())["Deployment"]
+    broken = json.loads(json.dumps(deployment))
+    broken["spec"]["replicas"] = "one"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBE_VERSION, strict=True)
+
+
+def test_helm_refuses_a_missing_service_account_name() -> None:
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmError) as refused:
+        chart.render({"serviceAccount": {"create": False}}, name="kubetrade", namespace=SYSTEM)
+    assert "serviceAccount.name is required" in str(refused.value)
+
+
+def test_the_chart_packages(tmp_path: Path) -> None:
+    archive = helm.package(CHART, destination=tmp_path)
+    listing = subprocess.run(["tar", "tzf", archive], capture_output=True, text=True, check=True)
+    assert "kubetrade/crds/tradingbot.yaml" in listing.stdout.split()
+    assert "kubetrade/values.schema.json" in listing.stdout.split()
