@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,train]'
 	touch $(STAMP)
 
 ## demo: train the baseline model on synthetic candles, then run a paper bot on embedded NATS and PostgreSQL
@@ -51,6 +51,7 @@ crds: install
 
 bench: install
 	$(PY) bench/pipeline.py
+	$(PY) bench/inference.py
 
 ## controlplane: build kube-apiserver, kube-controller-manager, kubectl (Kubernetes v1.37.2) and etcd v3.7.0 once into ~/.cache/kubetrade/controlplane (~10 min cold, instant when cached)
 controlplane:
