@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 KT := $(VENV)/bin/kubetrade
 STAMP := $(VENV)/.installed
+TRAIN_STAMP := $(VENV)/.installed-train
 export BENTOML_DO_NOT_TRACK := true
 export ORT_DISABLE_TELEMETRY := 1
 export BENTOML_HOME ?= $(HOME)/bentoml
@@ -13,7 +14,7 @@ export BENTOML_HOME ?= $(HOME)/bentoml
 DEMO_BOT ?= k8s/examples/synthetic-paper.yaml
 DEMO_MODEL ?= kubetrade-baseline
 
-.PHONY: install demo test test-fast lint format crds bench controlplane test-controlplane clean
+.PHONY: install install-train demo test test-fast lint format crds bench controlplane test-controlplane clean
 
 install: $(STAMP)
 
@@ -21,8 +22,15 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,train]'
+	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+## install-train: also PyTorch (a large CUDA build, ~5 GB) and Optuna for the neural models and their tests
+install-train: $(TRAIN_STAMP)
+
+$(TRAIN_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,train]'
+	touch $(TRAIN_STAMP)
 
 ## demo: train the baseline model on synthetic candles, then run a paper bot on embedded NATS and PostgreSQL
 demo: install
@@ -33,10 +41,10 @@ demo: install
 test: lint
 	$(PY) -m pytest -q -ra
 
-test-fast: install
+test-fast: install-train
 	$(PY) -m pytest -q -ra -m "not integration and not controlplane"
 
-lint: install
+lint: install-train
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
