@@ -1,11 +1,12 @@
-"""Write the kustomize base in k8s/base/ from the Helm chart, so both install the same things.
+"""Write k8s/base/ and k8s/dashboards/ from the Helm chart, so both install the same things.
 
-    .venv/bin/python k8s/generate.py           # rewrite k8s/base/
-    .venv/bin/python k8s/generate.py --check   # exit 1 when k8s/base/ is stale
+    .venv/bin/python k8s/generate.py           # rewrite them
+    .venv/bin/python k8s/generate.py --check   # exit 1 when they are stale
 
 The base is the chart rendered with its default values as release ``kubetrade`` in namespace
 ``kubetrade-system``, labelled as managed by kustomize instead of Helm; the CRD is the
-generated one. tests/test_chart.py fails when the files here differ from a fresh render.
+generated one. The dashboards are the chart's Grafana dashboard ConfigMap. tests/test_chart.py
+fails when the files here differ from a fresh render.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CHART = REPO / "charts" / "kubetrade"
 CRD = REPO / "crds" / "tradingbot.yaml"
-BASE = HERE / "base"
 NAMESPACE = "kubetrade-system"
 RELEASE = "kubetrade"
 HEADER = "# Generated from charts/kubetrade by k8s/generate.py; do not edit.\n"
@@ -57,8 +57,8 @@ def _unhelmed(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
-def base_files() -> dict[str, str]:
-    """File name -> content of every file in k8s/base/."""
+def generated_files() -> dict[str, str]:
+    """Path under k8s/ -> content of every generated file."""
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
     objects = [_unhelmed(o) for o in chart_objects()]
     kustomization = {
@@ -66,39 +66,49 @@ def base_files() -> dict[str, str]:
         "kind": "Kustomization",
         "resources": ["namespace.yaml", "tradingbot-crd.yaml", "operator.yaml"],
     }
+    [dashboard] = [
+        _unhelmed(o)
+        for o in chart_objects({"dashboards": {"enabled": True}})
+        if o["kind"] == "ConfigMap"
+    ]
 
     def dump(documents: list[dict[str, Any]]) -> str:
         return HEADER + yaml.safe_dump_all(documents, sort_keys=False, width=100)
 
     crd = CRD.read_text().split("\n", 2)[2]  # the CRD without its own generated-by header
     return {
-        "kustomization.yaml": dump([kustomization]),
-        "namespace.yaml": dump([namespace]),
-        "tradingbot-crd.yaml": HEADER + crd,
-        "operator.yaml": dump(objects),
+        "base/kustomization.yaml": dump([kustomization]),
+        "base/namespace.yaml": dump([namespace]),
+        "base/tradingbot-crd.yaml": HEADER + crd,
+        "base/operator.yaml": dump(objects),
+        "dashboards/kustomization.yaml": dump(
+            [{**kustomization, "resources": ["kubetrade-dashboard.yaml"]}]
+        ),
+        "dashboards/kubetrade-dashboard.yaml": dump([dashboard]),
     }
 
 
+def _current(name: str, text: str) -> bool:
+    path = HERE / name
+    return path.exists() and path.read_text() == text
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Write or check k8s/base/."""
-    parser = argparse.ArgumentParser(description="Generate the kustomize base from the chart.")
-    parser.add_argument("--check", action="store_true", help="fail when k8s/base/ is stale")
+    """Write or check the generated files."""
+    parser = argparse.ArgumentParser(description="Generate k8s/base and k8s/dashboards.")
+    parser.add_argument("--check", action="store_true", help="fail when they are stale")
     args = parser.parse_args(argv)
-    files = base_files()
+    files = generated_files()
     if args.check:
-        stale = [
-            n
-            for n, text in files.items()
-            if not (BASE / n).exists() or (BASE / n).read_text() != text
-        ]
+        stale = [n for n, text in files.items() if not _current(n, text)]
         if stale:
-            print(f"k8s/base/ is stale ({', '.join(stale)}): run k8s/generate.py", file=sys.stderr)
+            print(f"stale in k8s/ ({', '.join(stale)}): run k8s/generate.py", file=sys.stderr)
             return 1
         return 0
-    BASE.mkdir(exist_ok=True)
     for name, text in files.items():
-        (BASE / name).write_text(text)
-        print(f"wrote {BASE / name}")
+        (HERE / name).parent.mkdir(exist_ok=True)
+        (HERE / name).write_text(text)
+        print(f"wrote {HERE / name}")
     return 0
 
 

@@ -137,9 +137,9 @@ class KubeApi:
             connector = aiohttp.TCPConnector(
                 limit=self._max_connections, ssl=self._connection.ssl_context
             )
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=30)
-            )
+            # No total timeout: time spent waiting for a pooled connection is not the server's.
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=30)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
         return self._session
 
     async def close(self) -> None:

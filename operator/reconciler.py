@@ -47,6 +47,9 @@ OWNED_KINDS = [
 ]
 
 
+CONCURRENT_RECONCILES = 8
+
+
 class InvalidBotError(ValueError):
     """The bot cannot be reconciled until its spec changes (retrying would not help)."""
 
@@ -110,6 +113,9 @@ class Reconciler:
         self.events = events
         self._clock = clock
         self._applying: set[str] = set()
+        # Bots applied at once: hundreds of bots arriving together are applied a batch at a
+        # time instead of queueing thousands of requests on the connection pool.
+        self._concurrent = asyncio.Semaphore(CONCURRENT_RECONCILES)
 
     async def reconcile(self, body: Mapping[str, Any], trigger: str) -> None:
         """Render the bot and apply every object; raise InvalidBotError or RetryableError."""
@@ -136,16 +142,18 @@ class Reconciler:
             self.bots.put(record)
             self._applying.add(key)
             try:
-                await asyncio.gather(
-                    *(self.api.apply(o, self.config.field_manager) for o in objects)
-                )
+                async with self._concurrent:
+                    await asyncio.gather(
+                        *(self.api.apply(o, self.config.field_manager) for o in objects)
+                    )
             except ApiError as error:
-                record.reconcile_error = str(error)
                 RECONCILE_ERRORS.labels("api").inc()
                 RECONCILES.labels(trigger, "error").inc()
                 span.set_attribute("kubetrade.outcome", "error")
                 if error.retryable:
+                    # Transient: the status keeps what it said; kopf retries shortly.
                     raise RetryableError(str(error)) from error
+                record.reconcile_error = str(error)
                 await self.events.post(
                     record.reference(), EventSpec("Warning", "ApplyRefused", str(error))
                 )

@@ -41,6 +41,7 @@ NON_DEFAULT: dict[str, Any] = {
         "modelStore": {"path": "/var/lib/kubetrade/bentoml", "claimName": "models"},
     },
     "metrics": {"port": 9191, "service": {"enabled": False}},
+    "dashboards": {"enabled": True, "label": "grafana_dashboard"},
     "serviceAccount": {"create": False, "name": "existing-operator"},
 }
 
@@ -261,10 +262,10 @@ def _generator() -> Any:
 
 def test_the_kustomize_base_is_the_chart_s_default_render() -> None:
     generate = _generator()
-    files = generate.base_files()
-    stale = [n for n, text in files.items() if (REPO / "k8s" / "base" / n).read_text() != text]
-    assert not stale, f"k8s/base/ is stale ({stale}): run .venv/bin/python k8s/generate.py"
-    objects = [d for d in yaml.safe_load_all(files["operator.yaml"]) if d]
+    files = generate.generated_files()
+    stale = [n for n, text in files.items() if (REPO / "k8s" / n).read_text() != text]
+    assert not stale, f"k8s/ is stale ({stale}): run .venv/bin/python k8s/generate.py"
+    objects = [d for d in yaml.safe_load_all(files["base/operator.yaml"]) if d]
     assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
         (o["kind"], o["metadata"]["name"]) for o in render()
     ]
@@ -354,3 +355,30 @@ def test_the_chart_packages(tmp_path: Path) -> None:
     listing = subprocess.run(["tar", "tzf", archive], capture_output=True, text=True, check=True)
     assert "kubetrade/crds/tradingbot.yaml" in listing.stdout.split()
     assert "kubetrade/values.schema.json" in listing.stdout.split()
+
+
+def test_the_dashboard_charts_only_metrics_that_exist() -> None:
+    import re
+
+    from prometheus_client import REGISTRY as WORKERS
+
+    import kubetrade.metrics  # noqa: F401  (registers the workers' metrics)
+    from kubetrade.operator.metrics import REGISTRY as OPERATOR
+
+    [config_map] = by_kind(render(NON_DEFAULT))["ConfigMap"]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["kubetrade-dashboard.json"])
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {m for e in exprs for m in re.findall(r"\b(kubetrade_[a-z_]+)", e)}
+    known = {
+        sample.name
+        for registry in (WORKERS, OPERATOR)
+        for family in registry.collect()
+        for sample in family.samples
+    } | {
+        family.name + suffix
+        for registry in (WORKERS, OPERATOR)
+        for family in registry.collect()
+        for suffix in ("", "_total", "_bucket")
+    }
+    assert used and used <= known, used - known
