@@ -219,15 +219,23 @@ def _probe(path: str, period: int, failures: int) -> Object:
     }
 
 
-def restart_spec(bot: TradingBot) -> str:
-    """The worker spec without the fields that never need a restart, for the config hash.
+# Spec fields a component never reads, so changing them must not restart its pods: `paused`
+# reaches a running executor as a control command (a restarted one keeps it in its
+# checkpoint), `onDelete` is read by the operator's finalizer only, and only inference loads
+# the model, so a model rollout leaves the feed and the executor (and trading) running.
+UNREAD_FIELDS: dict[str, tuple[str, ...]] = {
+    "feed": ("model", "paused", "onDelete"),
+    "inference": ("paused", "onDelete"),
+    "executor": ("model", "paused", "onDelete"),
+}
 
-    ``paused`` reaches a running executor as a control command (and a restarted one keeps it
-    in its checkpoint); ``onDelete`` is read by the operator's finalizer only. Rolling every
-    pod for either would interrupt trading for nothing.
-    """
-    steady = bot.spec.model_copy(update={"paused": False, "on_delete": "leave"})
-    return worker_spec(bot.model_copy(update={"spec": steady}))
+
+def restart_spec(bot: TradingBot, component: str) -> str:
+    """The worker spec as far as ``component`` reads it: what its config hash covers."""
+    document = json.loads(worker_spec(bot))
+    for key in UNREAD_FIELDS[component]:
+        document["spec"].pop(key, None)
+    return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
 
 def config_hash(spec_json: str, env: list[Object]) -> str:
@@ -354,6 +362,5 @@ def render(bot: TradingBot, platform: Platform) -> list[Object]:
             ],
         },
     }
-    hashed_spec = restart_spec(bot)
-    deployments = [_deployment(bot, platform, c, hashed_spec) for c in COMPONENTS]
+    deployments = [_deployment(bot, platform, c, restart_spec(bot, c)) for c in COMPONENTS]
     return [config_map, service_account, *deployments, inference_service]

@@ -611,9 +611,11 @@ def test_a_model_rollout_keeps_trading_on_the_old_model_until_the_new_one_serves
     all_running(zeta)
     wait_for(lambda: cluster.phase("epsilon") == "Running", "epsilon Running")
     old_hash = cluster.config_hash("epsilon-inference")
+    untouched = {c: cluster.config_hash(f"epsilon-{c}") for c in ("feed", "executor")}
 
     cluster.patch_bot("epsilon", {"spec": {"model": {"version": "2"}}})
     wait_for(lambda: cluster.config_hash("epsilon-inference") != old_hash, "inference rolled")
+    assert {c: cluster.config_hash(f"epsilon-{c}") for c in untouched} == untouched
     rolling = wait_for(
         lambda: (
             (c := cluster.condition("epsilon", "ModelReady"))

@@ -359,6 +359,7 @@ def make_bot(**spec: Any) -> Any:
 
 
 def hashes(bot: Any) -> list[str]:
+    """Config hashes of feed, inference and executor, in that order."""
     return [
         o["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
         for o in render(bot, Platform())
@@ -369,6 +370,13 @@ def hashes(bot: Any) -> list[str]:
 @pytest.mark.parametrize("change", [{"paused": True}, {"onDelete": "flatten"}])
 def test_pausing_or_the_delete_policy_restarts_no_pod(change: dict[str, Any]) -> None:
     assert hashes(make_bot(**change)) == hashes(make_bot())
+
+
+def test_a_new_model_restarts_only_inference() -> None:
+    before = hashes(make_bot())
+    after = hashes(make_bot(model={"name": "btc-xgb", "version": "2"}))
+
+    assert [b != a for b, a in zip(before, after, strict=True)] == [False, True, False]
 
 
 def test_the_rendered_objects_are_no_drift_of_themselves_with_server_defaults() -> None:
