@@ -23,7 +23,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -269,15 +268,49 @@ class Cluster:
 # --- fixtures ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class OperatorProcess:
-    """The running operator: its process, endpoints, span file and log."""
+    """``kubetrade operator`` as a process: started, stopped and restarted like a pod."""
 
-    process: subprocess.Popen[bytes]
-    metrics: str
-    health: str
-    spans: Path
-    log: Path
+    def __init__(self, command: list[str], env: dict[str, str], work: Path, ports: tuple[int, int]):
+        self.command = command
+        self.env = env
+        self.metrics = f"http://127.0.0.1:{ports[0]}/metrics"
+        self.health = f"http://127.0.0.1:{ports[1]}/healthz"
+        self.spans = work / "spans.jsonl"
+        self.log = work / "operator.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=REPO,
+            )
+        wait_for(self._healthy, "the operator's liveness endpoint", timeout=60)
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        assert self.process.poll() is None, f"operator exited:\n{self.log.read_text()[-3000:]}"
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(self.health, timeout=1) as response,
+        ):
+            return bool(response.status == 200)
+        return False
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
 
 
 def _token_kubeconfig(cp: ControlPlane, token: str, path: Path) -> Path:
@@ -329,62 +362,29 @@ def operator_process(
     ).stdout.strip()
     work = tmp_path_factory.mktemp("operator")
     kubeconfig = _token_kubeconfig(controlplane, token, work / "kubeconfig")
-    metrics_port, health_port = _free_port(), _free_port()
-    trace_file = work / "spans.jsonl"
-    log_path = work / "operator.log"
     env = {
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
-        "KUBETRADE_TRACE_FILE": str(trace_file),
+        "KUBETRADE_TRACE_FILE": str(work / "spans.jsonl"),
     }
     env.pop("KUBERNETES_SERVICE_HOST", None)
+    ports = (_free_port(), _free_port())
     command = [
         sys.executable, "-m", "kubetrade", "operator",
         "--nats-url", nats_url,
-        "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
-        "--liveness", f"http://127.0.0.1:{health_port}/healthz",
+        "--metrics-host", "127.0.0.1", "--metrics-port", str(ports[0]),
+        "--liveness", f"http://127.0.0.1:{ports[1]}/healthz",
         "--status-interval", "1",
         "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT),
         "--finalizer-timeout", str(FINALIZER_TIMEOUT),
         "--image", "registry.example/kubetrade:test",
     ]  # fmt: skip
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=REPO,
-        )
-    info = OperatorProcess(
-        process=process,
-        metrics=f"http://127.0.0.1:{metrics_port}/metrics",
-        health=f"http://127.0.0.1:{health_port}/healthz",
-        spans=trace_file,
-        log=log_path,
-    )
-
-    def healthy() -> bool:
-        assert process.poll() is None, f"operator exited:\n{log_path.read_text()[-3000:]}"
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(info.health, timeout=1) as response,
-        ):
-            return bool(response.status == 200)
-        return False
-
+    operator = OperatorProcess(command, env, work, ports)
     try:
-        wait_for(healthy, "the operator's liveness endpoint", timeout=60)
-        yield info
+        operator.start()
+        yield operator
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        operator.stop()
 
 
 @pytest.fixture
@@ -808,3 +808,30 @@ def test_metrics_liveness_and_spans(cluster: Cluster, operator_process: Operator
     )
     assert spans[0]["attributes"]["kubetrade.outcome"] == "applied"
     assert spans[0]["service"] == "kubetrade-operator"
+
+
+def test_a_restarted_operator_resumes_every_bot_and_keeps_its_status(
+    cluster: Cluster, workers_for: Callable[[str], Workers], operator_process: OperatorProcess
+) -> None:
+    cluster.apply(bot_manifest("mu"))
+    workers = workers_for("mu")
+    all_running(workers)
+    wait_for(lambda: cluster.phase("mu") == "Running", "phase Running")
+    before = cluster.condition("mu", "Ready")
+    phase_events = cluster.event_reasons("mu").count("Running")
+
+    operator_process.stop()
+    operator_process.start()
+
+    first = cluster.deployment("mu-executor")
+    cluster.kubectl("delete", "deployment", "mu-executor", "--wait=false")
+    wait_for(
+        lambda: (d := cluster.deployment("mu-executor")) and d.metadata.uid != first.metadata.uid,
+        "the resumed operator to restore a deleted Deployment",
+    )
+    time.sleep(2)
+    assert cluster.condition("mu", "Ready") == before
+    assert cluster.event_reasons("mu").count("Running") == phase_events
+    with urllib.request.urlopen(operator_process.metrics, timeout=5) as response:
+        metrics = response.read().decode()
+    assert 'kubetrade_operator_reconciles_total{outcome="applied",trigger="resume"}' in metrics
