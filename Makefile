@@ -14,7 +14,7 @@ export BENTOML_HOME ?= $(HOME)/bentoml
 DEMO_BOT ?= k8s/examples/synthetic-paper.yaml
 DEMO_MODEL ?= kubetrade-baseline
 
-.PHONY: install install-train demo test test-fast lint format crds bench controlplane test-controlplane clean
+.PHONY: install install-train demo test test-fast lint format crds bench bench-operator controlplane test-controlplane clean
 
 install: $(STAMP)
 
@@ -56,10 +56,16 @@ format: install
 ## crds: regenerate crds/tradingbot.yaml from kubetrade/spec.py
 crds: install
 	$(PY) -m kubetrade.crd --write
+	cp crds/tradingbot.yaml charts/kubetrade/crds/tradingbot.yaml
+	$(PY) k8s/generate.py
 
 bench: install
 	$(PY) bench/pipeline.py
 	$(PY) bench/inference.py
+
+## bench-operator: 500 bots against the real control plane (needs make controlplane)
+bench-operator: install controlplane
+	$(PY) bench/operator.py
 
 ## controlplane: build kube-apiserver, kube-controller-manager, kubectl (Kubernetes v1.37.2) and etcd v3.7.0 once into ~/.cache/kubetrade/controlplane (~10 min cold, instant when cached)
 controlplane:
