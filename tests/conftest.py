@@ -10,13 +10,11 @@ import pytest
 
 from kubetrade.embedded import start_nats
 from kubetrade.settings import quiet_environment
+from tests.shared_data import BTC_CSV
 
 quiet_environment()
 
 pytest_plugins = ["tests.fixtures_db", "tests.controlplane.fixtures"]
-
-REPO = Path(__file__).resolve().parents[1]
-BTC_CSV = REPO.parent / "shared" / "data" / "coinbase_btcusd_1h.csv"
 
 
 @pytest.fixture(scope="session")
@@ -45,15 +43,15 @@ MODEL = "itest-baseline"
 
 
 @pytest.fixture(scope="session")
-def model(tmp_path_factory: pytest.TempPathFactory, btc_csv: Path) -> str:
-    """A small XGBoost model trained on the real BTC data, in a private BentoML store."""
-    from kubetrade.market import load_candles
+def model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small XGBoost model trained on synthetic candles, in a private BentoML store."""
+    from kubetrade.market import generate
     from kubetrade.onnx_export.pipeline import TrainConfig, train_and_register
 
     home = tmp_path_factory.mktemp("bentoml")
     os.environ["BENTOML_HOME"] = str(home)
     train_and_register(
-        {"BTC/USD": load_candles(btc_csv)},
-        TrainConfig(name=MODEL, timeframe="1h", source=str(btc_csv), version="1"),
+        {"BTC/USDT": generate(["BTC/USDT"], "1h", 6000, seed=99)},
+        TrainConfig(name=MODEL, timeframe="1h", source="synthetic seed 99", version="1"),
     )
     return MODEL

@@ -35,10 +35,11 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from kubetrade.embedded import start_postgres
+from tests.shared_data import TIMESCALE_WASM_START
 
 log = logging.getLogger(__name__)
 
-_WASM_START = Path(__file__).resolve().parents[2] / "shared/tools/timescaledb-wasm/start.sh"
+_WASM_START = TIMESCALE_WASM_START
 
 
 def with_database(url: str, dbname: str) -> str:

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -30,8 +29,9 @@ from kubetrade.features import (
     feature_spec,
 )
 from kubetrade.market import generate, load_candles, to_candles
+from tests.shared_data import BTC_CSV
 
-BTC_FILE = Path(__file__).resolve().parents[2] / "shared/data/coinbase_btcusd_1h.csv"
+BTC_FILE = BTC_CSV
 # Changes only with the feature definitions; then bump FEATURE_VERSION and update this.
 DEFAULT_HASH = "75b617b9f8eef3c3cd2cb003016c63256c8ff111d48eb59c719ce4409491e752"
 TOLERANCE = 1e-9

@@ -38,8 +38,9 @@ from kubetrade.market.exchange import (
     poll_closed_candles,
     select_closed,
 )
+from tests.shared_data import BTC_CSV
 
-BTC_FILE = Path(__file__).resolve().parents[2] / "shared/data/coinbase_btcusd_1h.csv"
+BTC_FILE = BTC_CSV
 RECORDED = Path(__file__).parent / "data/binance_btcusdt_1h_ohlcv.json"
 HOUR = 3_600_000
 T0 = 1_704_067_200_000  # 2024-01-01T00:00Z
