@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,15 +203,19 @@ async def dead_letter(
     await js.publish(subjects.dead_letter(component), msg.data, headers=headers)
 
 
-async def publish_all(
-    js: JetStreamContext, items: list[tuple[str, bytes, dict[str, str]]], window: int = 1000
-) -> None:
-    """Publish many messages with acknowledgement, keeping up to ``window`` in flight."""
-    futures: list[Awaitable[Any]] = []
-    for subject, data, headers in items:
-        futures.append(await js.publish_async(subject, data, headers=headers))
-        if len(futures) >= window:
-            await asyncio.gather(*futures)
-            futures.clear()
-    if futures:
-        await asyncio.gather(*futures)
+async def publish_all(js: JetStreamContext, items: list[tuple[str, bytes, dict[str, str]]]) -> None:
+    """Publish many messages and wait until the stream has stored every one."""
+    await asyncio.gather(*await publish_started(js, items))
+
+
+async def publish_started(
+    js: JetStreamContext, items: list[tuple[str, bytes, dict[str, str]]]
+) -> list[asyncio.Future[Any]]:
+    """Send many messages; the futures resolve when the stream has stored each one.
+
+    Not waiting here lets a worker handle its next batch while the acknowledgements travel
+    (nats-py bounds how many may be outstanding and waits beyond that).
+    """
+    return [
+        await js.publish_async(subject, data, headers=headers) for subject, data, headers in items
+    ]

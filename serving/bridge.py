@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from kubetrade.bus import (
     connect,
     dead_letter,
     ensure_stream,
-    publish_all,
+    publish_started,
     replay,
 )
 from kubetrade.domain import Candle
@@ -41,6 +42,7 @@ from kubetrade.workers.runtime import WorkerStatus, now_ms, publish_status_forev
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 512
+MAX_UNSETTLED = 8
 
 
 @dataclass
@@ -133,11 +135,25 @@ async def _serve(
         status.state = "running"
         status.message = f"serving {predictor.model_name}:{predictor.model_version}"
         log.info("bridge running", extra={"model": predictor.model_name})
+        # Batches whose signals are sent but not yet stored: a batch is acknowledged to the
+        # candle stream only once the signal stream holds all of its signals.
+        unsettled: deque[tuple[list[asyncio.Future[Any]], list[Delivery]]] = deque()
         while not stop.is_set():
             batch = await consumer.next_batch(BATCH_MAX, timeout=0.5)
             if batch:
-                await _handle(batch, pipeline, js, subjects, status, tracer)
-                await consumer.ack_through(batch)
+                sent = await _handle(batch, pipeline, js, subjects, status, tracer)
+                unsettled.append((sent, batch))
+            while unsettled and (
+                not batch
+                or len(unsettled) > MAX_UNSETTLED
+                or all(f.done() for f in unsettled[0][0])
+            ):
+                sent, settled = unsettled.popleft()
+                await asyncio.gather(*sent)
+                await consumer.ack_through(settled)
+        for sent, settled in unsettled:
+            await asyncio.gather(*sent)
+            await consumer.ack_through(settled)
         await consumer.stop()
     finally:
         heartbeat.cancel()
@@ -153,7 +169,8 @@ async def _handle(
     subjects: Subjects,
     status: WorkerStatus,
     tracer: Tracer,
-) -> None:
+) -> list[asyncio.Future[Any]]:
+    """Predict a batch and send its signals; returns the futures of their storage."""
     bot = status.bot
     candles: list[Candle] = []
     sources: list[tuple[CandleMessage, Delivery]] = []
@@ -167,7 +184,7 @@ async def _handle(
         candles.append(message.to_candle())
         sources.append((message, delivery))
     if not candles:
-        return
+        return []
     CANDLES_RECEIVED.labels(bot).inc(len(candles))
     status.count("candles", len(candles))
     with PREDICT_SECONDS.labels(bot).time():
@@ -199,9 +216,10 @@ async def _handle(
         signal = SignalMessage.from_event(event, message.published_at, produced)
         outgoing.append((subjects.signals(event.candle.symbol), encode(signal), headers))
         predicted += event.prediction is not None
-    await publish_all(js, outgoing)
+    sent = await publish_started(js, outgoing)
     SIGNALS_PUBLISHED.labels(bot).inc(predicted)
     status.count("signals", predicted)
+    return sent
 
 
 def _decodable(data: bytes) -> bool:

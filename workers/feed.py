@@ -95,27 +95,53 @@ async def last_published(js: JetStreamContext, subjects: Subjects, symbol: str) 
 
 
 async def paced(candles: AsyncIterator[Candle], speed: float) -> AsyncIterator[list[Candle]]:
-    """Group candles into batches; with ``speed`` > 0, release each at its replay time."""
-    if speed <= 0:
-        batch: list[Candle] = []
-        async for candle in candles:
-            batch.append(candle)
-            if len(batch) >= BATCH_MAX:
-                yield batch
-                batch = []
-        if batch:
+    """Batches of the candles that are ready now, each released at its replay time.
+
+    A producer task reads the source (sleeping until each candle is due when ``speed`` > 0)
+    into a queue; batches take whatever is queued, so candles due at the same instant (every
+    symbol of one candle time) go out together, a fast source is published 500 at a time,
+    and a live source is never held back waiting for more.
+    """
+    queue: asyncio.Queue[Candle | BaseException | None] = asyncio.Queue(maxsize=4 * BATCH_MAX)
+
+    async def produce() -> None:
+        start_wall: float | None = None
+        start_close = 0
+        try:
+            async for candle in candles:
+                if speed > 0:
+                    if start_wall is None:
+                        start_wall, start_close = time.monotonic(), candle.close_time
+                    due = start_wall + (candle.close_time - start_close) / 1000.0 / speed
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                await queue.put(candle)
+            await queue.put(None)
+        except Exception as error:
+            await queue.put(error)
+
+    producer = asyncio.create_task(produce())
+    try:
+        while True:
+            batch: list[Candle] = []
+            item = await queue.get()
+            while True:
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    if batch:
+                        yield batch
+                    return
+                batch.append(item)
+                if len(batch) >= BATCH_MAX or queue.empty():
+                    break
+                item = queue.get_nowait()
             yield batch
-        return
-    start_wall: float | None = None
-    start_close = 0
-    async for candle in candles:
-        if start_wall is None:
-            start_wall, start_close = time.monotonic(), candle.close_time
-        due = start_wall + (candle.close_time - start_close) / 1000.0 / speed
-        delay = due - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        yield [candle]
+    finally:
+        producer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await producer
 
 
 async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
