@@ -7,12 +7,13 @@ neither, spans are still created so the context joins across processes, and then
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
 from opentelemetry import context as otel_context
@@ -27,6 +28,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+from opentelemetry.trace import Tracer
 
 from kubetrade.settings import ENV_TRACE_FILE
 
@@ -110,13 +112,11 @@ def setup_tracing(
     resource = Resource.create(
         {"service.name": env.get("OTEL_SERVICE_NAME", service), "kubetrade.bot": bot}
     )
-    exporting = bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(ENV_TRACE_FILE))
-    sampler = None
-    if not exporting and not env.get("OTEL_TRACES_SAMPLER"):
-        # Nobody collects spans here: propagate context but record nothing, which keeps
-        # ~50 us of span bookkeeping per candle off the hot path. A sampled parent (a
-        # process upstream that does export) still gets its children recorded.
-        sampler = ParentBased(ALWAYS_OFF)
+    global _RECORDING
+    _RECORDING = bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(ENV_TRACE_FILE))
+    # Nobody collects spans here: record nothing (context still propagates, see
+    # ``span_or_passthrough``), which keeps span bookkeeping off the per-candle path.
+    sampler = None if _RECORDING else ParentBased(ALWAYS_OFF)
     provider = TracerProvider(resource=resource, sampler=sampler)
     if env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -130,11 +130,40 @@ def setup_tracing(
     return provider
 
 
-def inject_headers(headers: dict[str, str] | None = None) -> dict[str, str]:
-    """The current trace context as NATS headers (``traceparent``, ``tracestate``)."""
-    carrier: dict[str, str] = {} if headers is None else headers
-    inject(carrier)
-    return carrier
+_RECORDING = False
+
+
+def recording() -> bool:
+    """True when this process exports spans (set by :func:`setup_tracing`)."""
+    return _RECORDING
+
+
+@contextlib.contextmanager
+def hop(
+    tracer: Tracer,
+    name: str,
+    incoming: Mapping[str, str] | None,
+    attributes: Mapping[str, Any],
+    headers: dict[str, str],
+) -> Iterator[dict[str, str]]:
+    """One hop of a candle's journey: yields ``headers`` with the trace context to send on.
+
+    When this process records spans, the hop runs in a span (a child of the trace in
+    ``incoming``, if any) whose context goes into the headers. When it does not, there is no
+    span and the incoming context passes through unchanged, so the trace still joins across
+    the processes that do record.
+    """
+    if not _RECORDING:
+        for key in ("traceparent", "tracestate"):
+            if incoming and key in incoming:
+                headers[key] = incoming[key]
+        yield headers
+        return
+    with tracer.start_as_current_span(
+        name, context=context_from_headers(incoming), attributes=dict(attributes)
+    ):
+        inject(headers)
+        yield headers
 
 
 def context_from_headers(headers: Mapping[str, str] | None) -> otel_context.Context:

@@ -36,7 +36,7 @@ from kubetrade.metrics import CANDLES_RECEIVED, PREDICT_SECONDS, SIGNALS_PUBLISH
 from kubetrade.serving.pipeline import Predictor, Rejected, SignalPipeline
 from kubetrade.settings import WorkerSettings
 from kubetrade.subjects import Subjects
-from kubetrade.telemetry import context_from_headers, inject_headers, setup_tracing
+from kubetrade.telemetry import hop, setup_tracing
 from kubetrade.workers.runtime import WorkerStatus, now_ms, publish_status_forever
 
 log = logging.getLogger(__name__)
@@ -199,22 +199,18 @@ async def _handle(
             )
             status.count("dead_letters")
             continue
-        parent = context_from_headers(delivery.msg.headers)
-        with tracer.start_as_current_span(
-            "inference.signal",
-            context=parent,
-            attributes={
-                "kubetrade.bot": bot,
-                "kubetrade.symbol": event.candle.symbol,
-                "kubetrade.model_version": pipeline.predictor.model_version,
-                "kubetrade.warm": event.prediction is not None,
-            },
-        ):
-            headers = inject_headers(
-                {"Nats-Msg-Id": f"{event.candle.key}:{pipeline.predictor.model_version}"}
-            )
-        signal = SignalMessage.from_event(event, message.published_at, produced)
-        outgoing.append((subjects.signals(event.candle.symbol), encode(signal), headers))
+        attributes = {
+            "kubetrade.bot": bot,
+            "kubetrade.symbol": event.candle.symbol,
+            "kubetrade.model_version": pipeline.predictor.model_version,
+            "kubetrade.warm": event.prediction is not None,
+        }
+        msg_id = f"{event.candle.key}:{pipeline.predictor.model_version}"
+        with hop(
+            tracer, "inference.signal", delivery.msg.headers, attributes, {"Nats-Msg-Id": msg_id}
+        ) as headers:
+            signal = SignalMessage.from_event(event, message.published_at, produced)
+            outgoing.append((subjects.signals(event.candle.symbol), encode(signal), headers))
         predicted += event.prediction is not None
     sent = await publish_started(js, outgoing)
     SIGNALS_PUBLISHED.labels(bot).inc(predicted)

@@ -45,7 +45,7 @@ from kubetrade.settings import SettingsError, WorkerSettings
 from kubetrade.spec import TradingBot
 from kubetrade.store import AsyncStore, Checkpoint, SignalRecord
 from kubetrade.subjects import Subjects
-from kubetrade.telemetry import context_from_headers, inject_headers
+from kubetrade.telemetry import hop
 from kubetrade.trading import ControlCommand, EngineOutput, EventError, TradingEngine
 from kubetrade.workers import runtime
 
@@ -65,12 +65,12 @@ class Pending:
     equity: list[EquityPoint] = field(default_factory=list)
     outgoing: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
 
-    def add(self, out: EngineOutput, subjects: Subjects) -> None:
-        """Collect an engine output and the order/fill messages to publish after commit."""
+    def add(self, out: EngineOutput, subjects: Subjects, headers: dict[str, str]) -> None:
+        """Collect an engine output and the order/fill messages (carrying the trace context
+        in ``headers``) to publish after commit."""
         self.orders.extend(out.orders)
         self.fills.extend(out.fills)
         self.equity.extend(out.equity)
-        headers = inject_headers()
         for order in out.orders:
             data = encode(OrderMessage.from_order(order))
             self.outgoing.append(
@@ -147,6 +147,7 @@ class Executor:
             pending.add(
                 self.engine.control(ControlCommand.parse(command.action, command.reason)),
                 self.subjects,
+                {},
             )
         first_seq = self.sequence
         for delivery in batch:
@@ -196,11 +197,10 @@ class Executor:
             self.status.count("dead_letters")
             return
         event = message.to_event()
-        parent = context_from_headers(delivery.msg.headers)
         attributes = {"kubetrade.bot": self.bot.key, "kubetrade.symbol": event.candle.symbol}
         if event.prediction is not None:
             attributes["kubetrade.model_version"] = event.prediction.model_version
-        with tracer.start_as_current_span("executor.decide", context=parent, attributes=attributes):
+        with hop(tracer, "executor.decide", delivery.msg.headers, attributes, {}) as onward:
             try:
                 out = self.engine.on_event(event)
             except EventError as error:
@@ -215,7 +215,7 @@ class Executor:
                 self.status.count("dead_letters")
                 return
             decided = time.time_ns() // 1_000_000
-            pending.add(out, self.subjects)
+            pending.add(out, self.subjects, onward)
         self.processed += 1
         published = message.candle.published_at
         DECISION_SECONDS.labels(self.bot.key).observe(max(decided - published, 0) / 1000.0)

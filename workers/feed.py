@@ -27,7 +27,7 @@ from kubetrade.metrics import CANDLES_PUBLISHED, DB_WRITE_SECONDS
 from kubetrade.settings import WorkerSettings
 from kubetrade.store import AsyncStore
 from kubetrade.subjects import Subjects
-from kubetrade.telemetry import inject_headers
+from kubetrade.telemetry import hop
 from kubetrade.workers import runtime
 from kubetrade.workers.sources import candle_source
 
@@ -213,13 +213,10 @@ async def _publish(
     items = []
     for candle in candles:
         # One trace per candle starts here and continues through inference and the executor.
-        with tracer.start_as_current_span(
-            "feed.candle",
-            attributes={"kubetrade.bot": bot, "kubetrade.symbol": candle.symbol},
-        ):
-            headers = inject_headers({"Nats-Msg-Id": candle.key})
-        message = CandleMessage.from_candle(candle, published_at)
-        items.append((subjects.candles(candle.symbol), encode(message), headers))
+        attributes = {"kubetrade.bot": bot, "kubetrade.symbol": candle.symbol}
+        with hop(tracer, "feed.candle", None, attributes, {"Nats-Msg-Id": candle.key}) as headers:
+            message = CandleMessage.from_candle(candle, published_at)
+            items.append((subjects.candles(candle.symbol), encode(message), headers))
         CANDLES_PUBLISHED.labels(bot, candle.symbol).inc()
     await publish_all(js, items)
 
