@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 # the feed also skips what the stream already holds, so older duplicates cannot happen either.
 DUPLICATE_WINDOW_S = 6 * 3600
 ACK_WAIT_S = 120
-HEADER_MSG_ID = "Nats-Msg-Id"
 
 
 async def connect(url: str, name: str) -> Client:

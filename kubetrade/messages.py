@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from kubetrade.domain import (
     Candle,
     Direction,
-    EquityPoint,
     Fill,
     MarketEvent,
     Order,
@@ -23,8 +22,6 @@ from kubetrade.domain import (
     Prediction,
     Side,
 )
-
-SCHEMA_VERSION = 1
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Price = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -174,16 +171,3 @@ def decode(kind: type[M], data: bytes) -> M:
             for e in error.errors()
         )
         raise MessageError(f"invalid {kind.__name__}: {problems}") from None
-
-
-def equity_payload(point: EquityPoint) -> dict[str, float | int]:
-    """An equity point as a plain dict for status messages."""
-    return {
-        "time": point.time,
-        "equity": point.equity,
-        "cash": point.cash,
-        "realizedPnl": point.realized_pnl,
-        "unrealizedPnl": point.unrealized_pnl,
-        "openPositions": point.open_positions,
-        "drawdownPct": point.drawdown_pct,
-    }
