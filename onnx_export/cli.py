@@ -424,15 +424,7 @@ def train(**options: Any) -> None:
         record = register_checkpoint(fitted.checkpoint, config.name, config.version)
         if options["promote"]:
             promote(record.name, record.version)
-    result = TrainResult(
-        record=record,
-        metrics=fitted.metrics,
-        train_balance=fitted.train_balance,
-        test_balance=fitted.test_balance,
-        parity_max_abs_diff=record.metadata.parity_max_abs_diff,
-        train_seconds=fitted.train_seconds,
-        total_seconds=time.perf_counter() - started,
-    )
+    result = TrainResult.of(fitted, record, started)
     console.print(_summary(result))
 
 

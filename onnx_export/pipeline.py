@@ -140,6 +140,19 @@ class TrainResult:
     train_seconds: float
     total_seconds: float
 
+    @classmethod
+    def of(cls, fitted: FitResult, record: ModelRecord, started: float) -> TrainResult:
+        """The result of a fit registered as ``record``; ``started`` is a perf_counter time."""
+        return cls(
+            record=record,
+            metrics=fitted.metrics,
+            train_balance=fitted.train_balance,
+            test_balance=fitted.test_balance,
+            parity_max_abs_diff=record.metadata.parity_max_abs_diff,
+            train_seconds=fitted.train_seconds,
+            total_seconds=time.perf_counter() - started,
+        )
+
 
 def _ignore(_: str) -> None:
     return None
@@ -243,15 +256,7 @@ def train_and_register(
     fitted = fit_checkpoint(frames, config, progress)
     progress("exporting to ONNX, checking parity, registering")
     record = register_checkpoint(fitted.checkpoint, config.name, config.version)
-    result = TrainResult(
-        record=record,
-        metrics=fitted.metrics,
-        train_balance=fitted.train_balance,
-        test_balance=fitted.test_balance,
-        parity_max_abs_diff=record.metadata.parity_max_abs_diff,
-        train_seconds=fitted.train_seconds,
-        total_seconds=time.perf_counter() - started,
-    )
+    result = TrainResult.of(fitted, record, started)
     log.info(
         "model trained",
         extra={

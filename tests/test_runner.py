@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -20,23 +21,30 @@ from kubetrade.cli import main
 pytestmark = pytest.mark.integration
 
 
+def _manifest(
+    tmp_path: Path, name: str, symbols: list[str], exchange: dict[str, Any], model: str
+) -> Path:
+    """A bot manifest file, as a user would write it."""
+    manifest = tmp_path / "bot.yaml"
+    document = {
+        "apiVersion": "kubetrade.io/v1alpha1",
+        "kind": "TradingBot",
+        "metadata": {"name": name},
+        "spec": {
+            "symbols": symbols,
+            "exchange": exchange,
+            "model": {"name": model},
+            "strategy": {"longAbove": 0.52, "exitBelow": 0.48},
+        },
+    }
+    manifest.write_text(yaml.safe_dump(document))
+    return manifest
+
+
 def test_ctrl_c_stops_every_process_and_still_reports(model: str, tmp_path: Path) -> None:
     """An endless synthetic bot, interrupted: workers and embedded servers stop, report written."""
-    manifest = tmp_path / "bot.yaml"
-    manifest.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kubetrade.io/v1alpha1",
-                "kind": "TradingBot",
-                "metadata": {"name": "endless"},
-                "spec": {
-                    "symbols": ["BTC/USDT"],
-                    "exchange": {"name": "synthetic", "speed": 3600 * 200},
-                    "model": {"name": model},
-                    "strategy": {"longAbove": 0.52, "exitBelow": 0.48},
-                },
-            }
-        )
+    manifest = _manifest(
+        tmp_path, "endless", ["BTC/USDT"], {"name": "synthetic", "speed": 3600 * 200}, model
     )
     report_dir = tmp_path / "report"
     runner = subprocess.Popen(
@@ -73,21 +81,8 @@ def test_backtest_command_writes_the_same_report_files(
     model: str, tmp_path: Path, btc_csv: Path
 ) -> None:
     """``kubetrade backtest`` on real candles: every figure of the run report, and the files."""
-    manifest = tmp_path / "bot.yaml"
-    manifest.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kubetrade.io/v1alpha1",
-                "kind": "TradingBot",
-                "metadata": {"name": "bt"},
-                "spec": {
-                    "symbols": ["BTC/USD"],
-                    "exchange": {"name": "replay", "uri": str(btc_csv)},
-                    "model": {"name": model},
-                    "strategy": {"longAbove": 0.52, "exitBelow": 0.48},
-                },
-            }
-        )
+    manifest = _manifest(
+        tmp_path, "bt", ["BTC/USD"], {"name": "replay", "uri": str(btc_csv)}, model
     )
     result = CliRunner().invoke(
         main, ["backtest", str(manifest), "--report-dir", str(tmp_path / "bt")]
