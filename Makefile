@@ -11,6 +11,9 @@ export BENTOML_DO_NOT_TRACK := true
 export ORT_DISABLE_TELEMETRY := 1
 export BENTOML_HOME ?= $(HOME)/bentoml
 
+# mypy and import-linter read this view of the installed layout (tools/package_view.py).
+VIEW := build/package-view
+
 DEMO_BOT ?= k8s/examples/synthetic-paper.yaml
 DEMO_MODEL ?= kubetrade-baseline
 
@@ -29,7 +32,7 @@ $(STAMP): pyproject.toml
 install-train: $(TRAIN_STAMP)
 
 $(TRAIN_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,train]'
+	$(PY) -m pip install --quiet -e '.[dev,torch]'
 	touch $(TRAIN_STAMP)
 
 ## demo: train the baseline model on synthetic candles, then run a paper bot on embedded NATS and PostgreSQL
@@ -44,10 +47,13 @@ test: lint
 test-fast: install-train
 	$(PY) -m pytest -q -ra -m "not integration and not controlplane"
 
+## lint: ruff, then mypy --strict and the import contract (pyproject.toml) on the installed layout
 lint: install-train
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy
+	$(PY) tools/package_view.py $(VIEW) >/dev/null
+	cd $(VIEW) && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/.mypy_cache
+	cd $(VIEW) && $(CURDIR)/$(VENV)/bin/lint-imports --no-logo --no-cache $(CURDIR)/pyproject.toml
 
 format: install
 	$(VENV)/bin/ruff format .

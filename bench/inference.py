@@ -120,9 +120,9 @@ def micro(trained: Trained, frames: dict[str, Any], seconds: float) -> dict[str,
     """ONNX Runtime and native latency/throughput; pipeline per-candle cost."""
     from kubetrade.features import default_feature_spec
     from kubetrade.market.frame import to_candles
+    from kubetrade.modelstore.predictor import OnnxPredictor
     from kubetrade.onnx_export.dataset import LabelSpec, build_dataset
-    from kubetrade.serving.model import OnnxPredictor
-    from kubetrade.serving.pipeline import SignalPipeline
+    from kubetrade.signals import SignalPipeline
 
     predictor = OnnxPredictor.load(trained.name, "1")
     model = trained.checkpoint.model

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kubetrade.embedded import start_nats  # noqa: E402
-from kubetrade.operator.render import CONFIG_HASH_ANNOTATION  # noqa: E402
+from kubetrade.render import CONFIG_HASH_ANNOTATION  # noqa: E402
 from tests.controlplane import fixtures  # noqa: E402
 
 NAMESPACE = "bench"

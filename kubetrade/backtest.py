@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kubetrade.domain import Candle, EquityPoint, Fill, Order
-from kubetrade.serving.pipeline import Predictor, Rejected, SignalPipeline
+from kubetrade.signals import Predictor, Rejected, SignalPipeline
 from kubetrade.spec import TradingBot
 from kubetrade.trading import TradingEngine
 

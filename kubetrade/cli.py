@@ -121,9 +121,9 @@ def run(
 def backtest(manifest: Path, data_file: Path | None, report_dir: Path) -> None:
     """Backtest a bot in-process with the same features, model, strategy, risk and broker."""
     from kubetrade.backtest import run_backtest
+    from kubetrade.market.sources import load_source_candles
+    from kubetrade.modelstore.predictor import OnnxPredictor
     from kubetrade.report import build_report, write_report
-    from kubetrade.serving.model import OnnxPredictor
-    from kubetrade.workers.sources import load_source_candles
 
     bot = _load(manifest)
     predictor = OnnxPredictor.load(bot.spec.model.name, bot.spec.model.version)

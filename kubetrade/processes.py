@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubetrade.operator.render import COMPONENT_LABEL
+from kubetrade.render import COMPONENT_LABEL
 from kubetrade.settings import ENV_HTTP_PORT
 
 PROBE_FIELDS = {

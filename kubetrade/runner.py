@@ -1,6 +1,6 @@
 """``kubetrade run``: the bot rendered exactly as the operator would, run as local processes.
 
-The runner renders the bot with ``operator/render.py``, turns each Deployment's container into
+The runner renders the bot with ``kubetrade/render.py``, turns each Deployment's container into
 a local process (same command, same environment after resolving ConfigMap and Secret refs),
 starts embedded NATS and PostgreSQL unless URLs are given, shows progress from the workers'
 status messages, stops everything it started (also on Ctrl-C), and reports from the database.
@@ -30,8 +30,8 @@ from rich.table import Table
 from kubetrade.bus import connect
 from kubetrade.embedded import embedded_servers, free_port
 from kubetrade.messages import MessageError, StatusMessage, decode
-from kubetrade.operator.render import Platform, render
 from kubetrade.processes import LocalProcess, local_processes
+from kubetrade.render import Platform, render
 from kubetrade.settings import (
     ENV_DATA_FILE,
     ENV_HTTP_HOST,

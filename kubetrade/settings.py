@@ -1,6 +1,6 @@
 """Worker configuration, read from the environment of the rendered pod.
 
-``operator/render.py`` writes these variables into every container; ``kubetrade run`` passes the
+``kubetrade/render.py`` writes these variables into every container; ``kubetrade run`` passes the
 same variables to local processes. Keeping the names here, in one place, is what stops the two
 paths from drifting apart.
 """

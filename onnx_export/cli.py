@@ -31,10 +31,10 @@ from kubetrade.onnx_export.sources import database_frames, file_frames, syntheti
 from kubetrade.settings import quiet_environment
 
 if TYPE_CHECKING:
+    from kubetrade.modelstore.registry import ModelRecord
     from kubetrade.onnx_export.dataset import LabelSpec
     from kubetrade.onnx_export.models.base import ModelConfig
     from kubetrade.onnx_export.pipeline import TrainResult
-    from kubetrade.onnx_export.registry import ModelRecord
 
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -291,9 +291,9 @@ def model_config(options: dict[str, Any], kind: str | None = None) -> ModelConfi
 @contextmanager
 def _failures(what: str) -> Iterator[None]:
     """Known failures as one red line and exit code 1, instead of a traceback."""
+    from kubetrade.modelstore.registry import ModelNotFoundError, RegistryError
     from kubetrade.onnx_export.export import ParityError
     from kubetrade.onnx_export.models.factory import TorchMissingError
-    from kubetrade.onnx_export.registry import ModelNotFoundError, RegistryError
 
     try:
         yield
@@ -385,13 +385,13 @@ def train(**options: Any) -> None:
     """Train a model (XGBoost, LSTM, Transformer or ensemble), export it to ONNX with a parity
     check and register it."""
     quiet_environment()
+    from kubetrade.modelstore.registry import promote
     from kubetrade.onnx_export.pipeline import (
         TrainConfig,
         TrainResult,
         fit_checkpoint,
         register_checkpoint,
     )
-    from kubetrade.onnx_export.registry import promote
 
     name: str | None = options["name"]
     checkpoint_dir: Path | None = options["checkpoint"]
@@ -437,7 +437,7 @@ def export(checkpoint: Path, name: str, version: str | None, promote: bool) -> N
     """Export a checkpoint saved by `kubetrade train --checkpoint` to ONNX (parity checked on
     its held-out rows) and register it."""
     quiet_environment()
-    from kubetrade.onnx_export import registry
+    from kubetrade.modelstore import registry
     from kubetrade.onnx_export.pipeline import Checkpoint, register_checkpoint
 
     with _failures("export"), _spinner() as progress:
@@ -586,7 +586,7 @@ def _split_tag(tag: str, version: str | None) -> tuple[str, str]:
 @click.argument("name", required=False)
 def list_command(name: str | None) -> None:
     """Every registered version (of NAME), oldest first; * marks the promoted one."""
-    from kubetrade.onnx_export.registry import list_models, promoted_version
+    from kubetrade.modelstore.registry import list_models, promoted_version
 
     with _failures("model list"):
         records = list_models(name)
@@ -611,7 +611,7 @@ def list_command(name: str | None) -> None:
 
 
 def _record(tag: str, version: str | None) -> ModelRecord:
-    from kubetrade.onnx_export.registry import resolve
+    from kubetrade.modelstore.registry import resolve
 
     name, chosen = _split_tag(tag, version)
     return resolve(name, chosen)
@@ -638,7 +638,7 @@ def show_command(tag: str, version: str | None) -> None:
 @click.option("--version", help="Version to promote (or NAME:VERSION).")
 def promote_command(tag: str, version: str | None) -> None:
     """Make NAME:VERSION the version bots asking for `latest` get."""
-    from kubetrade.onnx_export.registry import promote
+    from kubetrade.modelstore.registry import promote
 
     name, chosen = _split_tag(tag, version)
     if chosen == "latest":
@@ -659,7 +659,7 @@ def promote_command(tag: str, version: str | None) -> None:
 )
 def export_command(tag: str, version: str | None, out: Path) -> None:
     """Copy the ONNX file and metadata of NAME[:VERSION] out of the store."""
-    from kubetrade.onnx_export.registry import export_files
+    from kubetrade.modelstore.registry import export_files
 
     name, chosen = _split_tag(tag, version)
     with _failures("model export"):

@@ -9,7 +9,7 @@ import logging
 import numpy as np
 import onnx
 
-from kubetrade.onnx_export.metadata import MetadataError, ModelMetadata
+from kubetrade.modelstore.metadata import MetadataError, ModelMetadata
 from kubetrade.onnx_export.models.base import INPUT_NAME, PROBABILITIES_OUTPUT, Model
 from kubetrade.settings import quiet_environment
 

@@ -21,6 +21,14 @@ import onnx
 import pandas as pd
 
 from kubetrade.features import FeatureSpec, default_feature_spec
+from kubetrade.modelstore.metadata import (
+    LabelInfo,
+    ModelMetadata,
+    TrainingWindow,
+    model_type,
+    package_versions,
+)
+from kubetrade.modelstore.registry import ModelRecord, register
 from kubetrade.onnx_export.dataset import (
     ClassBalance,
     Dataset,
@@ -29,13 +37,6 @@ from kubetrade.onnx_export.dataset import (
     chronological_split,
 )
 from kubetrade.onnx_export.export import check_parity, write_onnx_metadata
-from kubetrade.onnx_export.metadata import (
-    LabelInfo,
-    ModelMetadata,
-    TrainingWindow,
-    model_type,
-    package_versions,
-)
 from kubetrade.onnx_export.metrics import Metrics, score
 from kubetrade.onnx_export.models.base import (
     INPUT_NAME,
@@ -45,7 +46,6 @@ from kubetrade.onnx_export.models.base import (
 )
 from kubetrade.onnx_export.models.boosted import XGBoostParams
 from kubetrade.onnx_export.models.factory import build_model, load_model
-from kubetrade.onnx_export.registry import ModelRecord, register
 
 log = logging.getLogger(__name__)
 

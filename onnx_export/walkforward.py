@@ -29,7 +29,7 @@ from kubetrade.onnx_export.dataset import Dataset, LabelSpec, build_dataset
 from kubetrade.onnx_export.metrics import Metrics, mean_metrics, score
 from kubetrade.onnx_export.models.base import Model, ModelConfig
 from kubetrade.onnx_export.models.factory import build_model
-from kubetrade.serving.pipeline import Rejected, SignalPipeline
+from kubetrade.signals import Rejected, SignalPipeline
 from kubetrade.spec import TradingBot, parse_duration
 from kubetrade.trading import TradingEngine
 from kubetrade.trading.performance import PerformanceReport, performance_report

@@ -6,8 +6,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetrade.operator.render import CONFIG_HASH_ANNOTATION, Object
 from kubetrade.operator.status import KILL_SWITCH_ANNOTATION, BotState
+from kubetrade.render import CONFIG_HASH_ANNOTATION, Object
 from kubetrade.spec import API_GROUP, API_VERSION, KIND, TradingBot, TradingBotStatus
 
 

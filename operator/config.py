@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kubetrade.operator.render import Platform
+from kubetrade.render import Platform
 
 FIELD_MANAGER = "kubetrade-operator"
 FINALIZER = "kubetrade.io/finalizer"

@@ -13,7 +13,7 @@ import kopf
 
 from kubetrade.operator.config import FINALIZER
 from kubetrade.operator.reconciler import InvalidBotError, RetryableError
-from kubetrade.operator.render import INSTANCE_LABEL
+from kubetrade.render import INSTANCE_LABEL
 from kubetrade.spec import API_GROUP, API_VERSION, PLURAL
 
 if TYPE_CHECKING:

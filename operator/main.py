@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from kubetrade.operator.app import serve
 from kubetrade.operator.config import OperatorConfig
-from kubetrade.operator.render import Platform
+from kubetrade.render import Platform
 from kubetrade.telemetry import setup_logging, setup_tracing
 
 

@@ -27,13 +27,13 @@ from kubetrade.operator.heartbeats import Heartbeats
 from kubetrade.operator.kubeapi import KINDS, ApiError, KubeApi
 from kubetrade.operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, RESTORED
 from kubetrade.operator.observations import Observations
-from kubetrade.operator.render import BOT_LABEL, RenderError, render
 from kubetrade.operator.status import (
     KILL_REASON,
     KILL_SWITCH_ANNOTATION,
     KILL_SWITCH_FLATTEN,
     EventSpec,
 )
+from kubetrade.render import BOT_LABEL, RenderError, render
 from kubetrade.spec import ManifestError, Phase, TradingBot, TradingBotStatus, parse_bot
 
 log = logging.getLogger(__name__)

@@ -33,11 +33,11 @@ from kubetrade.domain import Candle
 from kubetrade.features import FeatureMismatchError
 from kubetrade.messages import CandleMessage, MessageError, SignalMessage, decode, encode
 from kubetrade.metrics import CANDLES_RECEIVED, PREDICT_SECONDS, SIGNALS_PUBLISHED
-from kubetrade.serving.pipeline import Predictor, Rejected, SignalPipeline
+from kubetrade.runtime import WorkerStatus, now_ms, publish_status_forever
 from kubetrade.settings import WorkerSettings
+from kubetrade.signals import Predictor, Rejected, SignalPipeline
 from kubetrade.subjects import Subjects
 from kubetrade.telemetry import hop, setup_tracing
-from kubetrade.workers.runtime import WorkerStatus, now_ms, publish_status_forever
 
 log = logging.getLogger(__name__)
 

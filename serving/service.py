@@ -59,8 +59,8 @@ from starlette.routing import Route  # noqa: E402
 if TYPE_CHECKING:
     import numpy as np
 
+    from kubetrade.modelstore.predictor import OnnxPredictor
     from kubetrade.serving.bridge import BridgeHandle
-    from kubetrade.serving.model import OnnxPredictor
 
 log = logging.getLogger(__name__)
 
@@ -323,8 +323,8 @@ class InferenceService:
 
     def _load(self, env: Mapping[str, str]) -> None:
         from kubetrade.features import FeatureMismatchError, default_feature_spec
-        from kubetrade.onnx_export.registry import ModelNotFoundError, RegistryError
-        from kubetrade.serving.model import OnnxPredictor
+        from kubetrade.modelstore.predictor import OnnxPredictor
+        from kubetrade.modelstore.registry import ModelNotFoundError, RegistryError
 
         started = time.perf_counter()
         try:
@@ -428,7 +428,7 @@ class InferenceService:
         predictor, batcher = serving
         from kubetrade.domain import TIMEFRAME_MS
         from kubetrade.features import compute_features
-        from kubetrade.serving.pipeline import to_prediction
+        from kubetrade.signals import to_prediction
 
         chosen = timeframe or predictor.metadata.training.timeframe
         if chosen not in TIMEFRAME_MS:

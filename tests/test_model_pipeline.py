@@ -12,6 +12,14 @@ import pytest
 from kubetrade.features import compute_features, default_feature_spec
 from kubetrade.market.loaders import load_candles
 from kubetrade.market.synthetic import generate
+from kubetrade.modelstore.metadata import MetadataError
+from kubetrade.modelstore.registry import (
+    ModelNotFoundError,
+    RegistryError,
+    list_models,
+    register,
+    resolve,
+)
 from kubetrade.onnx_export.dataset import (
     LabelSpec,
     build_dataset,
@@ -22,17 +30,9 @@ from kubetrade.onnx_export.dataset import (
     triple_barrier_labels,
 )
 from kubetrade.onnx_export.export import ParityError, check_parity, read_onnx_metadata
-from kubetrade.onnx_export.metadata import MetadataError
 from kubetrade.onnx_export.metrics import score
 from kubetrade.onnx_export.models.boosted import XGBoostModel, XGBoostParams
 from kubetrade.onnx_export.pipeline import TrainConfig, TrainResult, train_and_register
-from kubetrade.onnx_export.registry import (
-    ModelNotFoundError,
-    RegistryError,
-    list_models,
-    register,
-    resolve,
-)
 from kubetrade.onnx_export.sources import frames_by_symbol
 
 SMALL = XGBoostParams(n_estimators=60, max_depth=3)

@@ -30,6 +30,7 @@ from kubetrade.domain import MarketEvent
 from kubetrade.features import compute_features, default_feature_spec
 from kubetrade.market.frame import to_candles
 from kubetrade.market.synthetic import generate
+from kubetrade.modelstore.predictor import OnnxPredictor
 from kubetrade.onnx_export.dataset import (
     Dataset,
     LabelSpec,
@@ -48,8 +49,7 @@ from kubetrade.onnx_export.pipeline import (
 )
 from kubetrade.onnx_export.preprocess import Standardizer
 from kubetrade.onnx_export.sources import frames_by_symbol
-from kubetrade.serving.model import OnnxPredictor
-from kubetrade.serving.pipeline import SignalPipeline
+from kubetrade.signals import SignalPipeline
 from tests.integration_support import make_bot
 from tests.test_serving import Server, Store, _candles_in, _kill_tree, _start
 

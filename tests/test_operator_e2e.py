@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from kubetrade.messages import ControlMessage, StatusMessage, decode, encode
-from kubetrade.operator.render import CONFIG_HASH_ANNOTATION
+from kubetrade.render import CONFIG_HASH_ANNOTATION
 from kubetrade.subjects import Subjects
 from tests.controlplane.fixtures import ControlPlane
 

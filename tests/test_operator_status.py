@@ -11,7 +11,6 @@ from kubetrade.messages import StatusMessage
 from kubetrade.operator.conditions import merge, timestamp
 from kubetrade.operator.drift import differences
 from kubetrade.operator.observations import BotObservations
-from kubetrade.operator.render import CONFIG_HASH_ANNOTATION, Platform, render
 from kubetrade.operator.status import (
     KILL_REASON,
     BotState,
@@ -19,6 +18,7 @@ from kubetrade.operator.status import (
     control_commands,
     status_events,
 )
+from kubetrade.render import CONFIG_HASH_ANNOTATION, Platform, render
 from kubetrade.spec import Condition, Phase, TradingBotStatus, parse_bot
 
 TIMEOUT = 10.0

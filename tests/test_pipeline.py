@@ -20,13 +20,13 @@ from kubetrade.backtest import run_backtest
 from kubetrade.bus import connect, ensure_stream
 from kubetrade.domain import Fill, OrderReason
 from kubetrade.features import default_feature_spec
+from kubetrade.market.sources import load_source_candles
 from kubetrade.messages import ControlMessage, encode
+from kubetrade.modelstore.predictor import OnnxPredictor
 from kubetrade.runner import Progress, RunOptions, run_bot
-from kubetrade.serving.model import OnnxPredictor
 from kubetrade.spec import TradingBot
 from kubetrade.store import Store
 from kubetrade.subjects import Subjects
-from kubetrade.workers.sources import load_source_candles
 from tests.integration_support import make_bot, read_spans, start_workers, wait_for
 
 pytestmark = pytest.mark.integration

@@ -16,10 +16,7 @@ from click.testing import CliRunner
 from kubetrade.cli import main
 from kubetrade.features import default_feature_spec
 from kubetrade.market.synthetic import generate
-from kubetrade.onnx_export.export import read_onnx_metadata
-from kubetrade.onnx_export.models.boosted import XGBoostParams
-from kubetrade.onnx_export.pipeline import TrainConfig, train_and_register
-from kubetrade.onnx_export.registry import (
+from kubetrade.modelstore.registry import (
     ModelNotFoundError,
     ModelRecord,
     export_files,
@@ -28,6 +25,9 @@ from kubetrade.onnx_export.registry import (
     register,
     resolve,
 )
+from kubetrade.onnx_export.export import read_onnx_metadata
+from kubetrade.onnx_export.models.boosted import XGBoostParams
+from kubetrade.onnx_export.pipeline import TrainConfig, train_and_register
 from kubetrade.onnx_export.sources import frames_by_symbol
 from tests.test_serving import Store, _kill_tree, _start
 

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from kubetrade.operator.render import (
+from kubetrade.processes import EnvResolutionError, LocalProcess, local_processes
+from kubetrade.render import (
     CONFIG_HASH_ANNOTATION,
     DEFAULT_RESOURCES,
     Platform,
     RenderError,
     render,
 )
-from kubetrade.processes import EnvResolutionError, LocalProcess, local_processes
 from kubetrade.settings import COMPONENTS, QUIET_ENV, WorkerSettings
 from kubetrade.spec import TradingBot, parse_bot
 

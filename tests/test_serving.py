@@ -32,12 +32,12 @@ from kubetrade.features import (
 from kubetrade.market.frame import to_candles
 from kubetrade.market.synthetic import generate
 from kubetrade.messages import CandleMessage, SignalMessage, decode, encode
+from kubetrade.modelstore.predictor import OnnxPredictor
+from kubetrade.modelstore.registry import register
 from kubetrade.onnx_export.dataset import LabelSpec, build_dataset, chronological_split
 from kubetrade.onnx_export.models.boosted import XGBoostModel, XGBoostParams
 from kubetrade.onnx_export.pipeline import TrainConfig, train_and_register
-from kubetrade.onnx_export.registry import register
 from kubetrade.onnx_export.sources import frames_by_symbol
-from kubetrade.serving.model import OnnxPredictor
 from kubetrade.serving.service import (
     BatchError,
     CandleIn,

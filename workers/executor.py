@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from opentelemetry import trace
 
+from kubetrade import runtime
 from kubetrade.bus import BatchConsumer, Delivery, connect, dead_letter, ensure_stream, publish_all
 from kubetrade.domain import EquityPoint, Fill, Order
 from kubetrade.health import HealthServer
@@ -47,7 +48,6 @@ from kubetrade.store import AsyncStore, Checkpoint, SignalRecord
 from kubetrade.subjects import Subjects
 from kubetrade.telemetry import hop
 from kubetrade.trading import ControlCommand, EngineOutput, EventError, TradingEngine
-from kubetrade.workers import runtime
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("kubetrade.executor")

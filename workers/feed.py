@@ -19,17 +19,17 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 
+from kubetrade import runtime
 from kubetrade.bus import connect, ensure_stream, publish_all
 from kubetrade.domain import Candle, timeframe_ms
 from kubetrade.health import HealthServer
+from kubetrade.market.sources import candle_source
 from kubetrade.messages import CandleMessage, MessageError, decode, encode
 from kubetrade.metrics import CANDLES_PUBLISHED, DB_WRITE_SECONDS
 from kubetrade.settings import WorkerSettings
 from kubetrade.store import AsyncStore
 from kubetrade.subjects import Subjects
 from kubetrade.telemetry import hop
-from kubetrade.workers import runtime
-from kubetrade.workers.sources import candle_source
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("kubetrade.feed")

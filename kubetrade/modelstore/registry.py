@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kubetrade.onnx_export.metadata import ModelMetadata
+from kubetrade.modelstore.metadata import ModelMetadata
 from kubetrade.settings import quiet_environment
 
 log = logging.getLogger(__name__)

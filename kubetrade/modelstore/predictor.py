@@ -9,8 +9,8 @@ import numpy as np
 import numpy.typing as npt
 
 from kubetrade.features import FeatureSpec, check_feature_spec
-from kubetrade.onnx_export.metadata import ModelMetadata
-from kubetrade.onnx_export.registry import LATEST, resolve
+from kubetrade.modelstore.metadata import ModelMetadata
+from kubetrade.modelstore.registry import LATEST, resolve
 from kubetrade.settings import quiet_environment
 
 log = logging.getLogger(__name__)
