@@ -22,6 +22,10 @@ ENV_COMPONENT = "KUBETRADE_COMPONENT"
 ENV_DATA_FILE = "KUBETRADE_DATA_FILE"
 ENV_LOG_LEVEL = "KUBETRADE_LOG_LEVEL"
 ENV_TRACE_FILE = "KUBETRADE_TRACE_FILE"
+# How long a worker rides out a NATS or PostgreSQL outage (reconnecting with backoff) before it
+# exits non-zero with the reason, so Kubernetes restarts it and the pod shows why.
+ENV_OUTAGE_LIMIT_S = "KUBETRADE_OUTAGE_LIMIT_S"
+DEFAULT_OUTAGE_LIMIT_S = 300.0
 
 # Every process the product starts sets these: BentoML otherwise looks up its usage-tracking
 # host at start-up and onnxruntime tries to send telemetry; this network is closed.
@@ -57,6 +61,7 @@ class WorkerSettings:
     data_file: str | None
     log_level: str
     trace_file: str | None
+    outage_limit_s: float = DEFAULT_OUTAGE_LIMIT_S
 
     @classmethod
     def from_env(cls, component: str, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -77,6 +82,15 @@ class WorkerSettings:
         port = env.get(ENV_HTTP_PORT, str(DEFAULT_HTTP_PORTS[component]))
         if not port.isdigit():
             raise SettingsError(f"{ENV_HTTP_PORT}={port!r} is not a port number")
+        outage = env.get(ENV_OUTAGE_LIMIT_S, str(DEFAULT_OUTAGE_LIMIT_S))
+        try:
+            outage_limit_s = float(outage)
+        except ValueError:
+            outage_limit_s = -1.0
+        if not 0 < outage_limit_s < float("inf"):
+            raise SettingsError(
+                f"{ENV_OUTAGE_LIMIT_S}={outage!r} is not a positive number of seconds"
+            )
         return cls(
             component=component,
             bot=bot,
@@ -87,4 +101,5 @@ class WorkerSettings:
             data_file=env.get(ENV_DATA_FILE) or None,
             log_level=env.get(ENV_LOG_LEVEL, "INFO"),
             trace_file=env.get(ENV_TRACE_FILE) or None,
+            outage_limit_s=outage_limit_s,
         )
