@@ -1,0 +1,103 @@
+"""Per-candle groups: the candle's shape and its place in the day and the week."""
+
+from __future__ import annotations
+
+import math
+from types import MappingProxyType
+
+import numpy as np
+
+from kubetrade.features.indicator import GroupParams, Indicator, ParamValue, check_keys
+from kubetrade.features.inputs import NAN, Array, Bars, Tick
+from kubetrade.features.series import safe_ratio
+
+_TAU = 2.0 * math.pi
+
+
+class CandleShape(Indicator):
+    """Range, close position in range, gap from the previous close, body and wicks."""
+
+    key = "candle"
+    defaults = MappingProxyType({})
+
+    def __init__(self) -> None:
+        super().__init__(
+            [
+                "range_pct",
+                "close_position",
+                "gap_open",
+                "body_pct",
+                "upper_wick_pct",
+                "lower_wick_pct",
+            ],
+            2,
+        )
+
+    @classmethod
+    def from_params(cls, params: GroupParams) -> CandleShape:
+        check_keys(params, [], cls.key)
+        return cls()
+
+    def params(self) -> dict[str, ParamValue]:
+        return {}
+
+    def batch(self, bars: Bars) -> list[Array]:
+        o, h, lo, c = bars.open, bars.high, bars.low, bars.close
+        gap = o / bars.prev_close - 1.0
+        gap[0] = NAN  # the first candle has no previous close of its own
+        return [
+            (h - lo) / c,
+            safe_ratio(c - lo, h - lo, 0.5),
+            gap,
+            c / o - 1.0,
+            (h - np.maximum(o, c)) / c,
+            (np.minimum(o, c) - lo) / c,
+        ]
+
+    def start(self, tick: Tick) -> None:
+        """Stateless: everything comes from the tick."""
+
+    def step(self, tick: Tick, out: list[float]) -> None:
+        o, h, lo, c = tick.o, tick.h, tick.l, tick.c
+        span = h - lo
+        out[self.offset : self.offset + 6] = [
+            span / c,
+            (c - lo) / span if span > 0 else 0.5,
+            o / tick.pc - 1.0,
+            c / o - 1.0,
+            (h - max(o, c)) / c,
+            (min(o, c) - lo) / c,
+        ]
+
+
+class Calendar(Indicator):
+    """UTC hour of day and day of week of the candle's open, as points on the unit circle."""
+
+    key = "calendar"
+    defaults = MappingProxyType({})
+
+    def __init__(self) -> None:
+        super().__init__(["hour_sin", "hour_cos", "weekday_sin", "weekday_cos"], 1)
+
+    @classmethod
+    def from_params(cls, params: GroupParams) -> Calendar:
+        check_keys(params, [], cls.key)
+        return cls()
+
+    def params(self) -> dict[str, ParamValue]:
+        return {}
+
+    def batch(self, bars: Bars) -> list[Array]:
+        hour = ((bars.open_time // 3_600_000) % 24).astype(np.float64) * (_TAU / 24.0)
+        # The epoch was a Thursday: +3 makes Monday 0.
+        weekday = ((bars.open_time // 86_400_000 + 3) % 7).astype(np.float64) * (_TAU / 7.0)
+        return [np.sin(hour), np.cos(hour), np.sin(weekday), np.cos(weekday)]
+
+    def start(self, tick: Tick) -> None:
+        """Stateless: everything comes from the open time."""
+
+    def step(self, tick: Tick, out: list[float]) -> None:
+        hour = float((tick.t // 3_600_000) % 24) * (_TAU / 24.0)
+        weekday = float((tick.t // 86_400_000 + 3) % 7) * (_TAU / 7.0)
+        o = self.offset
+        out[o : o + 4] = [math.sin(hour), math.cos(hour), math.sin(weekday), math.cos(weekday)]
