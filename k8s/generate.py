@@ -59,8 +59,14 @@ def _unhelmed(obj: dict[str, Any]) -> dict[str, Any]:
 
 def generated_files() -> dict[str, str]:
     """Path under k8s/ -> content of every generated file."""
-    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
     objects = [_unhelmed(o) for o in chart_objects()]
+    # The operator's own namespace and those its Roles live in (the bots' namespaces) must
+    # exist before anything is applied into them.
+    watched = [o["metadata"]["namespace"] for o in objects if o["kind"] == "Role"]
+    namespaces = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        for name in [NAMESPACE, *watched]
+    ]
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
@@ -78,7 +84,7 @@ def generated_files() -> dict[str, str]:
     crd = CRD.read_text().split("\n", 2)[2]  # the CRD without its own generated-by header
     return {
         "base/kustomization.yaml": dump([kustomization]),
-        "base/namespace.yaml": dump([namespace]),
+        "base/namespace.yaml": dump(namespaces),
         "base/tradingbot-crd.yaml": HEADER + crd,
         "base/operator.yaml": dump(objects),
         "dashboards/kustomization.yaml": dump(

@@ -45,6 +45,11 @@ NON_DEFAULT: dict[str, Any] = {
     "serviceAccount": {"create": False, "name": "existing-operator"},
 }
 
+CLUSTER_WIDE: dict[str, Any] = {"operator": {"clusterWide": True}}
+VALUE_SETS = pytest.mark.parametrize(
+    "values", [None, NON_DEFAULT, CLUSTER_WIDE], ids=["default", "non-default", "cluster-wide"]
+)
+
 # Every (apiGroup, resource, verb) the operator uses (see operator/handlers.py and kubeapi.py):
 # kopf lists, watches and patches TradingBots; the status loop applies their status; the
 # reconciler server-side applies (create + patch), watches and deletes the owned kinds; events
@@ -94,29 +99,29 @@ def container_env(objects: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def rights(objects: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
-    [role] = by_kind(objects)["ClusterRole"]
-    return {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
+    """The (apiGroup, resource, verb) the chart's Roles or ClusterRole grant; all the same."""
+    kinds = by_kind(objects)
+    granted = [
+        {
+            (group, resource, verb)
+            for rule in role["rules"]
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+        }
+        for role in [*kinds.get("Role", []), *kinds.get("ClusterRole", [])]
+    ]
+    assert granted and all(g == granted[0] for g in granted), granted
+    return granted[0]
 
 
 # --- render -----------------------------------------------------------------------------
 
 
-def test_default_values_install_one_operator_cluster_wide() -> None:
+def test_default_values_install_one_operator_for_the_bots_namespace_only() -> None:
     objects = by_kind(render())
 
-    assert sorted(objects) == [
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "Deployment",
-        "Service",
-        "ServiceAccount",
-    ]
+    assert sorted(objects) == ["Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"]
     [deployment] = objects["Deployment"]
     spec = deployment["spec"]
     assert spec["replicas"] == 1
@@ -136,12 +141,42 @@ def test_default_values_install_one_operator_cluster_wide() -> None:
     env = container_env(render())
     assert env["KUBETRADE_NATS_URL"] == "nats://nats.kubetrade-system.svc:4222"
     assert env["KUBETRADE_DATABASE_SECRET"] == "kubetrade-database"
-    assert "KUBETRADE_WATCH_NAMESPACES" not in env
+    # The operator watches exactly the namespaces where it holds rights.
+    assert env["KUBETRADE_WATCH_NAMESPACES"] == "bots"
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env
-    [binding] = objects["ClusterRoleBinding"]
+    [role] = objects["Role"]
+    assert role["metadata"]["namespace"] == "bots"
+    [binding] = objects["RoleBinding"]
+    assert binding["metadata"]["namespace"] == "bots"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "kubetrade",
+    }
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "kubetrade", "namespace": SYSTEM}
     ]
+
+
+def test_cluster_wide_is_an_explicit_opt_in() -> None:
+    objects = render(CLUSTER_WIDE)
+    kinds = by_kind(objects)
+
+    assert "Role" not in kinds and "RoleBinding" not in kinds
+    [binding] = kinds["ClusterRoleBinding"]
+    assert binding["roleRef"]["kind"] == "ClusterRole"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "kubetrade", "namespace": SYSTEM}
+    ]
+    # No namespace list: the operator watches every namespace, as its rights allow.
+    assert "KUBETRADE_WATCH_NAMESPACES" not in container_env(objects)
+
+
+def test_a_namespaced_install_without_namespaces_is_refused() -> None:
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmError) as refused:
+        chart.render({"operator": {"watchNamespaces": []}}, name="kubetrade", namespace=SYSTEM)
+    assert "operator.watchNamespaces is empty" in str(refused.value)
+    assert "operator.clusterWide=true" in str(refused.value)
 
 
 def test_non_default_values_reach_the_objects() -> None:
@@ -151,11 +186,13 @@ def test_non_default_values_reach_the_objects() -> None:
     assert "ServiceAccount" not in kinds and "Service" not in kinds
     assert "ClusterRoleBinding" not in kinds
     assert sorted(
-        (b["metadata"]["namespace"], b["roleRef"]["name"]) for b in kinds["RoleBinding"]
+        (b["metadata"]["namespace"], b["roleRef"]["kind"], b["roleRef"]["name"])
+        for b in kinds["RoleBinding"]
     ) == [
-        ("bots-a", "kubetrade"),
-        ("bots-b", "kubetrade"),
+        ("bots-a", "Role", "kubetrade"),
+        ("bots-b", "Role", "kubetrade"),
     ]
+    assert sorted(r["metadata"]["namespace"] for r in kinds["Role"]) == ["bots-a", "bots-b"]
     assert all(b["subjects"][0]["name"] == "existing-operator" for b in kinds["RoleBinding"])
     [deployment] = kinds["Deployment"]
     pod = deployment["spec"]["template"]["spec"]
@@ -207,12 +244,13 @@ def test_the_chart_ships_the_generated_crd() -> None:
 def test_rbac_grants_exactly_what_the_operator_uses() -> None:
     assert rights(render()) == EXPECTED_RIGHTS
     assert rights(render(NON_DEFAULT)) == EXPECTED_RIGHTS
+    assert rights(render(CLUSTER_WIDE)) == EXPECTED_RIGHTS
 
 
 # --- lint, schema, Kubernetes validation ------------------------------------------------
 
 
-@pytest.mark.parametrize("values", [None, NON_DEFAULT], ids=["default", "non-default"])
+@VALUE_SETS
 def test_the_chart_lints_clean(values: dict[str, Any] | None) -> None:
     report = helm.lint(CHART, values, strict=True, kube_version=f"v{KUBE_VERSION}")
 
@@ -227,6 +265,7 @@ def test_the_chart_lints_clean(values: dict[str, Any] | None) -> None:
         ({"operator": {"logLevel": "LOUD"}}, "logLevel"),
         ({"nats": {"url": "http://nats:4222"}}, "url"),
         ({"operator": {"watchNamespaces": ["Bad_Name"]}}, "watchNamespaces"),
+        ({"operator": {"clusterWide": "yes"}}, "clusterWide"),
         ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
         ({"replicas": 2}, "replicas"),
     ],
@@ -241,7 +280,7 @@ def test_the_values_schema_refuses_bad_values_naming_them(
     assert named in str(refused.value)
 
 
-@pytest.mark.parametrize("values", [None, NON_DEFAULT], ids=["default", "non-default"])
+@VALUE_SETS
 def test_every_object_is_valid_kubernetes(values: dict[str, Any] | None) -> None:
     with helm.Chart.load(CHART) as chart:
         crds = [yaml.safe_load(c["data"]) for c in chart.crds]
@@ -280,8 +319,9 @@ def test_kubectl_kustomize_builds_the_base(controlplane: ControlPlane) -> None:
     built = controlplane.kubectl("kustomize", str(REPO / "k8s")).stdout
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(built) if d)
 
+    # Namespaces: the operator's and each watched one (its Roles live there).
     assert kinds == sorted(
-        ["Namespace", "CustomResourceDefinition", *(o["kind"] for o in render())]
+        ["Namespace", "Namespace", "CustomResourceDefinition", *(o["kind"] for o in render())]
     )
 
 
@@ -293,7 +333,8 @@ def test_the_chart_applies_and_its_service_account_has_only_its_rights(
         crds = [c["data"] for c in chart.crds]
     for crd in crds:
         controlplane.kubectl("apply", "--server-side", "-f", "-", input=crd)
-    controlplane.kubectl("create", "namespace", SYSTEM, check=False)
+    for namespace in (SYSTEM, "bots", "unlisted"):
+        controlplane.kubectl("create", "namespace", namespace, check=False)
     objects = render()
     applied = controlplane.kubectl(
         "apply",
@@ -311,11 +352,11 @@ def test_the_chart_applies_and_its_service_account_has_only_its_rights(
     )
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
 
-    def can(verb: str, resource: str, subresource: str = "") -> bool:
+    def can(verb: str, resource: str, subresource: str = "", namespace: str = "bots") -> bool:
         extra = [f"--subresource={subresource}"] if subresource else []
+        where = ["--all-namespaces"] if namespace == "*" else ["-n", namespace]
         result = controlplane.kubectl(
-            "auth", "can-i", verb, resource, *extra, f"--as={OPERATOR_SA}", "-n", "default",
-            check=False,
+            "auth", "can-i", verb, resource, *extra, f"--as={OPERATOR_SA}", *where, check=False,
         )  # fmt: skip
         return result.stdout.strip() == "yes"
 
@@ -323,6 +364,12 @@ def test_the_chart_applies_and_its_service_account_has_only_its_rights(
         plural, _, subresource = resource.partition("/")
         qualified = f"{plural}.{group}" if group else plural
         assert can(verb, qualified, subresource), f"the operator cannot {verb} {resource}"
+        # The default install holds no right outside the namespaces it lists, its own and
+        # kube-system included, and none cluster-wide.
+        for elsewhere in ("kube-system", "default", SYSTEM, "unlisted", "*"):
+            assert not can(verb, qualified, subresource, elsewhere), (
+                f"the default install can {verb} {resource} in {elsewhere}"
+            )
     for verb, resource in [
         ("get", "secrets"),
         ("list", "secrets"),

@@ -340,9 +340,10 @@ def install_crd_and_rbac(cp: ControlPlane) -> None:
     cp.kubectl("apply", "--server-side", "-f", str(CRD))
     cp.kubectl("wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s")
     cp.kubectl("create", "namespace", SYSTEM_NAMESPACE, check=False)
+    # Cluster-wide (the chart's opt-in): each test runs its bots in a namespace of its own.
     rbac = [
         o
-        for o in chart_objects()
+        for o in chart_objects({"operator": {"clusterWide": True}})
         if o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
     ]
     cp.kubectl("apply", "--server-side", "-f", "-", input=json.dumps({"apiVersion": "v1",

@@ -40,3 +40,41 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- include "kubetrade.image" . -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The namespaces the operator watches and holds rights in, space-separated; empty when it is
+cluster-wide. Refuses a namespaced install without namespaces instead of silently widening it.
+*/}}
+{{- define "kubetrade.watchNamespaces" -}}
+{{- if not .Values.operator.clusterWide -}}
+{{- if not .Values.operator.watchNamespaces -}}
+{{- fail "operator.watchNamespaces is empty: list the namespaces that hold bots (e.g. --set operator.watchNamespaces={bots}), or set operator.clusterWide=true to manage every namespace" -}}
+{{- end -}}
+{{- join " " .Values.operator.watchNamespaces -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The operator's RBAC rules, the same for its Roles and its ClusterRole (see rbac.yaml). */}}
+{{- define "kubetrade.operatorRules" -}}
+- apiGroups: [kubetrade.io]
+  resources: [tradingbots]
+  verbs: [list, watch, patch]
+- apiGroups: [kubetrade.io]
+  resources: [tradingbots/status]
+  verbs: [patch]
+# Owner references with blockOwnerDeletion need this where the
+# OwnerReferencesPermissionEnforcement admission plugin is on.
+- apiGroups: [kubetrade.io]
+  resources: [tradingbots/finalizers]
+  verbs: [update]
+# create: a server-side apply that creates the object is authorized as create.
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [configmaps, services, serviceaccounts]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end -}}
