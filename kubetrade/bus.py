@@ -5,6 +5,18 @@ explicit "ack all" acknowledgement, so a restarted worker resumes after the last
 committed. Messages arrive through a push subscription into a queue and are handed out in
 micro-batches: one message when traffic is light (low latency), many when it queues up
 (throughput). That avoids a pull ``fetch(n)`` that lingers until ``n`` messages arrive.
+
+Every wait is bounded. A publish acknowledgement that does not come within
+``PUBLISH_ACK_TIMEOUT_S`` is retried, with backoff, under the same message id, so the
+stream's duplicate window stores it once. While NATS is down the client reconnects on its own;
+consumers re-create themselves after the last message they handed out. Past the worker's outage
+limit every retry gives up with :class:`~kubetrade.settings.OutageError`.
+
+Order survives an outage because the set of messages the server stored from one connection is
+always a prefix of what was sent: while disconnected nothing is buffered (``pending_size=0``
+makes a publish fail at once) and what was queued when the connection broke is dropped rather
+than sent after the reconnect (see :meth:`Connectivity.on_disconnected`). Re-sending the whole
+unconfirmed tail in order then stores the missing messages in their original order.
 """
 
 from __future__ import annotations
@@ -13,11 +25,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import nats
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -30,9 +43,18 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from kubetrade.metrics import DEAD_LETTERS
+from kubetrade.settings import DEFAULT_OUTAGE_LIMIT_S, OutageError
 from kubetrade.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -41,26 +63,159 @@ log = logging.getLogger(__name__)
 # the feed also skips what the stream already holds, so older duplicates cannot happen either.
 DUPLICATE_WINDOW_S = 6 * 3600
 ACK_WAIT_S = 120
+PUBLISH_ACK_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 5.0
+# A silent peer (a partition, not a closed socket) is noticed after PING_INTERVAL_S * MAX_PINGS.
+PING_INTERVAL_S = 5
+MAX_PINGS = 3
+
+T = TypeVar("T")
+Item = tuple[str, bytes, dict[str, str]]
+"""One message to publish: subject, payload, headers (with ``Nats-Msg-Id``)."""
+
+# What a retry may cure: a timeout, a connection that is down or reconnecting, JetStream not
+# yet answering after a server restart. Anything else is a bug and surfaces at once.
+TRANSIENT: tuple[type[BaseException], ...] = (TimeoutError, OSError, nats.errors.Error, APIError)
 
 
-async def connect(url: str, name: str) -> Client:
-    """Connect to NATS, retrying while the server starts; the error names the URL."""
+@dataclass
+class Connectivity:
+    """Whether this process reaches NATS: since when it has not, and how often it came back.
+
+    ``generation`` grows at every reconnect; a consumer that sees it change re-creates itself
+    after the last message it handed out, instead of waiting ``ACK_WAIT_S`` for the server to
+    redeliver what was in flight when the connection broke.
+    """
+
+    limit_s: float = DEFAULT_OUTAGE_LIMIT_S
+    down_since: float | None = None
+    generation: int = 0
+    client: Client | None = field(default=None, repr=False)
+
+    def down_for(self) -> float:
+        """Seconds since the connection broke (0 while connected)."""
+        return 0.0 if self.down_since is None else time.monotonic() - self.down_since
+
+    def check(self) -> None:
+        """Raise :class:`OutageError` once NATS has been unreachable longer than the limit."""
+        if self.down_for() > self.limit_s:
+            raise OutageError(
+                f"NATS unreachable for {self.down_for():.0f}s, longer than the outage limit of "
+                f"{self.limit_s:.0f}s (KUBETRADE_OUTAGE_LIMIT_S): exiting so the pod is restarted"
+            )
+
+    async def on_disconnected(self) -> None:
+        """Note the outage and drop what the client had queued but not yet written.
+
+        The queue would be written after the reconnect, behind messages that went into the
+        dead socket and were lost: the stream would store a later message before an earlier
+        one is re-sent. Dropping it keeps what the server stored a prefix of what was sent
+        (nats-py has no option for this; ``_pending`` is its write queue).
+        """
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+        client = self.client
+        if client is not None and hasattr(client, "_pending"):
+            client._pending = []
+            client._pending_data_size = 0
+        log.warning("NATS connection lost; reconnecting", extra={"limit_s": self.limit_s})
+
+    async def on_reconnected(self) -> None:
+        """Note the end of the outage."""
+        log.warning("NATS reconnected", extra={"down_s": round(self.down_for(), 1)})
+        self.down_since = None
+        self.generation += 1
+
+    async def on_error(self, error: Exception) -> None:
+        """Connection errors are expected while reconnecting; keep them out of the error log."""
+        log.debug("NATS client error", extra={"error": str(error)})
+
+    async def on_closed(self) -> None:
+        """A closed client never reconnects: count the outage from now."""
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+
+
+def retrying(limit_s: float, what: str) -> AsyncRetrying:
+    """Retries with exponential backoff and jitter of TRANSIENT failures for up to ``limit_s``."""
+
+    def note(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning(
+            f"{what} failed; retrying",
+            extra={"attempt": state.attempt_number, "error": f"{type(error).__name__}: {error}"},
+        )
+
+    return AsyncRetrying(
+        stop=stop_after_delay(limit_s),
+        wait=wait_exponential_jitter(initial=0.1, max=5.0),
+        retry=retry_if_exception_type(TRANSIENT),
+        before_sleep=note,
+    )
+
+
+async def with_retry(
+    call: Callable[[], Awaitable[T]], what: str, limit_s: float = DEFAULT_OUTAGE_LIMIT_S
+) -> T:
+    """``await call()``, retried while it fails transiently, for up to ``limit_s``."""
     try:
-        return await nats.connect(
+        async for attempt in retrying(limit_s, what):
+            with attempt:
+                return await call()
+    except RetryError as error:
+        last = error.last_attempt.exception()
+        raise OutageError(
+            f"{what} kept failing for {limit_s:.0f}s (KUBETRADE_OUTAGE_LIMIT_S): "
+            f"{type(last).__name__}: {last}"
+        ) from last
+    raise AssertionError("unreachable: tenacity either returns or raises")
+
+
+async def connect(url: str, name: str, link: Connectivity | None = None) -> Client:
+    """Connect to NATS, retrying while the server starts; the error names the URL.
+
+    After the first connection the client reconnects on its own for as long as it takes;
+    ``link`` (if given) records the outages so the worker can give up past its limit.
+    """
+    link = link or Connectivity()
+    client = Client()
+    link.client = client
+
+    async def first() -> Client:
+        await client.connect(
             url,
             name=name,
             connect_timeout=5,
             max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
+            reconnect_time_wait=1,
             allow_reconnect=True,
+            ping_interval=PING_INTERVAL_S,
+            max_outstanding_pings=MAX_PINGS,
+            pending_size=0,  # nothing buffered while disconnected: see the module docstring
+            disconnected_cb=link.on_disconnected,
+            reconnected_cb=link.on_reconnected,
+            error_cb=link.on_error,
+            closed_cb=link.on_closed,
         )
+        return client
+
+    try:
+        # nats-py itself retries the first connection forever (max_reconnect_attempts=-1).
+        return await asyncio.wait_for(first(), link.limit_s)
+    except TimeoutError:
+        raise OutageError(
+            f"cannot connect to NATS at {url} within the outage limit of {link.limit_s:.0f}s "
+            "(KUBETRADE_OUTAGE_LIMIT_S); check KUBETRADE_NATS_URL and that the server runs"
+        ) from None
     except Exception as error:
         raise ConnectionError(
             f"cannot connect to NATS at {url}: {error}. Check KUBETRADE_NATS_URL."
         ) from error
 
 
-async def ensure_stream(js: JetStreamContext, subjects: Subjects) -> None:
+async def ensure_stream(
+    js: JetStreamContext, subjects: Subjects, limit_s: float = DEFAULT_OUTAGE_LIMIT_S
+) -> None:
     """Create the bot's stream, or leave it as it is when it already exists."""
     config = StreamConfig(
         name=subjects.stream,
@@ -71,13 +226,17 @@ async def ensure_stream(js: JetStreamContext, subjects: Subjects) -> None:
         max_age=7 * 86400,
         duplicate_window=DUPLICATE_WINDOW_S,
     )
-    try:
-        await js.stream_info(subjects.stream)
-    except NotFoundError:
+
+    async def ensure() -> None:
         try:
-            await js.add_stream(config)
-        except Exception:  # another worker created it at the same moment
             await js.stream_info(subjects.stream)
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+            except Exception:  # another worker created it at the same moment
+                await js.stream_info(subjects.stream)
+
+    await with_retry(ensure, f"creating stream {subjects.stream}", limit_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,15 +249,32 @@ class Delivery:
 
 
 class BatchConsumer:
-    """A durable JetStream consumer handing out micro-batches in stream order."""
+    """A durable JetStream consumer handing out micro-batches in stream order.
 
-    def __init__(self, js: JetStreamContext, subjects: Subjects, filter_subject: str, durable: str):
+    With a :class:`Connectivity`, it re-creates itself after a reconnect, resuming after the
+    last message it handed out (what was queued but not handed out comes again), and raises
+    :class:`OutageError` from :meth:`next_batch` once NATS has been down past the limit.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        subjects: Subjects,
+        filter_subject: str,
+        durable: str,
+        link: Connectivity | None = None,
+    ):
         self._js = js
         self._subjects = subjects
         self._filter = filter_subject
         self._durable = durable
+        self._link = link or Connectivity()
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
         self._sub: Any = None
+        self._generation = self._link.generation
+        self._incarnation = 0
+        self.taken = 0
+        """The stream sequence of the last message handed out by :meth:`next_batch`."""
 
     async def start(self, resume_after: int | None = None) -> int:
         """(Re)create the durable consumer at ``resume_after + 1`` and start receiving.
@@ -109,6 +285,15 @@ class BatchConsumer:
         was, means messages a killed process received but never acknowledged come back at
         once rather than after the ack wait. Returns the sequence resumed after.
         """
+        return await with_retry(
+            lambda: self._start(resume_after), f"starting consumer {self._durable}", self._limit
+        )
+
+    @property
+    def _limit(self) -> float:
+        return max(self._link.limit_s - self._link.down_for(), 1.0)
+
+    async def _start(self, resume_after: int | None) -> int:
         if resume_after is None:
             try:
                 info = await self._js.consumer_info(self._subjects.stream, self._durable)
@@ -117,9 +302,12 @@ class BatchConsumer:
                 resume_after = 0
         with contextlib.suppress(NotFoundError):
             await self._js.delete_consumer(self._subjects.stream, self._durable)
+        self._incarnation += 1
+        incarnation = self._incarnation
 
         async def enqueue(msg: Msg) -> None:
-            self._queue.put_nowait(Delivery(msg, msg.metadata.sequence.stream, time.time_ns()))
+            if incarnation == self._incarnation:  # not a late message of a replaced consumer
+                self._queue.put_nowait(Delivery(msg, msg.metadata.sequence.stream, time.time_ns()))
 
         config = ConsumerConfig(
             durable_name=self._durable,
@@ -139,29 +327,57 @@ class BatchConsumer:
             config=config,
             pending_msgs_limit=200_000,
         )
+        self.taken = resume_after
         return resume_after
+
+    async def _resume(self) -> None:
+        """After a reconnect: drop what is queued and start again after what was handed out."""
+        self._generation = self._link.generation
+        old, self._sub = self._sub, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.unsubscribe(), REQUEST_TIMEOUT_S)
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        log.info("consumer resumes after reconnect", extra={"durable": self._durable})
+        await self.start(self.taken)
 
     async def next_batch(self, max_size: int, timeout: float | None = None) -> list[Delivery]:
         """Wait for at least one message (or ``timeout``), then take what is queued."""
+        self._link.check()
+        if self._generation != self._link.generation and self._link.down_since is None:
+            await self._resume()
         try:
             first = await asyncio.wait_for(self._queue.get(), timeout)
         except TimeoutError:
             return []
-        batch = [first]
+        batch = [first] if first.sequence > self.taken else []
         while len(batch) < max_size and not self._queue.empty():
-            batch.append(self._queue.get_nowait())
+            delivery = self._queue.get_nowait()
+            if delivery.sequence > self.taken:
+                batch.append(delivery)
+        if batch:
+            self.taken = batch[-1].sequence
         return batch
 
     @staticmethod
     async def ack_through(batch: list[Delivery]) -> None:
-        """Acknowledge every message up to the last of ``batch`` (ack policy "all")."""
+        """Acknowledge every message up to the last of ``batch`` (ack policy "all").
+
+        Best effort: while NATS is down the ack is lost, and a later one covers it (or, after
+        a restart, the message is redelivered and skipped or de-duplicated downstream).
+        """
         if batch:
-            await batch[-1].msg.ack()
+            try:
+                await batch[-1].msg.ack()
+            except TRANSIENT as error:
+                log.debug("ack not sent", extra={"error": str(error)})
 
     async def stop(self) -> None:
         """Stop receiving; unacknowledged messages are redelivered to the next process."""
         if self._sub is not None:
-            await self._sub.unsubscribe()
+            with contextlib.suppress(*TRANSIENT):
+                await asyncio.wait_for(self._sub.unsubscribe(), REQUEST_TIMEOUT_S)
 
 
 async def replay(
@@ -199,22 +415,104 @@ async def dead_letter(
         extra={"subject": msg.subject, "error": str(error), "bytes": len(msg.data)},
     )
     headers = {"Kubetrade-Error": str(error)[:1000], "Kubetrade-Subject": msg.subject}
-    await js.publish(subjects.dead_letter(component), msg.data, headers=headers)
+    sequence = _stream_sequence(msg)
+    if sequence is not None:  # a re-sent dead letter (lost ack, restart) is stored once
+        headers["Nats-Msg-Id"] = f"dlq:{component}:{sequence}"
+    await publish_all(js, [(subjects.dead_letter(component), msg.data, headers)])
 
 
-async def publish_all(js: JetStreamContext, items: list[tuple[str, bytes, dict[str, str]]]) -> None:
-    """Publish many messages and wait until the stream has stored every one."""
-    await asyncio.gather(*await publish_started(js, items))
+def _stream_sequence(msg: Msg) -> int | None:
+    try:
+        return int(msg.metadata.sequence.stream)
+    except nats.errors.Error:  # a core NATS message (the control subject) has no sequence
+        return None
+
+
+@dataclass
+class Sent:
+    """Messages sent without waiting: the futures resolve when the stream has stored each."""
+
+    items: list[Item]
+    futures: list[asyncio.Future[Any]]
+
+    def done(self) -> bool:
+        """True when every acknowledgement (or failure) has arrived."""
+        return all(f.done() for f in self.futures)
+
+    def failed(self) -> bool:
+        """True when a message was not sent or its acknowledgement reported an error."""
+        return len(self.futures) < len(self.items) or any(
+            f.done() and (f.cancelled() or f.exception() is not None) for f in self.futures
+        )
 
 
 async def publish_started(
-    js: JetStreamContext, items: list[tuple[str, bytes, dict[str, str]]]
-) -> list[asyncio.Future[Any]]:
-    """Send many messages; the futures resolve when the stream has stored each one.
+    js: JetStreamContext, items: list[Item], link: Connectivity | None = None
+) -> Sent:
+    """Send many messages without waiting for their acknowledgements; see :func:`confirm`.
 
     Not waiting here lets a worker handle its next batch while the acknowledgements travel
-    (nats-py bounds how many may be outstanding and waits beyond that).
+    (nats-py bounds how many may be outstanding; that wait is bounded too). A send that fails
+    at once (NATS is down) leaves the rest unsent: :func:`confirm` re-sends them all in order.
     """
-    return [
-        await js.publish_async(subject, data, headers=headers) for subject, data, headers in items
-    ]
+    futures: list[asyncio.Future[Any]] = []
+    generation = None if link is None else link.generation
+    try:
+        for subject, data, headers in items:
+            if link is not None and link.generation != generation:
+                # Reconnected meanwhile: what went before may be lost, so nothing may follow
+                # it on the new connection before the whole tail is re-sent in order.
+                raise nats.errors.ConnectionReconnectingError
+            futures.append(
+                await js.publish_async(
+                    subject, data, headers=headers, wait_stall=PUBLISH_ACK_TIMEOUT_S
+                )
+            )
+    except TRANSIENT as error:
+        log.debug("publish failed at once; confirm re-sends", extra={"error": str(error)})
+        failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        failed.set_exception(error)
+        futures.append(failed)
+    return Sent(items, futures)
+
+
+async def _confirmed(sent: list[Sent]) -> bool:
+    """Wait (bounded) for every acknowledgement; False if one failed or did not come."""
+    futures = [f for s in sent for f in s.futures]
+    if not futures:
+        return all(not s.items for s in sent)
+    done, pending = await asyncio.wait(futures, timeout=PUBLISH_ACK_TIMEOUT_S)
+    for future in pending:
+        future.cancel()  # releases nats-py's slot for it; a late ack is simply dropped
+    failed = [f for f in done if f.cancelled() or f.exception() is not None]
+    complete = sum(len(s.futures) for s in sent) == sum(len(s.items) for s in sent)
+    return not pending and not failed and complete
+
+
+async def confirm(
+    js: JetStreamContext, sent: list[Sent], limit_s: float = DEFAULT_OUTAGE_LIMIT_S
+) -> None:
+    """Return once the stream holds every message of ``sent`` (a list in publishing order).
+
+    A lost or failed acknowledgement re-sends the whole list in order, under the same message
+    ids: what the stream already holds is de-duplicated, the rest is stored in order.
+    Raises :class:`OutageError` when that has not succeeded within ``limit_s``.
+    """
+    if await _confirmed(sent):
+        return
+    items = [item for s in sent for item in s.items]
+    log.warning("publish not acknowledged; re-sending in order", extra={"messages": len(items)})
+
+    async def again() -> None:
+        if not await _confirmed([await publish_started(js, items)]):
+            raise TimeoutError(f"{len(items)} messages not acknowledged")
+
+    await with_retry(again, "publishing to JetStream", limit_s)
+
+
+async def publish_all(
+    js: JetStreamContext, items: list[Item], limit_s: float = DEFAULT_OUTAGE_LIMIT_S
+) -> None:
+    """Publish many messages and return once the stream has stored every one (see confirm)."""
+    if items:
+        await confirm(js, [await publish_started(js, items)], limit_s)

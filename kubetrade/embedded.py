@@ -51,6 +51,15 @@ class EmbeddedNats:
     url: str
     store_dir: Path
 
+    @property
+    def port(self) -> int:
+        """The TCP port it listens on."""
+        return int(self.url.rsplit(":", 1)[1])
+
+    def restart(self) -> EmbeddedNats:
+        """A new server on the same port and store (after :meth:`stop`): an outage's end."""
+        return start_nats(self.store_dir, self.port)
+
     def stop(self) -> None:
         """Stop the server we started and wait for it."""
         if self.process.poll() is None:
@@ -96,6 +105,13 @@ class EmbeddedPostgres:
 
     server: Any
     url: str
+    data_dir: Path | None = None
+
+    def restart(self) -> EmbeddedPostgres:
+        """The server again on the same data directory and socket (after :meth:`stop`)."""
+        if self.data_dir is None:
+            raise ValueError("this PostgreSQL was not started by start_postgres")
+        return start_postgres(self.data_dir)
 
     def stop(self) -> None:
         """Stop the server we started."""
@@ -115,7 +131,7 @@ def start_postgres(data_dir: Path) -> EmbeddedPostgres:
     log.info(
         "embedded PostgreSQL ready", extra={"data_dir": str(data_dir), "pid": server.get_pid()}
     )
-    return EmbeddedPostgres(server, url)
+    return EmbeddedPostgres(server, url, data_dir)
 
 
 @contextlib.contextmanager

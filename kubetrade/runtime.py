@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from nats.aio.client import Client
 
 from kubetrade.messages import StatusMessage, encode
-from kubetrade.settings import WorkerSettings, quiet_environment
+from kubetrade.settings import OutageError, WorkerSettings, quiet_environment
 from kubetrade.subjects import Subjects
 from kubetrade.telemetry import setup_logging, setup_tracing
 
@@ -22,6 +24,10 @@ log = logging.getLogger(__name__)
 
 State = Literal["starting", "running", "finished", "degraded", "failed", "halted"]
 STATUS_INTERVAL_S = 1.0
+CLEANUP_TIMEOUT_S = 5.0
+EXIT_OUTAGE = 3
+# Kubernetes shows what a container wrote here as its last termination message.
+TERMINATION_LOG = Path(os.environ.get("KUBETRADE_TERMINATION_LOG", "/dev/termination-log"))
 
 
 def now_ms() -> int:
@@ -61,8 +67,22 @@ async def publish_status_forever(nc: Client, subjects: Subjects, status: WorkerS
     """Publish the status every STATUS_INTERVAL_S until cancelled."""
     while True:
         if nc.is_connected:
-            await nc.publish(subjects.status, encode(status.to_message()))
+            # A connection that breaks between the check and the send loses one status.
+            with contextlib.suppress(Exception):
+                await nc.publish(subjects.status, encode(status.to_message()))
         await asyncio.sleep(STATUS_INTERVAL_S)
+
+
+async def quietly(step: Awaitable[object], what: str) -> None:
+    """Run a shutdown step, bounded in time; its failure is logged, never raised.
+
+    Shutdown after an outage must not hang on a dead server nor replace the error that
+    stopped the worker with one from its cleanup.
+    """
+    try:
+        await asyncio.wait_for(step, CLEANUP_TIMEOUT_S)
+    except Exception as error:
+        log.debug("shutdown step failed", extra={"step": what, "error": str(error)})
 
 
 def prepare(component: str) -> WorkerSettings:
@@ -84,5 +104,15 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         asyncio.run(wrapper())
+    except KeyboardInterrupt:
+        pass
+    except OutageError as error:
+        # One line with the reason, also as the pod's termination message; a non-zero exit
+        # makes Kubernetes (or kubetrade run) restart the worker.
+        log.error(f"exiting: {error}")
+        if TERMINATION_LOG.exists() or "KUBETRADE_TERMINATION_LOG" in os.environ:
+            with contextlib.suppress(OSError):
+                TERMINATION_LOG.write_text(str(error))
+        raise SystemExit(EXIT_OUTAGE) from None

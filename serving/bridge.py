@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -22,7 +23,10 @@ from opentelemetry.trace import Tracer
 
 from kubetrade.bus import (
     BatchConsumer,
+    Connectivity,
     Delivery,
+    Sent,
+    confirm,
     connect,
     dead_letter,
     ensure_stream,
@@ -33,8 +37,14 @@ from kubetrade.domain import Candle
 from kubetrade.features import FeatureMismatchError
 from kubetrade.messages import CandleMessage, MessageError, SignalMessage, decode, encode
 from kubetrade.metrics import CANDLES_RECEIVED, PREDICT_SECONDS, SIGNALS_PUBLISHED
-from kubetrade.runtime import WorkerStatus, now_ms, publish_status_forever
-from kubetrade.settings import WorkerSettings
+from kubetrade.runtime import (
+    EXIT_OUTAGE,
+    WorkerStatus,
+    now_ms,
+    publish_status_forever,
+    quietly,
+)
+from kubetrade.settings import OutageError, WorkerSettings
 from kubetrade.signals import Predictor, Rejected, SignalPipeline
 from kubetrade.subjects import Subjects
 from kubetrade.telemetry import hop, setup_tracing
@@ -88,6 +98,12 @@ def start_bridge(predictor: Predictor, settings: WorkerSettings | None = None) -
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(_serve(predictor, settings, status, stop_event, tracer))
+        except OutageError as error:
+            # Past the outage limit: one line, then the whole worker process goes so that it is
+            # restarted (BentoML respawns its worker; Kubernetes restarts the pod otherwise).
+            status.state, status.message = "failed", str(error)
+            log.error(f"exiting: {error}")
+            os._exit(EXIT_OUTAGE)
         except Exception as error:
             status.state, status.message = "failed", f"bridge stopped: {error}"
             log.exception("inference bridge failed")
@@ -109,9 +125,11 @@ async def _serve(
 ) -> None:
     bot = settings.bot
     subjects = Subjects(bot.metadata.namespace, bot.metadata.name)
-    nc = await connect(settings.nats_url, f"{bot.key}/inference")
+    limit = settings.outage_limit_s
+    link = Connectivity(limit)
+    nc = await connect(settings.nats_url, f"{bot.key}/inference", link)
     js = nc.jetstream()
-    await ensure_stream(js, subjects)
+    await ensure_stream(js, subjects, limit)
     heartbeat = asyncio.create_task(publish_status_forever(nc, subjects, status))
     try:
         try:
@@ -121,7 +139,9 @@ async def _serve(
             log.error("model refused: feature mismatch", extra={"error": str(error)})
             await stop.wait()
             return
-        consumer = BatchConsumer(js, subjects, subjects.all_candles, subjects.durable("inference"))
+        consumer = BatchConsumer(
+            js, subjects, subjects.all_candles, subjects.durable("inference"), link
+        )
         resumed = await consumer.start()
         if resumed:
             # A restart: rebuild the rolling windows from the candles already handled.
@@ -136,41 +156,54 @@ async def _serve(
         status.message = f"serving {predictor.model_name}:{predictor.model_version}"
         log.info("bridge running", extra={"model": predictor.model_name})
         # Batches whose signals are sent but not yet stored: a batch is acknowledged to the
-        # candle stream only once the signal stream holds all of its signals.
-        unsettled: deque[tuple[list[asyncio.Future[Any]], list[Delivery]]] = deque()
+        # candle stream only once the signal stream holds all of its signals. After a failed
+        # send or a reconnect, every unsettled batch is confirmed (re-sent in order) before
+        # anything new is sent, so signals are stored in candle order.
+        unsettled: deque[tuple[Sent, list[Delivery]]] = deque()
+        generation = link.generation
+
+        async def settle_all() -> None:
+            await confirm(js, [sent for sent, _ in unsettled], limit)
+            if unsettled:
+                await consumer.ack_through(unsettled[-1][1])
+            unsettled.clear()
+
         while not stop.is_set():
             batch = await consumer.next_batch(BATCH_MAX, timeout=0.5)
+            if generation != link.generation or any(sent.failed() for sent, _ in unsettled):
+                generation = link.generation
+                await settle_all()
             if batch:
-                sent = await _handle(batch, pipeline, js, subjects, status, tracer)
+                sent = await _handle(batch, pipeline, js, link, subjects, status, tracer)
                 unsettled.append((sent, batch))
             while unsettled and (
-                not batch
-                or len(unsettled) > MAX_UNSETTLED
-                or all(f.done() for f in unsettled[0][0])
+                not batch or len(unsettled) > MAX_UNSETTLED or unsettled[0][0].done()
             ):
+                if unsettled[0][0].failed():
+                    await settle_all()
+                    break
                 sent, settled = unsettled.popleft()
-                await asyncio.gather(*sent)
+                await confirm(js, [sent], limit)
                 await consumer.ack_through(settled)
-        for sent, settled in unsettled:
-            await asyncio.gather(*sent)
-            await consumer.ack_through(settled)
+        await settle_all()
         await consumer.stop()
     finally:
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeat
-        await nc.drain()
+        await quietly(nc.drain(), "drain NATS")
 
 
 async def _handle(
     batch: list[Delivery],
     pipeline: SignalPipeline,
     js: Any,
+    link: Connectivity,
     subjects: Subjects,
     status: WorkerStatus,
     tracer: Tracer,
-) -> list[asyncio.Future[Any]]:
-    """Predict a batch and send its signals; returns the futures of their storage."""
+) -> Sent:
+    """Predict a batch and send its signals; returns them with the futures of their storage."""
     bot = status.bot
     candles: list[Candle] = []
     sources: list[tuple[CandleMessage, Delivery]] = []
@@ -184,7 +217,7 @@ async def _handle(
         candles.append(message.to_candle())
         sources.append((message, delivery))
     if not candles:
-        return []
+        return Sent([], [])
     CANDLES_RECEIVED.labels(bot).inc(len(candles))
     status.count("candles", len(candles))
     with PREDICT_SECONDS.labels(bot).time():
@@ -212,7 +245,7 @@ async def _handle(
             signal = SignalMessage.from_event(event, message.published_at, produced)
             outgoing.append((subjects.signals(event.candle.symbol), encode(signal), headers))
         predicted += event.prediction is not None
-    sent = await publish_started(js, outgoing)
+    sent = await publish_started(js, outgoing, link)
     SIGNALS_PUBLISHED.labels(bot).inc(predicted)
     status.count("signals", predicted)
     return sent
