@@ -5,6 +5,12 @@ engine, then its signals, orders, fills, equity points and the engine's full sna
 last stream sequence are written in one transaction, and only then acknowledged. Killed at any
 point, the executor restores the snapshot, skips redelivered messages at or below the
 checkpoint sequence, and replays the rest: the fills come out exactly as in an uninterrupted run.
+
+Control commands (pause, resume, kill, reset) are committed with a checkpoint as soon as they
+are applied, and answered (when sent as a request) only then, so a restart comes back paused
+or halted as it was. Order and fill messages are written to the outbox in the batch's
+transaction and published from it: a crash between commit and publish re-sends them at the
+next start, under the same message ids.
 """
 
 from __future__ import annotations
@@ -20,7 +26,15 @@ from nats.js import JetStreamContext
 from opentelemetry import trace
 
 from kubetrade import runtime
-from kubetrade.bus import BatchConsumer, Delivery, connect, dead_letter, ensure_stream, publish_all
+from kubetrade.bus import (
+    BatchConsumer,
+    Connectivity,
+    Delivery,
+    connect,
+    dead_letter,
+    ensure_stream,
+    publish_all,
+)
 from kubetrade.domain import EquityPoint, Fill, Order
 from kubetrade.health import HealthServer
 from kubetrade.messages import (
@@ -42,9 +56,9 @@ from kubetrade.metrics import (
     ORDERS,
     SIGNALS_PROCESSED,
 )
-from kubetrade.settings import SettingsError, WorkerSettings
+from kubetrade.settings import DEFAULT_OUTAGE_LIMIT_S, SettingsError, WorkerSettings
 from kubetrade.spec import TradingBot
-from kubetrade.store import AsyncStore, Checkpoint, SignalRecord
+from kubetrade.store import AsyncStore, Checkpoint, OutboxMessage, SignalRecord
 from kubetrade.subjects import Subjects
 from kubetrade.telemetry import hop
 from kubetrade.trading import ControlCommand, EngineOutput, EventError, TradingEngine
@@ -64,6 +78,7 @@ class Pending:
     fills: list[Fill] = field(default_factory=list)
     equity: list[EquityPoint] = field(default_factory=list)
     outgoing: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
+    controls: list[Msg] = field(default_factory=list)  # answered once committed
 
     def add(self, out: EngineOutput, subjects: Subjects, headers: dict[str, str]) -> None:
         """Collect an engine output and the order/fill messages (carrying the trace context
@@ -82,7 +97,11 @@ class Pending:
             self.outgoing.append((subjects.fills, data, {**headers, "Nats-Msg-Id": msg_id}))
 
     def __bool__(self) -> bool:
-        return bool(self.signals or self.orders or self.fills or self.equity)
+        return bool(self.signals or self.orders or self.fills or self.equity or self.controls)
+
+    def outbox(self) -> list[OutboxMessage]:
+        """The order and fill messages as outbox rows."""
+        return [OutboxMessage(subject, data, headers) for subject, data, headers in self.outgoing]
 
 
 @dataclass(frozen=True)
@@ -102,8 +121,15 @@ COMMITS_IN_FLIGHT = 8
 class Executor:
     """Owns the engine, the checkpoint and the database connection of one bot."""
 
-    def __init__(self, bot: TradingBot, db: AsyncStore, js: JetStreamContext) -> None:
+    def __init__(
+        self,
+        bot: TradingBot,
+        db: AsyncStore,
+        js: JetStreamContext,
+        outage_limit_s: float = DEFAULT_OUTAGE_LIMIT_S,
+    ) -> None:
         self.bot = bot
+        self.outage_limit_s = outage_limit_s
         self.db = db
         self.js = js
         self.subjects = Subjects(bot.metadata.namespace, bot.metadata.name)
@@ -111,7 +137,7 @@ class Executor:
         self.engine = TradingEngine(bot)
         self.sequence = 0
         self.processed = 0
-        self.controls: asyncio.Queue[ControlMessage] = asyncio.Queue()
+        self.controls: asyncio.Queue[tuple[ControlMessage, Msg]] = asyncio.Queue()
 
     async def restore(self) -> None:
         """Resume from the database checkpoint, if there is one."""
@@ -123,13 +149,23 @@ class Executor:
                 "restored from checkpoint",
                 extra={"stream_seq": self.sequence, "processed": self.processed},
             )
+        await self.publish_outbox()
         self.status.count("signals", 0)
         self._publish_summary()
+
+    async def publish_outbox(self) -> None:
+        """Publish what committed batches left in the outbox (a crash came between), in order."""
+        left = await self.db.read_outbox(self.bot.key)
+        if left:
+            log.warning("re-sending committed messages", extra={"messages": len(left)})
+            items = [(m.subject, m.data, m.headers) for m in left]
+            await publish_all(self.js, items, self.outage_limit_s)
+            await self.db.clear_outbox(self.bot.key, [m.msg_id for m in left])
 
     async def on_control(self, msg: Msg) -> None:
         """Queue a control command; it is applied between batches, in the engine's order."""
         try:
-            self.controls.put_nowait(decode(ControlMessage, msg.data))
+            self.controls.put_nowait((decode(ControlMessage, msg.data), msg))
         except MessageError as error:
             await dead_letter(
                 self.js, self.subjects, msg, error, component="executor", bot=self.bot.key
@@ -140,7 +176,8 @@ class Executor:
         persistence later (in order) by :meth:`commit`."""
         pending = Pending()
         while not self.controls.empty():
-            command = self.controls.get_nowait()
+            command, msg = self.controls.get_nowait()
+            pending.controls.append(msg)
             log.warning(
                 "control command", extra={"action": command.action, "reason": command.reason}
             )
@@ -161,7 +198,8 @@ class Executor:
         return Commit(pending, checkpoint, batch)
 
     async def commit(self, item: Commit) -> None:
-        """Write one applied batch with its checkpoint, then acknowledge it and publish."""
+        """Write one applied batch with its checkpoint and outbox, then acknowledge it, answer
+        its control commands and publish its messages from the outbox."""
         pending = item.pending
         if item.checkpoint is not None:
             with DB_WRITE_SECONDS.labels(self.bot.key, "executor").time():
@@ -172,10 +210,18 @@ class Executor:
                     fills=pending.fills,
                     equity=pending.equity,
                     checkpoint=item.checkpoint,
+                    outbox=pending.outbox(),
                 )
         await BatchConsumer.ack_through(item.batch)
+        for msg in pending.controls:
+            if msg.reply:
+                with contextlib.suppress(Exception):  # the sender may have given up
+                    await msg.respond(b"committed")
         if pending.outgoing:
-            await publish_all(self.js, pending.outgoing)
+            await publish_all(self.js, pending.outgoing, self.outage_limit_s)
+            await self.db.clear_outbox(
+                self.bot.key, [h["Nats-Msg-Id"] for *_, h in pending.outgoing]
+            )
         self._count(pending)
 
     async def commit_forever(self, queue: asyncio.Queue[Commit]) -> None:
@@ -272,16 +318,22 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
     bot = settings.bot
     if settings.database_url is None:
         raise SettingsError("the executor needs KUBETRADE_DATABASE_URL: the database is its ledger")
-    db = await AsyncStore.connect(settings.database_url)
+    limit = settings.outage_limit_s
+    db = await AsyncStore.connect(settings.database_url, outage_limit_s=limit)
     await db.migrate()
-    nc = await connect(settings.nats_url, f"{bot.key}/executor")
+    link = Connectivity(limit)
+    nc = await connect(settings.nats_url, f"{bot.key}/executor", link)
     js = nc.jetstream()
-    executor = Executor(bot, db, js)
-    await ensure_stream(js, executor.subjects)
+    executor = Executor(bot, db, js, limit)
+    await ensure_stream(js, executor.subjects, limit)
     await executor.restore()
     control = await nc.subscribe(executor.subjects.control, cb=executor.on_control)
     consumer = BatchConsumer(
-        js, executor.subjects, executor.subjects.all_signals, executor.subjects.durable("executor")
+        js,
+        executor.subjects,
+        executor.subjects.all_signals,
+        executor.subjects.durable("executor"),
+        link,
     )
     await consumer.start(resume_after=executor.sequence)
     if executor.status.state == "starting":
@@ -313,12 +365,13 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeat
-        await control.unsubscribe()
+        await runtime.quietly(control.unsubscribe(), "unsubscribe control")
         await consumer.stop()
-        await nc.publish(executor.subjects.status, encode(executor.status.to_message()))
+        status = encode(executor.status.to_message())
+        await runtime.quietly(nc.publish(executor.subjects.status, status), "last status")
         await health.stop()
-        await nc.drain()
-        await db.close()
+        await runtime.quietly(nc.drain(), "drain NATS")
+        await runtime.quietly(db.close(), "close database")
 
 
 def cli() -> None:

@@ -8,10 +8,13 @@ as for candles, measured several times slower here: each commit truncates every 
 
 Re-sent rows are skipped (keys include the time column so they work on hypertables); equity at
 an existing time is replaced, since the engine's latest view of that instant is the right one.
+The batch's order and fill messages go into the outbox in the same statement, so a crash after
+the commit cannot lose them: they are published from there (again, under the same ids).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 
@@ -19,7 +22,7 @@ from psycopg.types.json import Jsonb
 
 from kubetrade.domain import EquityPoint, Fill, Order
 from kubetrade.store.errors import StaleCheckpointError
-from kubetrade.store.records import Checkpoint, OrderStatus, SignalRecord
+from kubetrade.store.records import Checkpoint, OrderStatus, OutboxMessage, SignalRecord
 from kubetrade.store.sqltime import ts
 from kubetrade.store.steps import Op, Query
 
@@ -103,6 +106,15 @@ new_equity AS (
         equity = EXCLUDED.equity, cash = EXCLUDED.cash, realized_pnl = EXCLUDED.realized_pnl,
         unrealized_pnl = EXCLUDED.unrealized_pnl, open_positions = EXCLUDED.open_positions,
         drawdown_pct = EXCLUDED.drawdown_pct
+),
+new_outbox AS (
+    INSERT INTO outbox (bot, msg_id, subject, data, headers)
+    SELECT %(bot)s, msg_id, subject, data, headers::jsonb
+    FROM unnest(%(x_msg_id)s::text[], %(x_subject)s::text[], %(x_data)s::bytea[],
+                %(x_headers)s::text[]) WITH ORDINALITY AS r (msg_id, subject, data, headers, n)
+    WHERE EXISTS (SELECT FROM checkpoint)
+    ORDER BY n
+    ON CONFLICT DO NOTHING
 )
 SELECT count(*) FROM checkpoint
 """
@@ -116,6 +128,7 @@ def write_batch_op(
     fills: Sequence[Fill],
     equity: Sequence[EquityPoint],
     checkpoint: Checkpoint,
+    outbox: Sequence[OutboxMessage] = (),
 ) -> Op[None]:
     """Write one executor batch and move its checkpoint atomically (one statement)."""
     # One point per time: ON CONFLICT DO UPDATE may not touch a row twice in a statement, and
@@ -160,6 +173,10 @@ def write_batch_op(
         "e_unrealized_pnl": [p.unrealized_pnl for p in latest],
         "e_open_positions": [p.open_positions for p in latest],
         "e_drawdown_pct": [p.drawdown_pct for p in latest],
+        "x_msg_id": [m.msg_id for m in outbox],
+        "x_subject": [m.subject for m in outbox],
+        "x_data": [m.data for m in outbox],
+        "x_headers": [json.dumps(m.headers) for m in outbox],
     }
     rows = yield Query(_WRITE_BATCH, params)
     if rows[0][0] == 0:

@@ -1,7 +1,8 @@
-"""Readers: the executor's checkpoint, the ledger, roll-ups and counts of one bot."""
+"""Readers: the executor's checkpoint and outbox, the ledger, roll-ups and counts of one bot."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from kubetrade.domain import EquityPoint, Fill, Order, OrderReason, Side
@@ -10,12 +11,13 @@ from kubetrade.store.records import (
     EquityBucket,
     EquityPeriod,
     OrderStatus,
+    OutboxMessage,
     RowCounts,
     SignalRecord,
     StoredOrder,
 )
 from kubetrade.store.sqltime import ms
-from kubetrade.store.steps import Op, Query
+from kubetrade.store.steps import Execute, Op, Query
 
 Row = tuple[Any, ...]
 
@@ -156,3 +158,23 @@ def count_rows_op(bot: str) -> Op[RowCounts]:
         {"bot": bot},
     )
     return RowCounts(*(int(n) for n in rows[0]))
+
+
+def read_outbox_op(bot: str) -> Op[list[OutboxMessage]]:
+    """The bot's committed but not yet published messages, in the order they were written."""
+    rows = yield Query(
+        "SELECT subject, data, headers FROM outbox WHERE bot = %s ORDER BY id", (bot,)
+    )
+    return [
+        OutboxMessage(str(s), bytes(d), {str(k): str(v) for k, v in h.items()}) for s, d, h in rows
+    ]
+
+
+def clear_outbox_op(bot: str, msg_ids: Sequence[str]) -> Op[int]:
+    """Forget published messages; returns how many rows went."""
+    if not msg_ids:
+        return 0
+    deleted: int = yield Execute(
+        "DELETE FROM outbox WHERE bot = %s AND msg_id = ANY(%s::text[])", (bot, list(msg_ids))
+    )
+    return deleted

@@ -65,6 +65,23 @@ class OrderStatus(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A message committed with the executor batch that produced it, to be published.
+
+    ``headers`` carry ``Nats-Msg-Id``, so publishing it again is de-duplicated by the stream.
+    """
+
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+
+    @property
+    def msg_id(self) -> str:
+        """The JetStream message id (the outbox row's key)."""
+        return self.headers["Nats-Msg-Id"]
+
+
+@dataclass(frozen=True, slots=True)
 class StoredOrder:
     """An order as stored, with its status."""
 

@@ -211,4 +211,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             stmt for view, width in _ROLLUP_PERIODS for stmt in _timescale_rollup(view, width)
         ),
     ),
+    # The executor's transactional outbox: order and fill messages committed with the batch
+    # that produced them, published from here and deleted once the stream holds them.
+    Migration(
+        4,
+        "outbox",
+        common=(
+            """
+            CREATE TABLE outbox (
+                id bigserial,
+                bot text NOT NULL,
+                msg_id text NOT NULL,
+                subject text NOT NULL,
+                data bytea NOT NULL,
+                headers jsonb NOT NULL,
+                PRIMARY KEY (bot, msg_id)
+            )
+            """,
+            "CREATE INDEX outbox_bot_id_idx ON outbox (bot, id)",
+        ),
+    ),
 )

@@ -4,24 +4,41 @@ Both run the same ops (see :mod:`kubetrade.store.steps`) and own their transacti
 need an autocommit connection: a batch and its checkpoint must commit together, never inside
 a caller's open transaction. Each serialises its calls with a lock because one connection
 carries one transaction at a time.
+
+``AsyncStore`` bounds every call by ``CALL_TIMEOUT_S`` and rides out a database outage: a call
+that fails because the connection broke (or timed out) reconnects with backoff and runs again,
+for up to the worker's outage limit, then raises :class:`~kubetrade.settings.OutageError`. Every
+write is idempotent (rows are keyed, the checkpoint only moves forward), so running a call
+again whose commit was applied but whose reply was lost changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
 import psycopg
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from kubetrade.domain import Candle, EquityPoint, Fill, Order
+from kubetrade.settings import DEFAULT_OUTAGE_LIMIT_S, OutageError
 from kubetrade.store.batch import write_batch_op
 from kubetrade.store.candles import write_candles_op
 from kubetrade.store.driver import arun, run
 from kubetrade.store.migrate import migrate_op
 from kubetrade.store.reads import (
+    clear_outbox_op,
     count_rows_op,
     last_candle_time_op,
     load_checkpoint_op,
@@ -29,12 +46,14 @@ from kubetrade.store.reads import (
     read_equity_op,
     read_fills_op,
     read_orders_op,
+    read_outbox_op,
     read_signals_op,
 )
 from kubetrade.store.records import (
     Checkpoint,
     EquityBucket,
     EquityPeriod,
+    OutboxMessage,
     Policies,
     RowCounts,
     SchemaInfo,
@@ -42,6 +61,17 @@ from kubetrade.store.records import (
     StoredOrder,
 )
 from kubetrade.store.steps import Op, T
+
+log = logging.getLogger(__name__)
+
+CALL_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 5
+# A broken or closed connection, a server shutting down or not yet accepting, a call that hung.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    TimeoutError,
+)
 
 
 def _require_autocommit(autocommit: bool, where: str) -> None:
@@ -110,6 +140,7 @@ class Store:
         orders: Sequence[Order] = (),
         fills: Sequence[Fill] = (),
         equity: Sequence[EquityPoint] = (),
+        outbox: Sequence[OutboxMessage] = (),
     ) -> None:
         """Write an executor batch and its checkpoint in one transaction (all or nothing).
 
@@ -124,12 +155,21 @@ class Store:
                 fills=fills,
                 equity=equity,
                 checkpoint=checkpoint,
+                outbox=outbox,
             )
         )
 
     def load_checkpoint(self, bot: str) -> Checkpoint | None:
         """The bot's last committed checkpoint, or None before its first batch."""
         return self._run(load_checkpoint_op(bot))
+
+    def read_outbox(self, bot: str) -> list[OutboxMessage]:
+        """Messages committed by executor batches and not yet published, in order."""
+        return self._run(read_outbox_op(bot))
+
+    def clear_outbox(self, bot: str, msg_ids: Sequence[str]) -> int:
+        """Forget messages the stream holds; returns how many rows went."""
+        return self._run(clear_outbox_op(bot, msg_ids))
 
     def last_candle_time(self, bot: str, symbol: str, timeframe: str) -> int | None:
         """Open time (ms) of the newest stored candle of a series, or None."""
@@ -163,20 +203,55 @@ class Store:
 class AsyncStore:
     """The state store on a ``psycopg.AsyncConnection``; the same API as :class:`Store`."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], *, copy: bool = True) -> None:
-        _require_autocommit(conn.autocommit, "AsyncStore")
+    def __init__(
+        self,
+        conn: psycopg.AsyncConnection[Any] | None,
+        *,
+        copy: bool = True,
+        url: str | None = None,
+        outage_limit_s: float = DEFAULT_OUTAGE_LIMIT_S,
+    ) -> None:
+        if conn is not None:
+            _require_autocommit(conn.autocommit, "AsyncStore")
+        elif url is None:
+            raise ValueError("AsyncStore needs a connection or a URL to connect to")
         self.conn = conn
+        self._url = url  # without one (a caller's connection) a broken connection is fatal
         self._copy = copy
+        self._limit_s = outage_limit_s
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def connect(cls, url: str, *, copy: bool = True) -> AsyncStore:
-        """Open an autocommit async connection to ``url`` (URL or key=value conninfo)."""
-        return cls(await psycopg.AsyncConnection.connect(url, autocommit=True), copy=copy)
+    async def connect(
+        cls, url: str, *, copy: bool = True, outage_limit_s: float = DEFAULT_OUTAGE_LIMIT_S
+    ) -> AsyncStore:
+        """Connect to ``url`` (URL or key=value conninfo), waiting up to ``outage_limit_s``
+        for the server; the store reconnects by itself after an outage."""
+        store = cls(None, copy=copy, url=url, outage_limit_s=outage_limit_s)
+        await store._run(_nothing)
+        return store
 
     async def close(self) -> None:
         """Close the connection."""
-        await self.conn.close()
+        if self.conn is not None:
+            await self.conn.close()
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self.conn is None or self.conn.closed:
+            if self._url is None:
+                raise psycopg.InterfaceError("the connection is closed and no URL to reopen it")
+            self.conn = await psycopg.AsyncConnection.connect(
+                self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+            )
+        return self.conn
+
+    async def _discard(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None and self._url is not None:
+            try:
+                await asyncio.wait_for(conn.close(), CONNECT_TIMEOUT_S)
+            except Exception as error:
+                log.debug("closing a broken connection failed", extra={"error": str(error)})
 
     async def __aenter__(self) -> Self:
         return self
@@ -189,17 +264,52 @@ class AsyncStore:
     ) -> None:
         await self.close()
 
-    async def _run(self, op: Op[T]) -> T:
+    async def _run(self, make: Callable[[], Op[T]]) -> T:
+        """Run a fresh ``make()`` op, again on a new connection after a transient failure."""
+
+        def note(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "database call failed; reconnecting",
+                extra={
+                    "attempt": state.attempt_number,
+                    "error": f"{type(error).__name__}: {error}",
+                },
+            )
+
+        retrying = AsyncRetrying(
+            stop=stop_after_delay(self._limit_s if self._url is not None else 0),
+            wait=wait_exponential_jitter(initial=0.1, max=5.0),
+            retry=retry_if_exception_type(TRANSIENT),
+            before_sleep=note,
+        )
         async with self._lock:
-            return await arun(self.conn, op, copy=self._copy)
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        try:
+                            conn = await self._connection()
+                            return await asyncio.wait_for(
+                                arun(conn, make(), copy=self._copy), CALL_TIMEOUT_S
+                            )
+                        except TRANSIENT:
+                            await self._discard()
+                            raise
+            except RetryError as error:
+                last = error.last_attempt.exception()
+                raise OutageError(
+                    f"PostgreSQL unreachable for {self._limit_s:.0f}s, longer than the outage "
+                    f"limit (KUBETRADE_OUTAGE_LIMIT_S): {type(last).__name__}: {last}"
+                ) from last
+        raise AssertionError("unreachable: tenacity either returns or raises")
 
     async def migrate(self, policies: Policies | None = None) -> SchemaInfo:
         """See :meth:`Store.migrate`."""
-        return await self._run(migrate_op(policies or Policies()))
+        return await self._run(lambda: migrate_op(policies or Policies()))
 
     async def write_candles(self, bot: str, candles: Sequence[Candle]) -> int:
         """See :meth:`Store.write_candles`."""
-        return await self._run(write_candles_op(bot, candles))
+        return await self._run(lambda: write_candles_op(bot, candles))
 
     async def write_batch(
         self,
@@ -210,47 +320,63 @@ class AsyncStore:
         orders: Sequence[Order] = (),
         fills: Sequence[Fill] = (),
         equity: Sequence[EquityPoint] = (),
+        outbox: Sequence[OutboxMessage] = (),
     ) -> None:
         """See :meth:`Store.write_batch`."""
         await self._run(
-            write_batch_op(
+            lambda: write_batch_op(
                 bot,
                 signals=signals,
                 orders=orders,
                 fills=fills,
                 equity=equity,
                 checkpoint=checkpoint,
+                outbox=outbox,
             )
         )
 
     async def load_checkpoint(self, bot: str) -> Checkpoint | None:
         """See :meth:`Store.load_checkpoint`."""
-        return await self._run(load_checkpoint_op(bot))
+        return await self._run(lambda: load_checkpoint_op(bot))
+
+    async def read_outbox(self, bot: str) -> list[OutboxMessage]:
+        """See :meth:`Store.read_outbox`."""
+        return await self._run(lambda: read_outbox_op(bot))
+
+    async def clear_outbox(self, bot: str, msg_ids: Sequence[str]) -> int:
+        """See :meth:`Store.clear_outbox`."""
+        return await self._run(lambda: clear_outbox_op(bot, msg_ids))
 
     async def last_candle_time(self, bot: str, symbol: str, timeframe: str) -> int | None:
         """See :meth:`Store.last_candle_time`."""
-        return await self._run(last_candle_time_op(bot, symbol, timeframe))
+        return await self._run(lambda: last_candle_time_op(bot, symbol, timeframe))
 
     async def read_signals(self, bot: str) -> list[SignalRecord]:
         """See :meth:`Store.read_signals`."""
-        return await self._run(read_signals_op(bot))
+        return await self._run(lambda: read_signals_op(bot))
 
     async def read_orders(self, bot: str) -> list[StoredOrder]:
         """See :meth:`Store.read_orders`."""
-        return await self._run(read_orders_op(bot))
+        return await self._run(lambda: read_orders_op(bot))
 
     async def read_fills(self, bot: str) -> list[Fill]:
         """See :meth:`Store.read_fills`."""
-        return await self._run(read_fills_op(bot))
+        return await self._run(lambda: read_fills_op(bot))
 
     async def read_equity(self, bot: str) -> list[EquityPoint]:
         """See :meth:`Store.read_equity`."""
-        return await self._run(read_equity_op(bot))
+        return await self._run(lambda: read_equity_op(bot))
 
     async def read_equity_buckets(self, bot: str, period: EquityPeriod) -> list[EquityBucket]:
         """See :meth:`Store.read_equity_buckets`."""
-        return await self._run(read_equity_buckets_op(bot, period))
+        return await self._run(lambda: read_equity_buckets_op(bot, period))
 
     async def count_rows(self, bot: str) -> RowCounts:
         """See :meth:`Store.count_rows`."""
-        return await self._run(count_rows_op(bot))
+        return await self._run(lambda: count_rows_op(bot))
+
+
+def _nothing() -> Op[None]:
+    """An op that only needs a connection (``connect`` waits for the server with it)."""
+    return
+    yield
