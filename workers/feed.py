@@ -1,10 +1,15 @@
-"""The feed worker: publishes closed candles to JetStream and writes them to the database.
+"""The feed worker: publishes closed candles to JetStream and stores them in the database.
 
 Each candle goes to ``….candles.<symbol>`` with the message id symbol+timeframe+open time, so
 a restart or a second replay never duplicates: the feed first asks the stream for the last
 candle of each symbol and skips everything up to it, and the server's duplicate window
 catches the rest. ``exchange.speed`` paces a replay (a multiple of real time); 0 publishes as
 fast as the pipeline takes it.
+
+Storage reads the stream, not the publishing path: a durable consumer of the candle subjects
+writes each batch to the database and acknowledges it only then (store-then-ack). A feed crash
+or a database outage therefore loses nothing (the stream redelivers from the last
+acknowledgement) and doubles nothing (a candle's key makes a second insert a no-op).
 """
 
 from __future__ import annotations
@@ -20,13 +25,13 @@ from nats.js.errors import NotFoundError
 from opentelemetry import trace
 
 from kubetrade import runtime
-from kubetrade.bus import connect, ensure_stream, publish_all
+from kubetrade.bus import BatchConsumer, Connectivity, connect, ensure_stream, publish_all
 from kubetrade.domain import Candle, timeframe_ms
 from kubetrade.health import HealthServer
 from kubetrade.market.sources import candle_source
 from kubetrade.messages import CandleMessage, MessageError, decode, encode
 from kubetrade.metrics import CANDLES_PUBLISHED, DB_WRITE_SECONDS
-from kubetrade.settings import WorkerSettings
+from kubetrade.settings import OutageError, WorkerSettings
 from kubetrade.store import AsyncStore
 from kubetrade.subjects import Subjects
 from kubetrade.telemetry import hop
@@ -35,51 +40,78 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("kubetrade.feed")
 
 BATCH_MAX = 500
+STORE_BATCH_MAX = 5000
 
 
-class CandleWriter:
-    """Writes published candles to the database off the publishing path, many per COPY.
+class CandleStore:
+    """Stores the stream's candles in the database, acknowledging each batch once written."""
 
-    A COPY costs a few milliseconds whatever its size; done inline it would delay every
-    paced candle behind it, so the writer takes whatever queued up meanwhile in one go.
-    """
+    DURABLE = "feed-store"
 
-    def __init__(self, db: AsyncStore, bot: str) -> None:
+    def __init__(
+        self, db: AsyncStore, js: JetStreamContext, subjects: Subjects, bot: str, link: Connectivity
+    ) -> None:
         self._db = db
         self._bot = bot
-        self._queue: asyncio.Queue[list[Candle]] = asyncio.Queue(maxsize=1000)
+        self._consumer = BatchConsumer(js, subjects, subjects.all_candles, self.DURABLE, link)
+        self.stored_through = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Resume after the last batch stored (the consumer's ack floor) and keep storing."""
+        self.stored_through = await self._consumer.start()
         self._task = asyncio.create_task(self._run())
 
-    async def submit(self, candles: list[Candle]) -> None:
-        """Queue candles for writing (waits when the database falls far behind)."""
-        if self._task.done():
-            await self._task  # surfaces the database error that stopped the writer
-        await self._queue.put(candles)
+    async def caught_up(self, through: int, limit_s: float) -> None:
+        """Wait until every candle up to stream sequence ``through`` is stored (bounded)."""
+        deadline = time.monotonic() + limit_s
+        while self.stored_through < through:
+            self.check()
+            if time.monotonic() > deadline:
+                raise OutageError(
+                    f"candles through stream sequence {through} not stored within {limit_s:.0f}s "
+                    f"(stored through {self.stored_through}; KUBETRADE_OUTAGE_LIMIT_S)"
+                )
+            await asyncio.sleep(0.05)
 
-    async def flush(self) -> None:
-        """Wait until everything submitted is in the database."""
-        join = asyncio.ensure_future(self._queue.join())
-        await asyncio.wait({join, self._task}, return_when=asyncio.FIRST_COMPLETED)
-        if self._task.done():
-            join.cancel()
-            await self._task
+    def check(self) -> None:
+        """Raise the failure that stopped storing, if it stopped."""
+        if self._task is not None and self._task.done():
+            self._task.result()  # the database or NATS failure that stopped storing
 
     async def close(self) -> None:
-        """Stop the writer (after a flush, nothing is lost)."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        """Stop storing; what is not acknowledged yet comes again to the next feed."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._consumer.stop()
 
     async def _run(self) -> None:
         while True:
-            parts = [await self._queue.get()]
-            while not self._queue.empty():
-                parts.append(self._queue.get_nowait())
-            candles = [c for part in parts for c in part]
-            with DB_WRITE_SECONDS.labels(self._bot, "feed").time():
-                await self._db.write_candles(self._bot, candles)
-            for _ in parts:
-                self._queue.task_done()
+            batch = await self._consumer.next_batch(STORE_BATCH_MAX, timeout=0.5)
+            if not batch:
+                continue
+            candles = []
+            for delivery in batch:
+                # A malformed candle is inference's to dead-letter; there is nothing to store.
+                with contextlib.suppress(MessageError):
+                    candles.append(decode(CandleMessage, delivery.msg.data).to_candle())
+            if candles:
+                with DB_WRITE_SECONDS.labels(self._bot, "feed").time():
+                    await self._db.write_candles(self._bot, candles)
+            await self._consumer.ack_through(batch)
+            self.stored_through = batch[-1].sequence
+
+
+async def stream_head(js: JetStreamContext, subjects: Subjects, symbols: list[str]) -> int:
+    """The stream sequence of the newest candle of any of ``symbols`` (0 when none)."""
+    head = 0
+    for symbol in symbols:
+        with contextlib.suppress(NotFoundError):
+            raw = await js.get_last_msg(subjects.stream, subjects.candles(symbol))
+            head = max(head, raw.seq or 0)
+    return head
 
 
 async def last_published(js: JetStreamContext, subjects: Subjects, symbol: str) -> int | None:
@@ -149,11 +181,14 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
     bot = settings.bot
     subjects = Subjects(bot.metadata.namespace, bot.metadata.name)
     status = runtime.WorkerStatus("feed", bot.key)
-    nc = await connect(settings.nats_url, f"{bot.key}/feed")
+    limit = settings.outage_limit_s
+    link = Connectivity(limit)
+    nc = await connect(settings.nats_url, f"{bot.key}/feed", link)
     js = nc.jetstream()
-    await ensure_stream(js, subjects)
-    db = await AsyncStore.connect(settings.database_url) if settings.database_url else None
-    if db is not None:
+    await ensure_stream(js, subjects, limit)
+    db = None
+    if settings.database_url:
+        db = await AsyncStore.connect(settings.database_url, outage_limit_s=limit)
         await db.migrate()
     health = HealthServer(
         settings.http_host, settings.http_port, lambda: (nc.is_connected, status.state)
@@ -166,7 +201,9 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
     log.info(
         "feed started", extra={"source": bot.spec.exchange.name, "resume": resume, "tf_ms": tf}
     )
-    writer = CandleWriter(db, bot.key) if db is not None else None
+    store = CandleStore(db, js, subjects, bot.key, link) if db is not None else None
+    if store is not None:
+        await store.start()
     try:
         source = candle_source(bot, settings.data_file)
         async for batch in paced(source, bot.spec.exchange.speed):
@@ -175,13 +212,15 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
             fresh = [c for c in batch if (resume.get(c.symbol) or -1) < c.open_time]
             if not fresh:
                 continue
-            await _publish(js, subjects, fresh, bot.key)
+            link.check()
+            if store is not None:
+                store.check()
+            await _publish(js, subjects, fresh, bot.key, limit)
             status.count("candles", len(fresh))
-            if writer is not None:
-                await writer.submit(fresh)
         else:
-            if writer is not None:
-                await writer.flush()
+            if store is not None:
+                head = await stream_head(js, subjects, bot.spec.symbols)
+                await store.caught_up(head, limit)
             status.state = "finished"
             status.message = f"source exhausted after {status.counters.get('candles', 0)} candles"
             log.info("feed finished", extra={"candles": status.counters.get("candles", 0)})
@@ -190,24 +229,19 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeat
-        await nc.publish(subjects.status, encode(status.to_message()))
+        # Stopped mid-stream, nothing is lost: unstored candles wait in the stream for the next
+        # feed's store consumer.
+        if store is not None:
+            await store.close()
+        await runtime.quietly(nc.publish(subjects.status, encode(status.to_message())), "status")
         await health.stop()
-        await nc.drain()
-        if writer is not None:
-            # Stopped mid-stream: what was published belongs in the database too.
-            try:
-                await asyncio.wait_for(writer.flush(), 10)
-            except Exception as error:
-                log.error(
-                    "candles published but not stored at shutdown", extra={"error": str(error)}
-                )
-            await writer.close()
+        await runtime.quietly(nc.drain(), "drain NATS")
         if db is not None:
-            await db.close()
+            await runtime.quietly(db.close(), "close database")
 
 
 async def _publish(
-    js: JetStreamContext, subjects: Subjects, candles: list[Candle], bot: str
+    js: JetStreamContext, subjects: Subjects, candles: list[Candle], bot: str, limit_s: float
 ) -> None:
     published_at = runtime.now_ms()
     items = []
@@ -218,7 +252,7 @@ async def _publish(
             message = CandleMessage.from_candle(candle, published_at)
             items.append((subjects.candles(candle.symbol), encode(message), headers))
         CANDLES_PUBLISHED.labels(bot, candle.symbol).inc()
-    await publish_all(js, items)
+    await publish_all(js, items, limit_s)
 
 
 def cli() -> None:
