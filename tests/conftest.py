@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kubetrade.embedded import start_nats
 from kubetrade.settings import quiet_environment
-from tests.shared_data import BTC_CSV
+from tests import shared_data
+from tests.shared_data import BTC_CSV, require_shared
 
 quiet_environment()
 
@@ -19,10 +21,9 @@ pytest_plugins = ["tests.fixtures_db", "tests.controlplane.fixtures"]
 
 @pytest.fixture(scope="session")
 def btc_csv() -> Path:
-    """The real BTC/USD hourly file (CryptoDataDownload); tests skip when it is absent."""
-    if not BTC_CSV.exists():
-        pytest.skip(f"real BTC data not found at {BTC_CSV}")
-    return BTC_CSV
+    """The real BTC/USD hourly file (CryptoDataDownload); absent, tests skip (or fail when
+    ``KUBETRADE_REQUIRE_SHARED=1``)."""
+    return require_shared(BTC_CSV, "real BTC data")
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +56,18 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> str:
         TrainConfig(name=MODEL, timeframe="1h", source="synthetic seed 99", version="1"),
     )
     return MODEL
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """A banner when tests were skipped for want of the shared folder (data, TimescaleDB)."""
+    if shared_data.skip_reasons:
+        tr = terminalreporter
+        tr.section("SHARED-DATA TESTS SKIPPED", sep="!", red=True, bold=True)
+        for reason in shared_data.skip_reasons:
+            tr.write_line(reason, red=True, bold=True)
+        tr.write_line(
+            f"Tests on real market data or TimescaleDB did NOT run; {shared_data.REQUIRE_ENV}=1 "
+            "makes this an error.",
+            red=True,
+            bold=True,
+        )

@@ -7,7 +7,8 @@ Register with ``pytest_plugins = ["tests.fixtures_db"]`` (or the module's import
 - ``db_url`` (function): URL of a fresh, empty database on that server, dropped afterwards.
 - ``timescale_url`` (session): URL of a TimescaleDB server; ``KUBETRADE_TEST_TIMESCALE_URL``
   when set, else the WASM build started from ``../shared/tools/timescaledb-wasm/start.sh``
-  (override with ``KUBETRADE_TIMESCALE_WASM``), killed at the end. Skips when neither is usable.
+  (override with ``KUBETRADE_TIMESCALE_WASM``), killed at the end. Skips when neither is usable
+  (fails instead with ``KUBETRADE_REQUIRE_SHARED=1``).
   That server takes ONE connection at a time, cannot COPY and shares session state (prepared
   statements) between connections: close connections promptly, connect with
   ``prepare_threshold=None`` and use ``Store(conn, copy=False)``.
@@ -35,7 +36,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from kubetrade.embedded import start_postgres
-from tests.shared_data import TIMESCALE_WASM_START
+from tests.shared_data import TIMESCALE_WASM_START, shared_missing
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +100,13 @@ def timescale_url() -> Iterator[str]:
         return
     script = Path(os.environ.get("KUBETRADE_TIMESCALE_WASM", _WASM_START))
     if not script.is_file():
-        pytest.skip(
+        shared_missing(
             f"no TimescaleDB: set KUBETRADE_TEST_TIMESCALE_URL, or provide {script} "
             "(or point KUBETRADE_TIMESCALE_WASM at a start.sh)"
         )
     missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"no TimescaleDB: {script} needs {' and '.join(missing)} on PATH")
+        shared_missing(f"no TimescaleDB: {script} needs {' and '.join(missing)} on PATH")
     started = time.perf_counter()
     # The first start runs npm install (about a minute); later ones take seconds. Output goes
     # to files, not pipes: the server it leaves behind inherits them and would keep a pipe

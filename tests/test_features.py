@@ -1,5 +1,9 @@
-"""Features: both paths agree on real data, nothing looks ahead, warm-up is exact and settled,
-the spec hash is stable and a mismatch is a clear error.
+"""Features: both paths agree, nothing looks ahead, warm-up is exact and settled, the spec hash
+is stable and a mismatch is a clear error.
+
+The agreement, warm-up and warm-suffix checks run on two series: generated candles with a
+stretch of flat zero-volume gap fills (always there, so the checks never silently skip) and the
+real BTC/USD file (from the shared folder; see tests/shared_data.py).
 
 Agreement tolerance everywhere: ``|a - b| <= 1e-9 * max(1, |a|)`` (absolute for values below 1,
 relative above), ``a`` being the vectorized value.
@@ -11,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -28,10 +33,8 @@ from kubetrade.features import (
     default_feature_spec,
     feature_spec,
 )
-from kubetrade.market import generate, load_candles, to_candles
-from tests.shared_data import BTC_CSV
+from kubetrade.market import clean_candles, generate, load_candles, to_candles
 
-BTC_FILE = BTC_CSV
 # Changes only with the feature definitions; then bump FEATURE_VERSION and update this.
 DEFAULT_HASH = "75b617b9f8eef3c3cd2cb003016c63256c8ff111d48eb59c719ce4409491e752"
 TOLERANCE = 1e-9
@@ -62,16 +65,36 @@ def spec() -> FeatureSpec:
     return default_feature_spec()
 
 
-@pytest.fixture(scope="module")
-def btc() -> pd.DataFrame:
-    if not BTC_FILE.exists():
-        pytest.skip(f"real BTC data not found at {BTC_FILE} (the shared data directory)")
-    return load_candles(BTC_FILE)
+@dataclass(frozen=True)
+class Series:
+    """A candle series, its timeframe, its vectorized features and the rows worth probing."""
+
+    frame: pd.DataFrame
+    timeframe: str
+    features: Matrix
+    probes: tuple[int, ...]
 
 
-@pytest.fixture(scope="module")
-def btc_features(btc: pd.DataFrame, spec: FeatureSpec) -> Matrix:
-    return compute_features(btc, spec)
+def _generated_with_flat_stretch() -> tuple[pd.DataFrame, int]:
+    """Generated hourly candles where 40 missing hours were filled by the cleaner with flat
+    zero-volume candles (longer than every window, so the flat-window branches run), and the
+    index of the last filled candle."""
+    raw = generate(["BTC/USDT"], "1h", 2_500, seed=8)
+    frame, report = clean_candles(raw.drop(index=range(1_500, 1_540)), "1h")
+    assert report.gaps_filled == 40
+    return frame, 1_539
+
+
+@pytest.fixture(scope="module", params=["generated", "btc"])
+def series(request: pytest.FixtureRequest, spec: FeatureSpec) -> Series:
+    if request.param == "generated":
+        frame, flat_end = _generated_with_flat_stretch()
+        probes = (spec.warmup, 1_000, flat_end, flat_end + 30, len(frame) - 1)
+        return Series(frame, "1h", compute_features(frame, spec), probes)
+    frame = load_candles(request.getfixturevalue("btc_csv"))
+    # 16_905: inside the vendor-copied hours.
+    probes = (spec.warmup, 3_000, 16_905, len(frame) - 1)
+    return Series(frame, "1h", compute_features(frame, spec), probes)
 
 
 @pytest.fixture(scope="module")
@@ -93,39 +116,37 @@ def test_at_least_40_distinct_features(spec: FeatureSpec) -> None:
     assert list(spec.params) == [g.key for g in REGISTRY]
 
 
-def test_paths_agree_on_every_feature_of_the_real_btc_series(
-    btc: pd.DataFrame, btc_features: Matrix, spec: FeatureSpec
-) -> None:
-    streamed = _stream(to_candles(btc, "1h"), spec)
-    agree = _close(btc_features, streamed)
-    assert agree.all(), _first_difference(btc_features, streamed)
+def test_paths_agree_on_every_feature(series: Series, spec: FeatureSpec) -> None:
+    streamed = _stream(to_candles(series.frame, series.timeframe), spec)
+    agree = _close(series.features, streamed)
+    assert agree.all(), _first_difference(series.features, streamed)
 
 
-def test_warmup_is_exact_and_every_later_value_finite(
-    btc_features: Matrix, spec: FeatureSpec
-) -> None:
-    defined = ~np.isnan(btc_features).any(axis=1)
+def test_warmup_is_exact_and_every_later_value_finite(series: Series, spec: FeatureSpec) -> None:
+    features = series.features
+    defined = ~np.isnan(features).any(axis=1)
     assert int(np.flatnonzero(defined)[0]) == spec.warmup - 1
-    assert np.isnan(btc_features[: spec.warmup - 1]).all()
-    assert np.isfinite(btc_features[spec.warmup - 1 :]).all()
+    assert np.isnan(features[: spec.warmup - 1]).all()
+    assert np.isfinite(features[spec.warmup - 1 :]).all()
     assert spec.warmup == max(g.from_params(spec.params[g.key]).warmup for g in REGISTRY)
 
 
 def test_warm_rows_depend_only_on_the_last_warmup_candles(
-    btc: pd.DataFrame, btc_features: Matrix, spec: FeatureSpec
+    series: Series, spec: FeatureSpec
 ) -> None:
     """What lets a restarted worker replay just ``warmup`` candles: the vectorized path on a
     suffix of exactly ``warmup`` candles, and a fresh engine fed the same suffix, both give the
     row of the full history."""
-    candles = to_candles(btc, "1h")
+    frame, features = series.frame, series.features
+    candles = to_candles(frame, series.timeframe)
     w = spec.warmup
-    for t in (w, 3_000, 16_905, len(btc) - 1):  # 16_905: inside the vendor-copied hours
-        suffix = compute_features(btc.iloc[t - w + 1 : t + 1], spec)[-1]
-        assert _close(btc_features[t], suffix).all(), t
+    for t in series.probes:
+        suffix = compute_features(frame.iloc[t - w + 1 : t + 1], spec)[-1]
+        assert _close(features[t], suffix).all(), t
         engine = FeatureEngine(spec)
         assert engine.warm_up(candles[t - w + 1 : t]) is None
         row = engine.update(candles[t])
-        assert row is not None and _close(btc_features[t], row).all(), t
+        assert row is not None and _close(features[t], row).all(), t
 
 
 def _perturbed(frame: pd.DataFrame, after: int, seed: int) -> pd.DataFrame:

@@ -38,9 +38,7 @@ from kubetrade.market.exchange import (
     poll_closed_candles,
     select_closed,
 )
-from tests.shared_data import BTC_CSV
 
-BTC_FILE = BTC_CSV
 RECORDED = Path(__file__).parent / "data/binance_btcusdt_1h_ohlcv.json"
 HOUR = 3_600_000
 T0 = 1_704_067_200_000  # 2024-01-01T00:00Z
@@ -195,9 +193,8 @@ def test_symbols_are_normalized() -> None:
         normalize_symbol("FOOBAR")
 
 
-@pytest.mark.skipif(not BTC_FILE.exists(), reason=f"real BTC data not found at {BTC_FILE}")
-def test_real_btc_file_loads_sorted_hourly_with_its_anomalies_reported() -> None:
-    loaded = load_candles_with_report(BTC_FILE)
+def test_real_btc_file_loads_sorted_hourly_with_its_anomalies_reported(btc_csv: Path) -> None:
+    loaded = load_candles_with_report(btc_csv)
     frame, report = loaded.frame, loaded.report
     assert (loaded.layout, loaded.timeframe) == ("cryptodatadownload", "1h")
     assert len(frame) == 20_111
