@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kubetrade.domain import Candle, EquityPoint, Fill, Order
+from kubetrade.errors import InvalidInputError
 from kubetrade.signals import Predictor, Rejected, SignalPipeline
 from kubetrade.spec import TradingBot
 from kubetrade.trading import TradingEngine
@@ -43,7 +44,7 @@ def run_backtest(
     def flush() -> None:
         for event in pipeline.process(batch):
             if isinstance(event, Rejected):
-                raise ValueError(f"candle refused by the feature engine: {event.reason}")
+                raise InvalidInputError(f"candle refused by the feature engine: {event.reason}")
             out = engine.on_event(event)
             result.candles += 1
             result.signals += event.prediction is not None

@@ -53,6 +53,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from kubetrade.errors import BusError
 from kubetrade.metrics import DEAD_LETTERS
 from kubetrade.settings import DEFAULT_OUTAGE_LIMIT_S, OutageError
 from kubetrade.subjects import Subjects
@@ -208,7 +209,7 @@ async def connect(url: str, name: str, link: Connectivity | None = None) -> Clie
             "(KUBETRADE_OUTAGE_LIMIT_S); check KUBETRADE_NATS_URL and that the server runs"
         ) from None
     except Exception as error:
-        raise ConnectionError(
+        raise BusError(
             f"cannot connect to NATS at {url}: {error}. Check KUBETRADE_NATS_URL."
         ) from error
 

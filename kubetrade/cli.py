@@ -1,59 +1,77 @@
-"""The ``kubetrade`` command line."""
+"""The ``kubetrade`` command line.
+
+Every command reports an error of ours (:class:`~kubetrade.errors.KubetradeError`) as one
+message on stderr and exits with its branch's code (the epilog of ``kubetrade --help`` lists
+them); anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 
+from kubetrade.errors import BRANCHES, KubetradeError, exit_code
 from kubetrade.settings import quiet_environment
-from kubetrade.spec import ManifestError, TradingBot, load_bot
+from kubetrade.spec import load_bot
 
 console = Console(stderr=True)
 
+EXIT_CODES_EPILOG = (
+    "\b\nExit codes:\n  0    done\n"
+    + "".join(f"  {branch.exit_code}    {branch.what}\n" for branch in (KubetradeError, *BRANCHES))
+    + "  130  interrupted (Ctrl-C); every process and server started was stopped"
+)
 
-def _load(path: Path) -> TradingBot:
-    try:
-        return load_bot(path)
-    except ManifestError as error:
-        console.print(f"[red]{error}[/red]")
-        raise SystemExit(2) from None
+# Options that several commands share, stacked on each command like any other option.
+MANIFEST = click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+DATA = click.option(
+    "--data",
+    "data_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Replay this candle file instead of the bot's own source.",
+)
 
 
-def _bot_and_candles(report_dir: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """The arguments ``run`` and ``backtest`` share: manifest, ``--data``, ``--report-dir``."""
+def report_dir_option(default: str) -> Any:
+    """``--report-dir`` with the command's own default directory."""
+    return click.option(
+        "--report-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path(default),
+        show_default=True,
+    )
 
-    def decorate(command: Callable[..., None]) -> Callable[..., None]:
-        for option in reversed(
-            (
-                click.argument(
-                    "manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path)
-                ),
-                click.option(
-                    "--data",
-                    "data_file",
-                    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                    help="Replay this candle file instead of the bot's own source.",
-                ),
-                click.option(
-                    "--report-dir",
-                    type=click.Path(file_okay=False, path_type=Path),
-                    default=Path(report_dir),
-                    show_default=True,
-                ),
+
+def error_line(command: str, error: KubetradeError) -> str:
+    """What the command line prints for one of our errors: the command, then the message."""
+    return f"kubetrade {command}: {error}"
+
+
+class Commands(click.Group):
+    """The command group: turns an error of ours into its message and its branch's exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the chosen command; a KubetradeError ends the process with its exit code."""
+        try:
+            return super().invoke(ctx)
+        except KubetradeError as error:
+            # No markup (messages hold brackets) and no wrapping: one message, as written.
+            console.print(
+                error_line(ctx.invoked_subcommand or str(ctx.info_name), error),
+                style="red",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
             )
-        ):
-            command = option(command)
-        return command
-
-    return decorate
+            ctx.exit(exit_code(error))
 
 
-@click.group()
+@click.group(cls=Commands, epilog=EXIT_CODES_EPILOG)
 @click.version_option(package_name="kubetrade")
 def main() -> None:
     """Kubernetes-native machine-learning crypto trading bots."""
@@ -61,15 +79,17 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@MANIFEST
 def check(manifest: Path) -> None:
     """Validate a TradingBot manifest; every bad field is named."""
-    bot = _load(manifest)
+    bot = load_bot(manifest)
     console.print(f"[green]{manifest}: valid TradingBot {bot.key}[/green]")
 
 
 @main.command()
-@_bot_and_candles("reports/run")
+@MANIFEST
+@DATA
+@report_dir_option("reports/run")
 @click.option("--nats-url", help="Use this NATS server instead of an embedded one.")
 @click.option("--database-url", help="Use this PostgreSQL/TimescaleDB instead of an embedded one.")
 @click.option(
@@ -95,9 +115,9 @@ def run(
     trace_file: Path | None,
 ) -> None:
     """Run a bot on this machine: feed, inference and executor as local processes."""
-    from kubetrade.runner import RunError, RunOptions, run_bot
+    from kubetrade.runner import RunOptions, run_bot
 
-    bot = _load(manifest)
+    bot = load_bot(manifest)
     options = RunOptions(
         data_file=data_file,
         report_dir=report_dir,
@@ -108,16 +128,15 @@ def run(
     )
     try:
         run_bot(bot, options, Console())
-    except RunError as error:
-        console.print(f"[red]run failed: {error}[/red]")
-        raise SystemExit(1) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: every process and server was stopped[/yellow]")
         raise SystemExit(130) from None
 
 
 @main.command()
-@_bot_and_candles("reports/backtest")
+@MANIFEST
+@DATA
+@report_dir_option("reports/backtest")
 def backtest(manifest: Path, data_file: Path | None, report_dir: Path) -> None:
     """Backtest a bot in-process with the same features, model, strategy, risk and broker."""
     from kubetrade.backtest import run_backtest
@@ -125,7 +144,7 @@ def backtest(manifest: Path, data_file: Path | None, report_dir: Path) -> None:
     from kubetrade.modelstore.predictor import OnnxPredictor
     from kubetrade.report import build_report, write_report
 
-    bot = _load(manifest)
+    bot = load_bot(manifest)
     predictor = OnnxPredictor.load(bot.spec.model.name, bot.spec.model.version)
     candles = load_source_candles(bot, str(data_file) if data_file else None)
     result = run_backtest(bot, candles, predictor)
@@ -278,8 +297,4 @@ def operator_command(
         finalizer_timeout=finalizer_timeout,
         log_level=log_level,
     )
-    try:
-        run_operator(options)
-    except ValueError as error:
-        console.print(f"[red]kubetrade operator: {error}[/red]")
-        raise SystemExit(2) from None
+    run_operator(options)

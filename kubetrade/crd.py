@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel
 
 from kubetrade.domain import TIMEFRAME_MS
+from kubetrade.errors import KubetradeError
 from kubetrade.spec import (
     API_GROUP,
     API_VERSION,
@@ -126,7 +127,7 @@ PRINTER_COLUMNS: list[Schema] = [
 ]
 
 
-class SchemaConversionError(ValueError):
+class SchemaConversionError(KubetradeError):
     """The spec model uses a construct that has no structural-schema equivalent."""
 
 

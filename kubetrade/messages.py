@@ -22,12 +22,13 @@ from kubetrade.domain import (
     Prediction,
     Side,
 )
+from kubetrade.errors import InvalidInputError
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Price = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
-class MessageError(ValueError):
+class MessageError(InvalidInputError):
     """A message that is not valid JSON or does not match its schema."""
 
 

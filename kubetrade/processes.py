@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kubetrade.errors import InvalidInputError
 from kubetrade.render import COMPONENT_LABEL
 from kubetrade.settings import ENV_HTTP_PORT
 
@@ -22,7 +23,7 @@ PROBE_FIELDS = {
 }
 
 
-class EnvResolutionError(ValueError):
+class EnvResolutionError(InvalidInputError):
     """A container's environment refers to something the local run does not have."""
 
 

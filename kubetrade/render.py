@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetrade import __version__
+from kubetrade.errors import InvalidInputError
 from kubetrade.settings import (
     COMPONENTS,
     DEFAULT_HTTP_PORTS,
@@ -105,7 +106,7 @@ class Platform:
             )
 
 
-class RenderError(ValueError):
+class RenderError(InvalidInputError):
     """The bot cannot be turned into valid Kubernetes objects."""
 
 

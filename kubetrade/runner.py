@@ -29,6 +29,7 @@ from rich.table import Table
 
 from kubetrade.bus import connect
 from kubetrade.embedded import embedded_servers, free_port
+from kubetrade.errors import KubetradeError
 from kubetrade.messages import MessageError, StatusMessage, decode
 from kubetrade.processes import LocalProcess, local_processes
 from kubetrade.render import Platform, render
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 LOCAL_ENTRY = [sys.executable, "-m", "kubetrade"]
 
 
-class RunError(RuntimeError):
+class RunError(KubetradeError):
     """The local run could not complete; the message says which process and why."""
 
 

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from kubetrade.errors import InvalidInputError
 from kubetrade.spec import TradingBot
 
 ENV_SPEC = "KUBETRADE_SPEC"
@@ -44,7 +45,7 @@ def quiet_environment() -> None:
         os.environ.setdefault(key, value)
 
 
-class SettingsError(RuntimeError):
+class SettingsError(InvalidInputError):
     """A worker was started without the configuration it needs."""
 
 

@@ -1,362 +1,43 @@
 """Research commands: ``kubetrade train``, ``validate``, ``export`` and ``model list|show|promote|
 export``.
 
-Heavy imports (xgboost, torch, onnxmltools, bentoml) happen inside the commands: the kubetrade
-CLI loads this module for every command.
+Their options live in ``options`` and what they print in ``display``. Heavy imports (xgboost,
+torch, onnxmltools, bentoml) happen inside the commands: the kubetrade CLI loads this module
+for every command. An error of ours propagates to the ``kubetrade`` command group, which prints
+it as one message and exits with its branch's code (see ``kubetrade.errors``).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
-import pandas as pd
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
-from kubetrade.onnx_export.sources import database_frames, file_frames, synthetic_frames
+from kubetrade.errors import InvalidInputError
+from kubetrade.onnx_export.display import (
+    console,
+    metrics_rows,
+    progress_bar,
+    spinner,
+    train_summary,
+)
+from kubetrade.onnx_export.options import (
+    label_options,
+    label_spec,
+    load_frames,
+    model_config,
+    model_options,
+    source_options,
+)
 from kubetrade.settings import quiet_environment
 
 if TYPE_CHECKING:
     from kubetrade.modelstore.registry import ModelRecord
-    from kubetrade.onnx_export.dataset import LabelSpec
-    from kubetrade.onnx_export.models.base import ModelConfig
-    from kubetrade.onnx_export.pipeline import TrainResult
-
-console = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-DEFAULT_SYMBOLS = "BTC/USDT,ETH/USDT,SOL/USDT"
-# Synthetic defaults: enough candles per symbol for ~30k training rows across the three
-# symbols, trained in seconds; a seed apart from the demo bot's (7) so the model is judged on
-# candles it never saw.
-DEFAULT_CANDLES = 10_000
-DEFAULT_SEED = 1
-MODEL_KINDS = ("xgboost", "lstm", "transformer", "ensemble")
-
-
-def _apply(options: list[Callable[[F], F]], function: F) -> F:
-    for option in reversed(options):
-        function = option(function)
-    return function
-
-
-def source_options(function: F) -> F:
-    """--data FILE | --synthetic | --database URL --bot NS/NAME, and the timeframe."""
-    return _apply(
-        [
-            click.option(
-                "--data",
-                "data_file",
-                type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                help="Candle file (CSV or Parquet: Binance, ccxt or CryptoDataDownload layout).",
-            ),
-            click.option("--synthetic", is_flag=True, help="Candles from the synthetic generator."),
-            click.option(
-                "--database",
-                "database_url",
-                help="PostgreSQL URL: train on the candles a bot's feed stored (needs --bot).",
-            ),
-            click.option("--bot", "bot_key", help="With --database: the bot, as namespace/name."),
-            click.option(
-                "--symbols",
-                default=DEFAULT_SYMBOLS,
-                show_default=True,
-                help="Comma-separated symbols for --synthetic (and a filter for --database).",
-            ),
-            click.option(
-                "--candles",
-                type=click.IntRange(min=100),
-                default=DEFAULT_CANDLES,
-                show_default=True,
-                help="Candles per symbol for --synthetic.",
-            ),
-            click.option(
-                "--seed",
-                type=int,
-                default=DEFAULT_SEED,
-                show_default=True,
-                help="Generator seed for --synthetic.",
-            ),
-            click.option("--timeframe", default="1h", show_default=True, help="Candle timeframe."),
-        ],
-        function,
-    )
-
-
-def label_options(function: F) -> F:
-    """The label definition."""
-    return _apply(
-        [
-            click.option(
-                "--label",
-                "label_kind",
-                type=click.Choice(["forward-return", "triple-barrier"]),
-                default="forward-return",
-                show_default=True,
-                help="Forward return over the horizon, or the first barrier touched.",
-            ),
-            click.option(
-                "--horizon",
-                type=click.IntRange(min=1),
-                default=4,
-                show_default=True,
-                help="Candles the label looks ahead.",
-            ),
-            click.option(
-                "--threshold",
-                type=float,
-                default=0.0,
-                show_default=True,
-                help="Forward return above this fraction counts as up.",
-            ),
-            click.option(
-                "--dead-zone",
-                type=click.FloatRange(min=0),
-                default=0.0,
-                show_default=True,
-                help="Drop rows whose forward return is within this of the threshold.",
-            ),
-            click.option(
-                "--take-profit",
-                type=click.FloatRange(min=0, min_open=True),
-                default=1.0,
-                show_default=True,
-                help="Triple barrier: upper barrier in sigmas over the horizon.",
-            ),
-            click.option(
-                "--stop-loss",
-                type=click.FloatRange(min=0, min_open=True),
-                default=1.0,
-                show_default=True,
-                help="Triple barrier: lower barrier in sigmas over the horizon.",
-            ),
-        ],
-        function,
-    )
-
-
-def model_options(function: F) -> F:
-    """Model kind and its main settings."""
-    return _apply(
-        [
-            click.option(
-                "--model",
-                "model_kind",
-                type=click.Choice(MODEL_KINDS),
-                default="xgboost",
-                show_default=True,
-                help="Model kind.",
-            ),
-            click.option(
-                "--window",
-                type=click.IntRange(min=2),
-                default=24,
-                show_default=True,
-                help="LSTM/Transformer: feature rows per prediction.",
-            ),
-            click.option(
-                "--epochs",
-                type=click.IntRange(min=1),
-                default=6,
-                show_default=True,
-                help="LSTM/Transformer: training epochs.",
-            ),
-            click.option(
-                "--hidden",
-                type=click.IntRange(min=4),
-                default=32,
-                show_default=True,
-                help="LSTM/Transformer: hidden size.",
-            ),
-            click.option(
-                "--trees",
-                type=click.IntRange(min=1),
-                default=200,
-                show_default=True,
-                help="XGBoost: boosting rounds.",
-            ),
-            click.option(
-                "--max-depth",
-                type=click.IntRange(min=1),
-                default=4,
-                show_default=True,
-                help="XGBoost: tree depth.",
-            ),
-            click.option(
-                "--members",
-                default="xgboost,lstm",
-                show_default=True,
-                help="Ensemble: comma-separated member kinds.",
-            ),
-            click.option(
-                "--ensemble-method",
-                type=click.Choice(["stacked", "average"]),
-                default="stacked",
-                show_default=True,
-                help="Ensemble: logistic meta-model on out-of-fold predictions, or mean.",
-            ),
-            click.option(
-                "--model-seed", type=int, default=7, show_default=True, help="Training seed."
-            ),
-        ],
-        function,
-    )
-
-
-def load_frames(options: dict[str, Any]) -> tuple[dict[str, pd.DataFrame], str]:
-    """The candles the source options name, per symbol, and a description of the source."""
-    data_file: Path | None = options["data_file"]
-    database_url: str | None = options["database_url"]
-    chosen = [s.strip() for s in str(options["symbols"]).split(",") if s.strip()]
-    given = sum((data_file is not None, bool(options["synthetic"]), database_url is not None))
-    if given != 1:
-        raise click.UsageError("give exactly one of --data FILE, --synthetic or --database URL")
-    timeframe = str(options["timeframe"])
-    if data_file is not None:
-        return file_frames(data_file, timeframe), str(data_file)
-    if database_url is not None:
-        bot = options["bot_key"]
-        if not bot:
-            raise click.UsageError("--database needs --bot NAMESPACE/NAME")
-        explicit = options["symbols"] != DEFAULT_SYMBOLS
-        frames = database_frames(database_url, bot, timeframe, chosen if explicit else None)
-        return frames, f"database(bot={bot})"
-    seed, candles = int(options["seed"]), int(options["candles"])
-    frames = synthetic_frames(chosen, timeframe, candles, seed)
-    return frames, f"synthetic(seed={seed}, candles={candles})"
-
-
-def label_spec(options: dict[str, Any]) -> LabelSpec:
-    """The LabelSpec of the label options."""
-    from kubetrade.onnx_export.dataset import LabelSpec
-
-    return LabelSpec(
-        kind=str(options["label_kind"]).replace("-", "_"),
-        horizon=int(options["horizon"]),
-        threshold=float(options["threshold"]),
-        dead_zone=float(options["dead_zone"]),
-        take_profit=float(options["take_profit"]),
-        stop_loss=float(options["stop_loss"]),
-    )
-
-
-def model_config(options: dict[str, Any], kind: str | None = None) -> ModelConfig:
-    """The model config of the model options (``kind`` overrides ``--model``)."""
-    from kubetrade.onnx_export.models.boosted import XGBoostParams
-
-    kind = kind or str(options["model_kind"])
-    seed = int(options["model_seed"])
-    if kind == "xgboost":
-        return XGBoostParams(
-            n_estimators=int(options["trees"]), max_depth=int(options["max_depth"]), seed=seed
-        )
-    if kind in ("lstm", "transformer"):
-        from kubetrade.onnx_export.models.factory import neural_module
-
-        config: ModelConfig = neural_module().NeuralParams(
-            kind=kind,
-            window=int(options["window"]),
-            epochs=int(options["epochs"]),
-            hidden=int(options["hidden"]),
-            seed=seed,
-        )
-        return config
-    from kubetrade.onnx_export.models.ensemble import EnsembleParams
-
-    members = [m.strip() for m in str(options["members"]).split(",") if m.strip()]
-    if "ensemble" in members or any(m not in MODEL_KINDS for m in members):
-        raise click.UsageError(
-            f"--members {options['members']!r}: use xgboost, lstm or transformer, e.g. xgboost,lstm"
-        )
-    return EnsembleParams(
-        members=tuple(model_config(options, m) for m in members),
-        method=str(options["ensemble_method"]),
-    )
-
-
-@contextmanager
-def _failures(what: str) -> Iterator[None]:
-    """Known failures as one red line and exit code 1, instead of a traceback."""
-    from kubetrade.modelstore.registry import ModelNotFoundError, RegistryError
-    from kubetrade.onnx_export.export import ParityError
-    from kubetrade.onnx_export.models.factory import TorchMissingError
-
-    try:
-        yield
-    except (
-        ValueError,
-        FileNotFoundError,
-        ParityError,
-        RegistryError,
-        ModelNotFoundError,
-        TorchMissingError,
-        ImportError,
-    ) as error:
-        console.print(f"[red]{what} failed: {error}[/red]")
-        raise SystemExit(1) from None
-
-
-def _spinner() -> Progress:
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
-
-
-def _bar() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
-
-
-def _metrics_rows(table: Table, metrics: dict[str, Any]) -> None:
-    for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "mcc", "log_loss"):
-        value = metrics.get(key)
-        table.add_row(key, "n/a" if value is None else f"{value:.4f}")
-
-
-def _summary(result: TrainResult) -> Table:
-    meta = result.record.metadata
-    table = Table(title=f"model {result.record.tag} ({meta.model_type})", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("symbols", ", ".join(meta.training.symbols) + f" ({meta.training.timeframe})")
-    table.add_row("rows (train / test)", f"{meta.training.train_rows} / {meta.training.test_rows}")
-    table.add_row(
-        "up rate (train / test)",
-        f"{result.train_balance.up_rate:.1%} / {result.test_balance.up_rate:.1%}",
-    )
-    table.add_row("label", json.dumps(meta.label.model_dump(exclude_none=True)))
-    table.add_row("window", str(meta.window))
-    table.add_row("features", f"{len(meta.feature_names)} (hash {meta.feature_hash[:12]})")
-    _metrics_rows(table, result.metrics.to_dict())
-    table.add_row("ONNX parity (max |diff|)", f"{result.parity_max_abs_diff:.2e}")
-    table.add_row("training time", f"{result.train_seconds:.2f} s")
-    table.add_row("total time", f"{result.total_seconds:.2f} s")
-    table.add_row("stored at", str(result.record.path))
-    return table
 
 
 @click.command()
@@ -400,7 +81,7 @@ def train(**options: Any) -> None:
     if not options["no_register"] and not name:
         raise click.UsageError("give --name NAME to register the model")
     started = time.perf_counter()
-    with _failures("train"), _spinner() as progress:
+    with spinner() as progress:
         task = progress.add_task("loading candles")
         frames, source = load_frames(options)
         config = TrainConfig(
@@ -425,7 +106,7 @@ def train(**options: Any) -> None:
         if options["promote"]:
             promote(record.name, record.version)
     result = TrainResult.of(fitted, record, started)
-    console.print(_summary(result))
+    console.print(train_summary(result))
 
 
 @click.command("export")
@@ -440,7 +121,7 @@ def export(checkpoint: Path, name: str, version: str | None, promote: bool) -> N
     from kubetrade.modelstore import registry
     from kubetrade.onnx_export.pipeline import Checkpoint, register_checkpoint
 
-    with _failures("export"), _spinner() as progress:
+    with spinner() as progress:
         progress.add_task(f"exporting {checkpoint}")
         record = register_checkpoint(Checkpoint.load(checkpoint), name, version)
         if promote:
@@ -513,58 +194,57 @@ def validate(**options: Any) -> None:
     from kubetrade.onnx_export.wf_report import write_report
     from kubetrade.spec import load_bot
 
-    with _failures("validate"):
-        bot = load_bot(options["bot_manifest"]) if options["bot_manifest"] else None
-        frames, source = load_frames(options)
-        config = WalkForwardConfig(
-            model=model_config(options),
-            timeframe=str(options["timeframe"]),
-            train=options["train_size"],
-            test=options["test_size"],
-            step=options["step_size"],
-            mode=options["mode"],
-            label=label_spec(options),
-        )
-        first = min(int(f["open_time"].iloc[0]) for f in frames.values())
-        last = max(int(f["open_time"].iloc[-1]) for f in frames.values())
-        folds = plan_folds(first, last, config)
-        extra: dict[str, Any] = {"source": source}
-        with _bar() as progress:
-            if options["trials"]:
-                from kubetrade.onnx_export.search import search
+    bot = load_bot(options["bot_manifest"]) if options["bot_manifest"] else None
+    frames, source = load_frames(options)
+    config = WalkForwardConfig(
+        model=model_config(options),
+        timeframe=str(options["timeframe"]),
+        train=options["train_size"],
+        test=options["test_size"],
+        step=options["step_size"],
+        mode=options["mode"],
+        label=label_spec(options),
+    )
+    first = min(int(f["open_time"].iloc[0]) for f in frames.values())
+    last = max(int(f["open_time"].iloc[-1]) for f in frames.values())
+    folds = plan_folds(first, last, config)
+    extra: dict[str, Any] = {"source": source}
+    with progress_bar() as progress:
+        if options["trials"]:
+            from kubetrade.onnx_export.search import search
 
-                cut = max(1, int(len(folds) * float(options["search_share"])))
-                if cut >= len(folds):
-                    raise ValueError(
-                        f"{len(folds)} folds leave none for reporting after the search; use "
-                        "more candles or a lower --search-share"
-                    )
-                task = progress.add_task("searching", total=int(options["trials"]))
-                found = search(
-                    frames,
-                    config,
-                    folds[:cut],
-                    int(options["trials"]),
-                    seed=int(options["model_seed"]),
-                    progress=lambda done, _: progress.update(task, completed=done),
+            cut = max(1, int(len(folds) * float(options["search_share"])))
+            if cut >= len(folds):
+                raise InvalidInputError(
+                    f"{len(folds)} folds leave none for reporting after the search; use "
+                    "more candles or a lower --search-share"
                 )
-                config = with_model(config, found.best)
-                extra["search"] = found.to_dict()
-                folds = folds[cut:]
-            task = progress.add_task("walk-forward folds", total=len(folds))
-            result = walk_forward(
+            task = progress.add_task("searching", total=int(options["trials"]))
+            found = search(
                 frames,
                 config,
-                bot,
+                folds[:cut],
+                int(options["trials"]),
+                seed=int(options["model_seed"]),
                 progress=lambda done, _: progress.update(task, completed=done),
-                folds=folds,
             )
-        paths = write_report(result, Path(options["report_dir"]), extra)
+            config = with_model(config, found.best)
+            extra["search"] = found.to_dict()
+            folds = folds[cut:]
+        task = progress.add_task("walk-forward folds", total=len(folds))
+        result = walk_forward(
+            frames,
+            config,
+            bot,
+            progress=lambda done, _: progress.update(task, completed=done),
+            folds=folds,
+        )
+    paths = write_report(result, Path(options["report_dir"]), extra)
     aggregate = result.aggregate()
     table = Table(title=f"walk-forward: {config.model.kind}, {len(result.folds)} folds")
     table.add_column("figure", style="bold")
     table.add_column("value")
-    _metrics_rows(table, aggregate["pooled_metrics"])
+    metrics_rows(table, aggregate["pooled_metrics"])
     for key, value in aggregate["trading"].items():
         table.add_row(key, "n/a" if value is None else f"{value:.4g}")
     console.print(table)
@@ -588,8 +268,7 @@ def list_command(name: str | None) -> None:
     """Every registered version (of NAME), oldest first; * marks the promoted one."""
     from kubetrade.modelstore.registry import list_models, promoted_version
 
-    with _failures("model list"):
-        records = list_models(name)
+    records = list_models(name)
     table = Table(title="registered models")
     for column in ("model", "version", "type", "window", "ROC AUC", "parity", "created"):
         table.add_column(column)
@@ -622,8 +301,7 @@ def _record(tag: str, version: str | None) -> ModelRecord:
 @click.option("--version", help="Version (default: the one `latest` names).")
 def show_command(tag: str, version: str | None) -> None:
     """The metadata of NAME[:VERSION] as JSON."""
-    with _failures("model show"):
-        record = _record(tag, version)
+    record = _record(tag, version)
     document = {
         "name": record.name,
         "version": record.version,
@@ -643,8 +321,7 @@ def promote_command(tag: str, version: str | None) -> None:
     name, chosen = _split_tag(tag, version)
     if chosen == "latest":
         raise click.UsageError("name the version to promote: NAME:VERSION or --version")
-    with _failures("model promote"):
-        record = promote(name, chosen)
+    record = promote(name, chosen)
     console.print(f"[green]{record.tag} is now {name}:latest[/green]")
 
 
@@ -662,7 +339,6 @@ def export_command(tag: str, version: str | None, out: Path) -> None:
     from kubetrade.modelstore.registry import export_files
 
     name, chosen = _split_tag(tag, version)
-    with _failures("model export"):
-        paths = export_files(name, chosen, out)
+    paths = export_files(name, chosen, out)
     for path in paths:
         click.echo(str(path))

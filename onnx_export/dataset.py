@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
+from kubetrade.errors import InvalidInputError
 from kubetrade.features import FeatureSpec, compute_features
 
 log = logging.getLogger(__name__)
@@ -57,18 +58,18 @@ class LabelSpec:
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
-            raise ValueError(f"label horizon must be at least 1 candle, got {self.horizon}")
+            raise InvalidInputError(f"label horizon must be at least 1 candle, got {self.horizon}")
         if self.dead_zone < 0:
-            raise ValueError(f"label dead zone must not be negative, got {self.dead_zone}")
+            raise InvalidInputError(f"label dead zone must not be negative, got {self.dead_zone}")
         if self.kind not in LABEL_KINDS:
-            raise ValueError(f"unknown label kind {self.kind!r}; use one of {LABEL_KINDS}")
+            raise InvalidInputError(f"unknown label kind {self.kind!r}; use one of {LABEL_KINDS}")
         if self.take_profit <= 0 or self.stop_loss <= 0:
-            raise ValueError(
+            raise InvalidInputError(
                 f"triple-barrier multiples must be positive, got take_profit={self.take_profit} "
                 f"and stop_loss={self.stop_loss}"
             )
         if self.vol_window < 2:
-            raise ValueError(f"vol_window must be at least 2 candles, got {self.vol_window}")
+            raise InvalidInputError(f"vol_window must be at least 2 candles, got {self.vol_window}")
 
     def to_dict(self) -> dict[str, Any]:
         """The label definition as plain JSON-ready values."""
@@ -147,7 +148,7 @@ class Dataset:
         if window == 1:
             return self.features
         if self.windows is None or window > self.window:
-            raise ValueError(
+            raise InvalidInputError(
                 f"a model over windows of {window} rows needs a dataset built with window >= "
                 f"{window}; this one has {self.window}"
             )
@@ -240,13 +241,13 @@ def check_frame(frame: pd.DataFrame, symbol: str) -> None:
     """Refuse a candle frame the feature code cannot use, naming the symbol and the problem."""
     missing = [c for c in FRAME_COLUMNS if c not in frame.columns]
     if missing:
-        raise ValueError(
+        raise InvalidInputError(
             f"candles of {symbol} lack columns {missing}; "
             f"expected {list(FRAME_COLUMNS)} (open_time in ms UTC)"
         )
     times = frame["open_time"].to_numpy()
     if times.shape[0] > 1 and not bool(np.all(np.diff(times) > 0)):
-        raise ValueError(
+        raise InvalidInputError(
             f"candles of {symbol} are not strictly increasing in open_time; "
             "sort them and drop duplicates before training"
         )
@@ -258,7 +259,7 @@ def symbol_rows(
     """Labelled feature rows of one symbol; rows in warm-up, without a future, or without
     ``window - 1`` complete rows before them are dropped."""
     if window < 1:
-        raise ValueError(f"window must be at least 1 row, got {window}")
+        raise InvalidInputError(f"window must be at least 1 row, got {window}")
     check_frame(frame, symbol)
     features = np.asarray(compute_features(frame, spec), dtype=np.float64)
     times = frame["open_time"].to_numpy(dtype=np.int64)
@@ -295,7 +296,7 @@ def build_dataset(
 ) -> Dataset:
     """Labelled rows of every symbol, merged in time order (stable, so ties keep symbol order)."""
     if not frames:
-        raise ValueError("no candles to build a dataset from: give at least one symbol")
+        raise InvalidInputError("no candles to build a dataset from: give at least one symbol")
     parts = [symbol_rows(frame, symbol, spec, label, window) for symbol, frame in frames.items()]
     open_time = np.concatenate([p.open_time for p in parts])
     order = np.argsort(open_time, kind="stable")
@@ -312,7 +313,7 @@ def build_dataset(
         windows=windows,
     )
     if len(dataset) == 0:
-        raise ValueError(
+        raise InvalidInputError(
             f"no usable rows: every row is in the feature warm-up ({spec.warmup} candles, plus "
             f"{window - 1} rows of window) or lacks a label {label.horizon} candles ahead; "
             "give more candles"
@@ -331,17 +332,17 @@ def chronological_split(dataset: Dataset, test_fraction: float) -> tuple[Dataset
     label has seen a price the test set is judged on.
     """
     if not 0 < test_fraction < 1:
-        raise ValueError(f"test fraction must be between 0 and 1, got {test_fraction}")
+        raise InvalidInputError(f"test fraction must be between 0 and 1, got {test_fraction}")
     cut = int(len(dataset) * (1 - test_fraction))
     if cut <= 0 or cut >= len(dataset):
-        raise ValueError(
+        raise InvalidInputError(
             f"{len(dataset)} rows are too few to split {test_fraction:.0%} off for testing"
         )
     cutoff = int(dataset.open_time[cut])
     train = dataset.subset(dataset.label_time < cutoff)
     test = dataset.subset(dataset.open_time >= cutoff)
     if len(train) == 0 or len(test) == 0:
-        raise ValueError(
+        raise InvalidInputError(
             f"split at {cutoff} leaves {len(train)} training and {len(test)} test rows; "
             "give more candles"
         )

@@ -9,6 +9,7 @@ import logging
 import numpy as np
 import onnx
 
+from kubetrade.errors import InvalidInputError, ModelError
 from kubetrade.modelstore.metadata import MetadataError, ModelMetadata
 from kubetrade.onnx_export.models.base import INPUT_NAME, PROBABILITIES_OUTPUT, Model
 from kubetrade.settings import quiet_environment
@@ -21,7 +22,7 @@ PARITY_TOLERANCE = 1e-5
 METADATA_KEY = "kubetrade.metadata"
 
 
-class ParityError(RuntimeError):
+class ParityError(ModelError):
     """ONNX Runtime's probabilities differ from the native model's beyond the tolerance."""
 
 
@@ -53,7 +54,7 @@ def check_parity(
     ``tolerance``: such a model must not be served.
     """
     if inputs.shape[0] == 0:
-        raise ValueError("parity check needs at least one held-out row")
+        raise InvalidInputError("parity check needs at least one held-out row")
     native = model.predict_proba(inputs)
     exported = onnx_up_probabilities(onnx_model, inputs)
     diff = np.abs(native - exported)

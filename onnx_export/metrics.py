@@ -17,6 +17,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from kubetrade.errors import InvalidInputError
+
 # Probabilities at or above this count as a prediction of up.
 DECISION_THRESHOLD = 0.5
 
@@ -50,7 +52,7 @@ def score(probabilities: np.ndarray, labels: np.ndarray) -> Metrics:
     labels = np.asarray(labels).astype(np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if labels.shape != probabilities.shape or labels.ndim != 1 or labels.shape[0] == 0:
-        raise ValueError(
+        raise InvalidInputError(
             f"scoring needs one probability per label; got {probabilities.shape} probabilities "
             f"for {labels.shape} labels"
         )

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import pandas as pd
 
+from kubetrade.errors import InvalidInputError
 from kubetrade.features import FeatureSpec, default_feature_spec
 from kubetrade.modelstore.metadata import (
     LabelInfo,
@@ -102,7 +103,7 @@ class Checkpoint:
         """Read back what ``save`` wrote."""
         file = directory / CHECKPOINT_FILE
         if not file.is_file():
-            raise FileNotFoundError(
+            raise InvalidInputError(
                 f"{directory} holds no {CHECKPOINT_FILE}: write one with "
                 "`kubetrade train --checkpoint DIR`"
             )

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from kubetrade.errors import InvalidInputError
+
 # Standardized values beyond this many deviations are clipped: a crash candle must not push a
 # neural network into a region it never saw in training.
 CLIP = 10.0
@@ -32,7 +34,7 @@ class Standardizer:
         """Means and deviations of the training rows ``[n, features]`` (float64)."""
         rows = np.asarray(rows, dtype=np.float64)
         if rows.ndim != 2 or rows.shape[0] < 2:
-            raise ValueError(
+            raise InvalidInputError(
                 f"fitting a scaler needs at least two rows of features; got shape {rows.shape}"
             )
         std = rows.std(axis=0)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kubetrade.errors import InvalidInputError
 from kubetrade.onnx_export.models.base import ModelConfig
 from kubetrade.onnx_export.walkforward import Fold, WalkForwardConfig, walk_forward, with_model
 
@@ -63,7 +64,7 @@ def suggest(trial: Any, base: ModelConfig) -> ModelConfig:
             learning_rate=trial.suggest_float("learning_rate", 3e-4, 5e-3, log=True),
             epochs=trial.suggest_int("epochs", 2, 10),
         )
-    raise ValueError(
+    raise InvalidInputError(
         f"hyperparameter search covers xgboost, lstm and transformer models, not {base.kind}; "
         "search the members one by one, then ensemble them"
     )
@@ -87,7 +88,7 @@ def search(
             "`pip install -e '.[train]'`"
         ) from None
     if not validation_folds:
-        raise ValueError("the search needs at least one validation fold")
+        raise InvalidInputError("the search needs at least one validation fold")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     records: list[dict[str, Any]] = []
 

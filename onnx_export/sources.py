@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kubetrade.errors import InvalidInputError
 from kubetrade.market.frame import sort_frame
 
 CANDLE_QUERY = """
@@ -56,7 +57,7 @@ def database_frames(
         cursor.execute(CANDLE_QUERY, params)
         rows = cursor.fetchall()
     if not rows:
-        raise ValueError(
+        raise InvalidInputError(
             f"no {timeframe} candles of bot {bot!r} in the database"
             + (f" for {list(symbols)}" if symbols else "")
             + "; run the bot's feed first, or check --bot (namespace/name) and --timeframe"

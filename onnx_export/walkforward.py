@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from kubetrade.domain import Candle, EquityPoint, Fill, timeframe_ms
+from kubetrade.errors import InvalidInputError
 from kubetrade.features import FeatureSpec, default_feature_spec
 from kubetrade.market.frame import to_candles
 from kubetrade.onnx_export.dataset import Dataset, LabelSpec, build_dataset
@@ -48,9 +49,12 @@ def window_ms(size: int | str, timeframe: str) -> int:
     if isinstance(size, int) or size.isdigit():
         candles = int(size)
         if candles < 1:
-            raise ValueError(f"a walk-forward window needs at least 1 candle, got {candles}")
+            raise InvalidInputError(f"a walk-forward window needs at least 1 candle, got {candles}")
         return candles * timeframe_ms(timeframe)
-    return parse_duration(size) * 1000
+    try:
+        return parse_duration(size) * 1000
+    except ValueError as error:  # parse_duration serves pydantic validators, so ValueError
+        raise InvalidInputError(f"walk-forward window: {error}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +72,7 @@ class WalkForwardConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"unknown walk-forward mode {self.mode!r}; use one of {MODES}")
+            raise InvalidInputError(f"unknown walk-forward mode {self.mode!r}; use one of {MODES}")
 
     def spans(self) -> tuple[int, int, int]:
         """Train, test and step lengths in ms (step defaults to the test length)."""
@@ -100,7 +104,7 @@ def plan_folds(first: int, last: int, config: WalkForwardConfig) -> list[Fold]:
         folds.append(Fold(len(folds), train_start, test_start, test_start + test))
         test_start += step
     if not folds:
-        raise ValueError(
+        raise InvalidInputError(
             f"no walk-forward fold fits: {config.train} training plus {config.test} test "
             f"candles/time need more than the {(end - first) // timeframe_ms(config.timeframe)} "
             "candles given; use smaller windows or more candles"
@@ -247,7 +251,7 @@ def backtest_window(
     for start in range(0, len(candles), BACKTEST_BATCH):
         for event in pipeline.process(candles[start : start + BACKTEST_BATCH]):
             if isinstance(event, Rejected):
-                raise ValueError(f"candle refused by the feature engine: {event.reason}")
+                raise InvalidInputError(f"candle refused by the feature engine: {event.reason}")
             out = engine.on_event(event)
             fills.extend(out.fills)
             equity.extend(out.equity)
@@ -286,7 +290,7 @@ def walk_forward(
     bot = bot or default_bot(list(frames), config.timeframe)
     missing = [s for s in frames if s not in bot.spec.symbols]
     if missing:
-        raise ValueError(
+        raise InvalidInputError(
             f"the backtest bot trades {bot.spec.symbols} but the candles hold {missing} too; "
             "give a bot with every symbol of the data"
         )
@@ -304,7 +308,7 @@ def walk_forward(
         progress(fold.index, len(plan))
         train, test = _fold_sets(dataset, fold)
         if len(test) == 0 or len(np.unique(train.labels)) < 2:
-            raise ValueError(
+            raise InvalidInputError(
                 f"fold {fold.index} has {len(train)} training rows ({train.balance.to_dict()}) "
                 f"and {len(test)} test rows: too few to fit and score; use longer windows"
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kubetrade.errors import InvalidInputError
 from kubetrade.render import Platform
 
 FIELD_MANAGER = "kubetrade-operator"
@@ -37,8 +38,8 @@ class OperatorConfig:
     def __post_init__(self) -> None:
         for name in ("status_tick_s", "trading_interval_s", "heartbeat_timeout_s"):
             if getattr(self, name) <= 0:
-                raise ValueError(
+                raise InvalidInputError(
                     f"OperatorConfig.{name} must be positive, got {getattr(self, name)}"
                 )
         if self.finalizer_timeout_s < 0:
-            raise ValueError("OperatorConfig.finalizer_timeout_s must not be negative")
+            raise InvalidInputError("OperatorConfig.finalizer_timeout_s must not be negative")

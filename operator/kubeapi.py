@@ -17,6 +17,8 @@ from typing import Any
 
 import aiohttp
 
+from kubetrade.errors import KubetradeError
+
 Object = dict[str, Any]
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
@@ -66,7 +68,7 @@ def kind_of(obj: Mapping[str, Any]) -> Kind:
         ) from None
 
 
-class ApiError(RuntimeError):
+class ApiError(KubetradeError):
     """The API server refused a request; ``status`` is the HTTP code, ``reason`` its Status."""
 
     def __init__(self, status: int, reason: str, message: str, where: str) -> None:

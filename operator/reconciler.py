@@ -17,6 +17,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from kubetrade.errors import InvalidInputError, KubetradeError
 from kubetrade.messages import ControlMessage
 from kubetrade.operator.bots import BotRecord, Bots, config_hashes, object_key
 from kubetrade.operator.conditions import READY, condition, merge, timestamp
@@ -50,11 +51,11 @@ OWNED_KINDS = [
 CONCURRENT_RECONCILES = 8
 
 
-class InvalidBotError(ValueError):
+class InvalidBotError(InvalidInputError):
     """The bot cannot be reconciled until its spec changes (retrying would not help)."""
 
 
-class RetryableError(RuntimeError):
+class RetryableError(KubetradeError):
     """The API server could not take the change now; reconcile again shortly."""
 
 

@@ -16,6 +16,7 @@ import pytest
 from ccxt.base.errors import NetworkError
 
 from kubetrade.domain import Candle
+from kubetrade.errors import ExchangeError, InvalidInputError
 from kubetrade.market import (
     REGIMES,
     clean_candles,
@@ -106,7 +107,7 @@ def test_ccxt_csv_without_header_needs_the_symbol(tmp_path: Path, sample: pd.Dat
     path = tmp_path / "ohlcv.csv"
     sample.drop(columns="symbol").to_csv(path, header=False, index=False)
     assert detect_layout(path) == "ccxt"
-    with pytest.raises(ValueError, match="pass symbol="):
+    with pytest.raises(InvalidInputError, match="pass symbol="):
         load_candles(path)
     _assert_same_candles(load_candles(path, symbol="BTC/USDT", timeframe="1h"), sample)
 
@@ -119,7 +120,7 @@ def test_ccxt_csv_with_header_and_symbol_column_selects_a_symbol(tmp_path: Path)
     _assert_same_candles(both, frame)
     eth = load_candles(path, symbol="ETHUSDT")
     _assert_same_candles(eth, frame[frame["symbol"] == "ETH/USDT"].reset_index(drop=True))
-    with pytest.raises(ValueError, match="not SOL/USDT"):
+    with pytest.raises(InvalidInputError, match="not SOL/USDT"):
         load_candles(path, symbol="SOL/USDT")
 
 
@@ -165,13 +166,13 @@ def test_cryptodatadownload_parquet(tmp_path: Path, sample: pd.DataFrame) -> Non
 def test_layout_errors_name_the_file_and_the_fix(tmp_path: Path, sample: pd.DataFrame) -> None:
     path = tmp_path / "odd.csv"
     path.write_text("1,2,3\n4,5,6\n")
-    with pytest.raises(ValueError, match=r"odd\.csv: no header and 3 columns.*pass layout="):
+    with pytest.raises(InvalidInputError, match=r"odd\.csv: no header and 3 columns.*pass layout="):
         load_candles(path)
-    with pytest.raises(ValueError, match="unknown layout 'kraken'"):
+    with pytest.raises(InvalidInputError, match="unknown layout 'kraken'"):
         load_candles(path, layout="kraken")
     hourly = tmp_path / "hourly.csv"
     sample.rename(columns={"open_time": "timestamp"}).to_csv(hourly, index=False)
-    with pytest.raises(ValueError, match=r"holds 1h candles .* not 15m.*resample"):
+    with pytest.raises(InvalidInputError, match=r"holds 1h candles .* not 15m.*resample"):
         load_candles(hourly, timeframe="15m")
     garbled = tmp_path / "garbled.csv"
     text = sample.rename(columns={"open_time": "timestamp"}).to_csv(index=False).splitlines()
@@ -179,7 +180,7 @@ def test_layout_errors_name_the_file_and_the_fix(tmp_path: Path, sample: pd.Data
     fields[4] = "12o5"  # a typo in the close of the second data row
     text[2] = ",".join(fields)
     garbled.write_text("\n".join(text))
-    with pytest.raises(ValueError, match=r"column 'close', data row 2, holds '12o5'"):
+    with pytest.raises(InvalidInputError, match=r"column 'close', data row 2, holds '12o5'"):
         load_candles(garbled)
 
 
@@ -189,7 +190,7 @@ def test_symbols_are_normalized() -> None:
     assert normalize_symbol("ETH-BTC") == "ETH/BTC"
     assert normalize_symbol("sol_usdc") == "SOL/USDC"
     assert normalize_symbol("BTC/USDT") == "BTC/USDT"
-    with pytest.raises(ValueError, match="write it as BASE/QUOTE"):
+    with pytest.raises(InvalidInputError, match="write it as BASE/QUOTE"):
         normalize_symbol("FOOBAR")
 
 
@@ -258,7 +259,9 @@ def test_cleaning_repairs_and_counts_every_defect(caplog: pytest.LogCaptureFixtu
 def test_cleaning_refuses_damage_above_the_threshold_with_counts() -> None:
     clean = generate(["ETH/USDT"], "1h", 100, seed=5)
     holed = clean.drop(index=range(20, 30))
-    with pytest.raises(ValueError, match=r"holed\.csv: refusing candles: 10 of 100 .*10\.0%.*5%"):
+    with pytest.raises(
+        InvalidInputError, match=r"holed\.csv: refusing candles: 10 of 100 .*10\.0%.*5%"
+    ):
         clean_candles(holed, "1h", source="holed.csv")
     cleaned, report = clean_candles(holed, "1h", source="holed.csv", max_damage=0.15)
     assert len(cleaned) == 100 and report.gaps_filled == 10
@@ -267,14 +270,14 @@ def test_cleaning_refuses_damage_above_the_threshold_with_counts() -> None:
 def test_cleaning_refuses_times_off_the_grid() -> None:
     frame = generate(["ETH/USDT"], "1h", 10, seed=5)
     frame.loc[3, "open_time"] += 60_000
-    with pytest.raises(ValueError, match=r"1 candles do not open on a 1h boundary .*row 3"):
+    with pytest.raises(InvalidInputError, match=r"1 candles do not open on a 1h boundary .*row 3"):
         clean_candles(frame, "1h")
 
 
 def test_infer_timeframe_from_median_spacing() -> None:
     times = T0 + HOUR * np.array([0, 1, 2, 4, 5, 6])  # one gap does not move the median
     assert infer_timeframe(times) == "1h"
-    with pytest.raises(ValueError, match="matches no timeframe"):
+    with pytest.raises(InvalidInputError, match="matches no timeframe"):
         infer_timeframe(T0 + 7 * 60_000 * np.arange(5))
 
 
@@ -300,11 +303,11 @@ def test_resample_1h_to_4h_aggregates_closed_epoch_aligned_buckets() -> None:
         [104.0, 117.0, 94.0, 108.0, 5.0 + 6 + 7 + 8],
         [108.0, 121.0, 98.0, 112.0, 9.0 + 10 + 11 + 12],
     ]
-    with pytest.raises(ValueError, match="finer 15m"):
+    with pytest.raises(InvalidInputError, match="finer 15m"):
         resample(frame, "15m")
-    with pytest.raises(ValueError, match="not a whole number"):
+    with pytest.raises(InvalidInputError, match="not a whole number"):
         resample(four, "6h", source_timeframe="4h")
-    with pytest.raises(ValueError, match="gaps"):
+    with pytest.raises(InvalidInputError, match="gaps"):
         resample(frame.drop(index=5), "4h", source_timeframe="1h")
 
 
@@ -385,7 +388,7 @@ def test_closed_candle_selection_on_a_recorded_response() -> None:
 
 
 def test_create_exchange_by_ccxt_id() -> None:
-    with pytest.raises(ValueError, match=r"unknown exchange 'nope'.*ccxt exchange id"):
+    with pytest.raises(ExchangeError, match=r"unknown exchange 'nope'.*ccxt exchange id"):
         create_exchange("nope")
 
     async def make_and_close() -> str:
@@ -408,7 +411,7 @@ def test_malformed_exchange_rows_are_reported_not_raised() -> None:
     candles, errors = parse_ohlcv(rows, symbol="BTC/USDT", timeframe="1h")
     assert len(candles) == 1 and candles[0].volume == 0.0
     assert "not numeric" in errors[0] and "expected [timestamp" in errors[1]
-    with pytest.raises(ValueError, match="high/low do not envelope"):
+    with pytest.raises(ExchangeError, match="high/low do not envelope"):
         parse_ohlcv_row([1709251200000, 10.0, 9.0, 8.0, 9.5, 1.0], symbol="X/Y", timeframe="1h")
 
 

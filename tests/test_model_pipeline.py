@@ -9,6 +9,7 @@ import onnx
 import pandas as pd
 import pytest
 
+from kubetrade.errors import InvalidInputError
 from kubetrade.features import compute_features, default_feature_spec
 from kubetrade.market.loaders import load_candles
 from kubetrade.market.synthetic import generate
@@ -208,7 +209,7 @@ def test_registry_resolves_versions_and_names_what_exists(
         resolve("other")
     with pytest.raises(RegistryError, match="already exists"):
         register("reg-test", first.onnx_path.read_bytes(), first.metadata, version="2")
-    with pytest.raises(ValueError, match="invalid model name"):
+    with pytest.raises(InvalidInputError, match="invalid model name"):
         register("Bad Name", first.onnx_path.read_bytes(), first.metadata)
 
 
@@ -319,7 +320,7 @@ def test_windows_are_the_rows_before_each_row(frames: dict[str, pd.DataFrame]) -
         np.testing.assert_array_equal(dataset.windows[i], features[end - 4 : end + 1].astype("f4"))
     assert int(dataset.open_time[0]) == int(times[spec.warmup - 1 + 4]), "first full window"
     np.testing.assert_array_equal(dataset.inputs(3), dataset.windows[:, -3:, :])
-    with pytest.raises(ValueError, match="window >= 9"):
+    with pytest.raises(InvalidInputError, match="window >= 9"):
         dataset.inputs(9)
 
 
@@ -339,7 +340,7 @@ def test_scores_are_the_textbook_figures() -> None:
     )
     one_class = score(np.array([0.2, 0.4]), np.array([0, 0]))
     assert one_class.roc_auc is None and one_class.precision == 0.0
-    with pytest.raises(ValueError, match="one probability per label"):
+    with pytest.raises(InvalidInputError, match="one probability per label"):
         score(np.array([0.5]), np.array([1, 0]))
 
 
@@ -359,5 +360,5 @@ def test_training_reads_candles_from_the_database(db_url: str) -> None:
         pd.testing.assert_frame_equal(read[symbol], part, check_like=True)
     only_eth = database_frames(db_url, "research/feed", "1h", ["ETH/USDT"])
     assert list(only_eth) == ["ETH/USDT"]
-    with pytest.raises(ValueError, match=r"no 4h candles of bot 'research/feed'"):
+    with pytest.raises(InvalidInputError, match=r"no 4h candles of bot 'research/feed'"):
         database_frames(db_url, "research/feed", "4h")

@@ -27,6 +27,7 @@ pytest.importorskip(
 from kubetrade.backtest import run_backtest
 from kubetrade.cli import main
 from kubetrade.domain import MarketEvent
+from kubetrade.errors import ModelError
 from kubetrade.features import compute_features, default_feature_spec
 from kubetrade.market.frame import to_candles
 from kubetrade.market.synthetic import generate
@@ -158,7 +159,7 @@ def test_windowed_model_registers_loads_and_streams_like_training(
     assert predictor.window == WINDOW
     _, test = split
     served = predictor.predict_proba(test.inputs(WINDOW))
-    with pytest.raises(ValueError, match=rf"windows of {WINDOW} rows .*got shape"):
+    with pytest.raises(ModelError, match=rf"windows of {WINDOW} rows .*got shape"):
         predictor.predict_proba(test.features)
 
     # The live path (one candle at a time, rolling windows) gives the training windows' numbers.
@@ -231,7 +232,7 @@ def test_checkpoint_then_export_through_the_cli(store: Path, tmp_path: Path) -> 
     )
 
     missing = runner.invoke(main, ["export", str(tmp_path), "--name", "x"])
-    assert missing.exit_code == 1 and "holds no checkpoint.json" in missing.output
+    assert missing.exit_code == 2 and "holds no checkpoint.json" in missing.output
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from kubetrade.cli import main
+from kubetrade.errors import InvalidInputError
 from kubetrade.features import default_feature_spec
 from kubetrade.market.synthetic import generate
 from kubetrade.modelstore.registry import (
@@ -74,7 +75,7 @@ def test_promotion_decides_what_latest_means(home: Path, frames: dict[str, pd.Da
 
     with pytest.raises(ModelNotFoundError, match=r"no version '9'.*versions: 1, 2, 3"):
         promote("reg", "9")
-    with pytest.raises(ValueError, match="promote a concrete version"):
+    with pytest.raises(InvalidInputError, match="promote a concrete version"):
         promote("reg", "latest")
 
 
@@ -119,7 +120,7 @@ def test_model_commands(home: Path, frames: dict[str, pd.DataFrame], tmp_path: P
     assert (out / "model.onnx").read_bytes() == first.onnx_path.read_bytes()
 
     missing = runner.invoke(main, ["model", "show", "nope"])
-    assert missing.exit_code == 1
+    assert missing.exit_code == 3  # ModelError
     assert "no model named 'nope'" in missing.output and "reg" in missing.output
     bad = runner.invoke(main, ["model", "promote", "reg"])
     assert bad.exit_code == 2 and "name the version to promote" in bad.output

@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from kubetrade.bus import connect, ensure_stream
 from kubetrade.domain import Candle
 from kubetrade.embedded import free_port
+from kubetrade.errors import InvalidInputError, ModelError
 from kubetrade.features import (
     FeatureMismatchError,
     FeatureSpec,
@@ -39,15 +40,12 @@ from kubetrade.onnx_export.models.boosted import XGBoostModel, XGBoostParams
 from kubetrade.onnx_export.pipeline import TrainConfig, train_and_register
 from kubetrade.onnx_export.sources import frames_by_symbol
 from kubetrade.serving.service import (
-    BatchError,
-    CandleIn,
     ModelChoice,
     ModelChoiceError,
-    check_batch,
-    check_candles,
     model_choice,
     serve_command,
 )
+from kubetrade.serving.validation import BatchError, CandleIn, check_batch, check_candles
 from kubetrade.settings import ENV_HTTP_HOST, ENV_HTTP_PORT, ENV_NATS_URL, ENV_SPEC, QUIET_ENV
 from kubetrade.subjects import Subjects
 
@@ -215,7 +213,7 @@ def test_predictor_matches_xgboost_and_checks_specs(store: Store) -> None:
     assert str(names[0]) in str(error.value) and str(names[-1]) in str(error.value)
 
     assert (predictor.window, predictor.model_type) == (1, "xgboost")
-    with pytest.raises(ValueError, match=r"takes rows of \d+ features .*got shape \(50, 58\)"):
+    with pytest.raises(ModelError, match=r"takes rows of \d+ features .*got shape \(50, 58\)"):
         predictor.predict_proba(store.rows[:, :-1])
 
 
@@ -321,7 +319,7 @@ def test_serve_command_binds_the_configured_address() -> None:
     command = serve_command({ENV_HTTP_HOST: "127.0.0.1", ENV_HTTP_PORT: "3123"})
     assert command[1:5] == ["-m", "bentoml", "serve", "kubetrade.serving.service:InferenceService"]
     assert command[-4:] == ["--host", "127.0.0.1", "--port", "3123"]
-    with pytest.raises(ValueError, match="not a port number"):
+    with pytest.raises(InvalidInputError, match="not a port number"):
         serve_command({ENV_HTTP_PORT: "http"})
 
 

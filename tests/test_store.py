@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from kubetrade.domain import Candle, EquityPoint, Fill, Order, OrderReason, Side
+from kubetrade.errors import StoreError
 from kubetrade.store import (
     AsyncStore,
     Checkpoint,
@@ -130,7 +131,7 @@ def test_migrate_refuses_a_newer_schema(store: Store) -> None:
     store.conn.execute(
         "INSERT INTO schema_migrations (version, name, flavour) VALUES (99, 'x', 'plain')"
     )
-    with pytest.raises(RuntimeError, match=r"version 99 .* only knows migrations up to 3"):
+    with pytest.raises(StoreError, match=r"version 99 .* only knows migrations up to 3"):
         store.migrate()
 
 

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from kubetrade.backtest import run_backtest
 from kubetrade.cli import main
 from kubetrade.domain import timeframe_ms
+from kubetrade.errors import InvalidInputError
 from kubetrade.features import default_feature_spec
 from kubetrade.market.frame import to_candles
 from kubetrade.market.synthetic import generate
@@ -45,9 +46,9 @@ def frames() -> dict[str, pd.DataFrame]:
 
 def test_fold_sizes_in_candles_or_durations() -> None:
     assert window_ms(24, "1h") == window_ms("24", "1h") == window_ms("1d", "1h") == 24 * HOUR
-    with pytest.raises(ValueError, match="invalid duration"):
+    with pytest.raises(InvalidInputError, match="invalid duration"):
         window_ms("a week", "1h")
-    with pytest.raises(ValueError, match="at least 1 candle"):
+    with pytest.raises(InvalidInputError, match="at least 1 candle"):
         window_ms(0, "1h")
 
 
@@ -66,9 +67,9 @@ def test_rolling_and_expanding_folds_tile_time() -> None:
     grown = plan_folds(0, 199 * HOUR, expanding)
     assert [f.train_start for f in grown] == [0] * len(grown)
     assert [f.test_start for f in grown] == [96 * HOUR, 120 * HOUR, 144 * HOUR, 168 * HOUR]
-    with pytest.raises(ValueError, match="no walk-forward fold fits"):
+    with pytest.raises(InvalidInputError, match="no walk-forward fold fits"):
         plan_folds(0, 50 * HOUR, rolling)
-    with pytest.raises(ValueError, match="unknown walk-forward mode"):
+    with pytest.raises(InvalidInputError, match="unknown walk-forward mode"):
         WalkForwardConfig(model=TREES, timeframe="1h", mode="sliding")
 
 

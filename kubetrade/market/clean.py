@@ -31,7 +31,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from kubetrade.domain import timeframe_ms
-from kubetrade.market.frame import CANDLE_COLUMNS, PRICE_COLUMNS, sort_frame
+from kubetrade.market.frame import CANDLE_COLUMNS, PRICE_COLUMNS, CandleDataError, sort_frame
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,10 @@ def clean_candles(
     more than ``max_damage`` (a fraction, default 5 %) of the candle slots needed repair.
     """
     if not 0.0 <= max_damage <= 1.0:
-        raise ValueError(f"max_damage is a fraction between 0 and 1, got {max_damage}")
+        raise CandleDataError(f"max_damage is a fraction between 0 and 1, got {max_damage}")
     missing = [c for c in CANDLE_COLUMNS if c not in raw.columns]
     if missing:
-        raise ValueError(f"{source}: candle frame lacks columns {missing}")
+        raise CandleDataError(f"{source}: candle frame lacks columns {missing}")
     step = timeframe_ms(timeframe)
     frame = raw.loc[:, list(CANDLE_COLUMNS)].reset_index(drop=True)
     rows_in = len(frame)
@@ -131,7 +131,7 @@ def clean_candles(
     zero_volume = int((frame["volume"] == 0).sum())
 
     if frame.empty:
-        raise ValueError(
+        raise CandleDataError(
             f"{source}: no valid candles remain out of {rows_in} rows "
             f"({int(nan_price.sum())} with missing prices, {int(invalid.sum())} invalid); "
             "check the file's layout and content"
@@ -166,7 +166,7 @@ def clean_candles(
     )
     _log_report(report)
     if report.damage_fraction > max_damage:
-        raise ValueError(
+        raise CandleDataError(
             f"{source}: refusing candles: {report.damaged_rows} of {report.total_slots} candle "
             f"slots ({report.damage_fraction:.1%}) needed repair, above the {max_damage:.0%} "
             f"limit ({report.summary()}). Check the file (wrong timeframe? truncated or merged "
@@ -180,7 +180,7 @@ def _refuse_off_grid(frame: pd.DataFrame, step: int, timeframe: str, source: str
     off = np.flatnonzero(times % step != 0)
     if off.size:
         first = pd.Timestamp(int(times[off[0]]), unit="ms", tz="UTC")
-        raise ValueError(
+        raise CandleDataError(
             f"{source}: {off.size} candles do not open on a {timeframe} boundary of UTC "
             f"(first at row {int(off[0])}: {first.isoformat()}); the file's timeframe is not "
             f"{timeframe}, or its times are shifted"
@@ -224,7 +224,7 @@ def _refuse_early_if_gaps_too_large(
     slots = int(((spans["max"] - spans["min"]) // step + 1).sum())
     gaps = slots - int(spans["count"].sum())
     if slots and gaps / slots > max_damage:
-        raise ValueError(
+        raise CandleDataError(
             f"{source}: refusing candles: {gaps} of {slots} candle slots ({gaps / slots:.1%}) are "
             f"missing, above the {max_damage:.0%} limit. Check the timeframe and that the file "
             "is complete, or pass a higher max_damage to fill the gaps with flat candles."

@@ -19,6 +19,7 @@ import ccxt.async_support as ccxt_async
 from ccxt.base.errors import NetworkError
 
 from kubetrade.domain import Candle, timeframe_ms
+from kubetrade.errors import ExchangeError
 from kubetrade.market.symbols import normalize_symbol
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def create_exchange(name: str, config: dict[str, Any] | None = None) -> ccxt_asy
     """
     factory = getattr(ccxt_async, name, None)
     if not isinstance(factory, type):
-        raise ValueError(
+        raise ExchangeError(
             f"unknown exchange {name!r}; use a ccxt exchange id such as "
             f"{', '.join(ccxt_async.exchanges[:6])} (full list: ccxt.exchanges)"
         )
@@ -66,19 +67,19 @@ def parse_ohlcv_row(row: Sequence[Any], *, symbol: str, timeframe: str) -> Candl
     """
     where = f"{symbol} {timeframe} OHLCV row {list(row)!r}"
     if len(row) < 6:
-        raise ValueError(f"{where}: expected [timestamp, open, high, low, close, volume]")
+        raise ExchangeError(f"{where}: expected [timestamp, open, high, low, close, volume]")
     try:
         open_time = int(row[0])
         o, h, low, c = (float(v) for v in row[1:5])
         volume = 0.0 if row[5] is None else float(row[5])
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{where}: not numeric ({error})") from None
+        raise ExchangeError(f"{where}: not numeric ({error})") from None
     if open_time % timeframe_ms(timeframe):
-        raise ValueError(f"{where}: open time is not on the {timeframe} grid")
+        raise ExchangeError(f"{where}: open time is not on the {timeframe} grid")
     if not all(math.isfinite(p) and p > 0 for p in (o, h, low, c)) or not volume >= 0:
-        raise ValueError(f"{where}: prices must be positive and volume non-negative")
+        raise ExchangeError(f"{where}: prices must be positive and volume non-negative")
     if h < max(o, c, low) or low > min(o, c, h):
-        raise ValueError(f"{where}: high/low do not envelope open and close")
+        raise ExchangeError(f"{where}: high/low do not envelope open and close")
     return Candle(symbol, timeframe, open_time, o, h, low, c, volume)
 
 
@@ -95,7 +96,7 @@ def parse_ohlcv(
     for row in rows:
         try:
             candles.append(parse_ohlcv_row(row, symbol=name, timeframe=timeframe))
-        except ValueError as error:
+        except ExchangeError as error:
             errors.append(str(error))
     return candles, errors
 

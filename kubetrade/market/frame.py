@@ -16,6 +16,12 @@ import numpy.typing as npt
 import pandas as pd
 
 from kubetrade.domain import TIMEFRAME_MS, Candle
+from kubetrade.errors import InvalidInputError
+
+
+class CandleDataError(InvalidInputError):
+    """A candle file or frame that cannot be used: the message names the file, row or column."""
+
 
 CANDLE_COLUMNS: tuple[str, ...] = ("open_time", "open", "high", "low", "close", "volume", "symbol")
 PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
@@ -37,7 +43,7 @@ def to_epoch_ms(values: npt.ArrayLike, *, where: str) -> npt.NDArray[np.int64]:
         return raw.astype(np.int64)
     if not np.all(np.isfinite(raw)):
         bad = int(np.flatnonzero(~np.isfinite(raw))[0])
-        raise ValueError(f"{where}: timestamp at row {bad} is missing or not a number")
+        raise CandleDataError(f"{where}: timestamp at row {bad} is missing or not a number")
     low, high = float(raw.min()), float(raw.max())
     if low >= _US_FLOOR:
         return (raw // 1000).astype(np.int64)
@@ -45,7 +51,7 @@ def to_epoch_ms(values: npt.ArrayLike, *, where: str) -> npt.NDArray[np.int64]:
         return raw.astype(np.int64)
     if high < _MS_FLOOR:
         return (raw * 1000).astype(np.int64)
-    raise ValueError(
+    raise CandleDataError(
         f"{where}: timestamps mix units (smallest {low:.0f}, largest {high:.0f}); "
         "expected epoch seconds, milliseconds or microseconds throughout"
     )
@@ -59,7 +65,7 @@ def infer_timeframe(open_times: npt.ArrayLike, *, where: str = "candles") -> str
     """
     times = np.unique(np.asarray(open_times, dtype=np.int64))
     if times.size < 2:
-        raise ValueError(
+        raise CandleDataError(
             f"{where}: cannot infer the timeframe from {times.size} distinct open time(s); "
             "pass timeframe= explicitly"
         )
@@ -67,7 +73,7 @@ def infer_timeframe(open_times: npt.ArrayLike, *, where: str = "candles") -> str
     for name, length in TIMEFRAME_MS.items():
         if length == spacing:
             return name
-    raise ValueError(
+    raise CandleDataError(
         f"{where}: median candle spacing is {spacing} ms, which matches no timeframe "
         f"({', '.join(f'{k}={v}' for k, v in TIMEFRAME_MS.items())}); pass timeframe= explicitly "
         "or check that the file holds one candle series"
@@ -81,9 +87,11 @@ def infer_frame_timeframe(frame: pd.DataFrame, *, where: str = "candles") -> str
         for symbol, group in frame.groupby("symbol", sort=True)
     }
     if not found:
-        raise ValueError(f"{where}: no candles, so no timeframe to infer")
+        raise CandleDataError(f"{where}: no candles, so no timeframe to infer")
     if len(set(found.values())) > 1:
-        raise ValueError(f"{where}: symbols have different timeframes {found}; load them apart")
+        raise CandleDataError(
+            f"{where}: symbols have different timeframes {found}; load them apart"
+        )
     return next(iter(found.values()))
 
 
@@ -115,9 +123,13 @@ def to_candles(frame: pd.DataFrame, timeframe: str) -> list[Candle]:
     """The frame's rows as domain Candles, in the frame's row order."""
     missing = [c for c in CANDLE_COLUMNS if c not in frame.columns]
     if missing:
-        raise ValueError(f"candle frame lacks columns {missing}; expected {list(CANDLE_COLUMNS)}")
+        raise CandleDataError(
+            f"candle frame lacks columns {missing}; expected {list(CANDLE_COLUMNS)}"
+        )
     if timeframe not in TIMEFRAME_MS:
-        raise ValueError(f"unknown timeframe {timeframe!r}; use one of {', '.join(TIMEFRAME_MS)}")
+        raise CandleDataError(
+            f"unknown timeframe {timeframe!r}; use one of {', '.join(TIMEFRAME_MS)}"
+        )
     columns = zip(
         frame["symbol"].astype(str).tolist(),
         frame["open_time"].to_numpy(dtype=np.int64).tolist(),
@@ -137,7 +149,7 @@ def from_candles(candles: Iterable[Candle]) -> pd.DataFrame:
         return empty_frame()
     timeframes = {c.timeframe for c in rows}
     if len(timeframes) > 1:
-        raise ValueError(f"candles mix timeframes {sorted(timeframes)}; build one frame each")
+        raise CandleDataError(f"candles mix timeframes {sorted(timeframes)}; build one frame each")
     frame = pd.DataFrame(
         {
             "open_time": np.array([c.open_time for c in rows], dtype=np.int64),

@@ -33,6 +33,7 @@ from kubetrade.market.clean import CleaningReport, clean_candles
 from kubetrade.market.frame import (
     CANDLE_COLUMNS,
     PRICE_COLUMNS,
+    CandleDataError,
     infer_frame_timeframe,
     to_epoch_ms,
 )
@@ -106,7 +107,7 @@ def load_candles_with_report(
     """``load_candles`` that also returns the timeframe, the layout and the cleaning report."""
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"candle file {file} does not exist")
+        raise CandleDataError(f"candle file {file} does not exist")
     table, found = _read_table(file, _check_layout(layout))
     raw = _PARSERS[found](table, str(file))
     raw = _apply_symbol(raw, symbol, file, found)
@@ -114,11 +115,11 @@ def load_candles_with_report(
     actual = infer_frame_timeframe(raw, where=str(file)) if len(raw) > 1 else named_tf
     chosen = timeframe or actual
     if chosen is None:
-        raise ValueError(f"{file}: a single candle has no spacing; pass timeframe= explicitly")
+        raise CandleDataError(f"{file}: a single candle has no spacing; pass timeframe= explicitly")
     if chosen not in TIMEFRAME_MS:
-        raise ValueError(f"unknown timeframe {chosen!r}; use one of {', '.join(TIMEFRAME_MS)}")
+        raise CandleDataError(f"unknown timeframe {chosen!r}; use one of {', '.join(TIMEFRAME_MS)}")
     if actual is not None and chosen != actual:
-        raise ValueError(
+        raise CandleDataError(
             f"{file}: holds {actual} candles (median spacing), not {chosen}; load it as {actual} "
             f"and convert with kubetrade.market.resample(frame, {chosen!r})"
         )
@@ -132,7 +133,7 @@ def _check_layout(layout: str) -> Layout | None:
         return None
     if layout in _LAYOUT_NAMES:
         return _LAYOUT_NAMES[layout]
-    raise ValueError(f"unknown layout {layout!r}; use 'auto' or one of {', '.join(LAYOUTS)}")
+    raise CandleDataError(f"unknown layout {layout!r}; use 'auto' or one of {', '.join(LAYOUTS)}")
 
 
 def detect_layout(path: str | Path) -> Layout:
@@ -153,7 +154,7 @@ def _read_table(file: Path, layout: Layout | None) -> tuple[pd.DataFrame, Layout
             table = _name_positional(table, CCXT_COLUMNS, file)
         return table, found
     if suffix not in (".csv", ".txt"):
-        raise ValueError(f"{file}: unsupported file type {suffix!r}; use .csv or .parquet")
+        raise CandleDataError(f"{file}: unsupported file type {suffix!r}; use .csv or .parquet")
     return _read_csv(file, layout)
 
 
@@ -161,7 +162,7 @@ def _read_csv(file: Path, layout: Layout | None) -> tuple[pd.DataFrame, Layout]:
     with file.open(encoding="utf-8-sig") as handle:
         head = [line.strip() for line, _ in zip(handle, range(2), strict=False)]
     if not head or not head[0]:
-        raise ValueError(f"{file}: the file is empty")
+        raise CandleDataError(f"{file}: the file is empty")
     header_row = next((i for i, line in enumerate(head) if _is_header(line)), None)
     if header_row is not None:
         table = pd.read_csv(file, skiprows=header_row, encoding="utf-8-sig")
@@ -174,13 +175,13 @@ def _read_csv(file: Path, layout: Layout | None) -> tuple[pd.DataFrame, Layout]:
         elif len(fields) in (len(BINANCE_COLUMNS), len(BINANCE_COLUMNS) - 1):
             layout = "binance"
         else:
-            raise ValueError(
+            raise CandleDataError(
                 f"{file}: no header and {len(fields)} columns; expected 6 (ccxt OHLCV) or 12 "
                 "(Binance klines); pass layout= or add a header"
             )
     names = {"ccxt": CCXT_COLUMNS, "binance": BINANCE_COLUMNS}.get(layout)
     if names is None:
-        raise ValueError(f"{file}: the {layout} layout needs its header line, found none")
+        raise CandleDataError(f"{file}: the {layout} layout needs its header line, found none")
     table = pd.read_csv(file, header=None, encoding="utf-8-sig")
     return _name_positional(table, names, file), layout
 
@@ -200,7 +201,7 @@ def _layout_from_columns(columns: list[str], file: Path) -> Layout:
         return "binance"
     if columns and all(c.isdigit() for c in columns):
         return "ccxt" if len(columns) == len(CCXT_COLUMNS) else "binance"
-    raise ValueError(
+    raise CandleDataError(
         f"{file}: cannot tell the layout from columns {columns}; expected a Binance kline, ccxt "
         "OHLCV or CryptoDataDownload header, or pass layout="
     )
@@ -208,7 +209,7 @@ def _layout_from_columns(columns: list[str], file: Path) -> Layout:
 
 def _name_positional(table: pd.DataFrame, names: tuple[str, ...], file: Path) -> pd.DataFrame:
     if table.shape[1] < len(CCXT_COLUMNS):
-        raise ValueError(f"{file}: {table.shape[1]} columns, need at least 6 (time and OHLCV)")
+        raise CandleDataError(f"{file}: {table.shape[1]} columns, need at least 6 (time and OHLCV)")
     renamed = table.iloc[:, : min(len(names), table.shape[1])].copy()
     renamed.columns = list(names[: renamed.shape[1]])
     return renamed
@@ -217,12 +218,12 @@ def _name_positional(table: pd.DataFrame, names: tuple[str, ...], file: Path) ->
 def _numeric(table: pd.DataFrame, column: str, file: str) -> pd.Series:
     """A column as float64; a missing column, or text that is not a number, is refused."""
     if column not in table.columns:
-        raise ValueError(f"{file}: no {column!r} column among {list(table.columns)}")
+        raise CandleDataError(f"{file}: no {column!r} column among {list(table.columns)}")
     values = pd.to_numeric(table[column], errors="coerce")
     bad = values.isna() & table[column].notna()
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(
+        raise CandleDataError(
             f"{file}: column {column!r}, data row {row + 1}, holds "
             f"{table[column].iloc[row]!r}, which is not a number"
         )
@@ -266,7 +267,7 @@ def _parse_cryptodatadownload(table: pd.DataFrame, file: str) -> pd.DataFrame:
     symbols = table["symbol"].astype(str).unique().tolist()
     bases = {base_currency(s) for s in symbols}
     if len(bases) != 1:
-        raise ValueError(f"{file}: expected one market, found symbols {symbols}")
+        raise CandleDataError(f"{file}: expected one market, found symbols {symbols}")
     volume = _base_volume_column(list(table.columns), bases.pop(), file)
     # Vendor files list the newest candle first; restore time order so that only genuinely
     # misplaced rows are reported as unsorted by the cleaner.
@@ -282,7 +283,7 @@ def _parse_dates(dates: pd.Series, file: str) -> npt.NDArray[np.int64]:
                 parsed.dt.as_unit("ms").astype("int64").to_numpy(dtype=np.int64)
             )
             return millis
-    raise ValueError(
+    raise CandleDataError(
         f"{file}: dates such as {dates.iloc[0]!r} match none of the formats "
         f"{list(_CDD_DATE_FORMATS)}; convert the file or use a unix column"
     )
@@ -295,7 +296,7 @@ def _base_volume_column(columns: list[str], base: str, file: str) -> str:
         if column in wanted:
             return column
     volumes = [c for c in columns if c.startswith("volume")]
-    raise ValueError(
+    raise CandleDataError(
         f"{file}: no base-currency volume column for {base} among {volumes}; expected one of "
         f"{sorted(wanted)}"
     )
@@ -316,13 +317,13 @@ def _apply_symbol(
     if not present:
         name = symbol or (_symbol_from_name(file) if layout == "binance" else None)
         if name is None:
-            raise ValueError(f"{file}: the file has no symbol column; pass symbol='BASE/QUOTE'")
+            raise CandleDataError(f"{file}: the file has no symbol column; pass symbol='BASE/QUOTE'")
         return raw.assign(symbol=normalize_symbol(name))
     if symbol is None:
         return raw
     wanted = normalize_symbol(symbol)
     if wanted not in present:
-        raise ValueError(f"{file}: holds {present}, not {wanted}")
+        raise CandleDataError(f"{file}: holds {present}, not {wanted}")
     return raw.loc[raw["symbol"] == wanted].reset_index(drop=True)
 
 

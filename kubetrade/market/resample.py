@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from kubetrade.domain import timeframe_ms
-from kubetrade.market.frame import infer_frame_timeframe, sort_frame
+from kubetrade.market.frame import CandleDataError, infer_frame_timeframe, sort_frame
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +28,12 @@ def resample(
     source = source_timeframe or infer_frame_timeframe(frame, where="resample input")
     step, target = timeframe_ms(source), timeframe_ms(timeframe)
     if target < step:
-        raise ValueError(
+        raise CandleDataError(
             f"cannot resample {source} candles to the finer {timeframe}: the data does not hold "
             f"what happened inside a {source} candle; load {timeframe} data instead"
         )
     if target % step:
-        raise ValueError(
+        raise CandleDataError(
             f"cannot resample {source} to {timeframe}: {timeframe} is not a whole number of "
             f"{source} candles"
         )
@@ -59,7 +59,7 @@ def resample(
     interior = partial & ~first & ~last
     if interior.any():
         where = result.loc[interior].iloc[0]
-        raise ValueError(
+        raise CandleDataError(
             f"cannot resample to {timeframe}: {int(interior.sum())} buckets inside the series "
             f"miss candles (first: {where['symbol']} at {int(where['bucket'])} ms); the frame has "
             "gaps, clean it with kubetrade.market.clean_candles first"

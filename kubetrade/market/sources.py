@@ -14,13 +14,14 @@ from collections.abc import AsyncIterator, Iterator
 import pandas as pd
 
 from kubetrade.domain import Candle, timeframe_ms
+from kubetrade.errors import InvalidInputError
 from kubetrade.market import infer_frame_timeframe, iter_candles, load_candles, resample, to_candles
 from kubetrade.spec import TradingBot
 
 log = logging.getLogger(__name__)
 
 
-class SourceError(ValueError):
+class SourceError(InvalidInputError):
     """The bot's source cannot give the candles it asks for."""
 
 

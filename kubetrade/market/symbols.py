@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from kubetrade.errors import InvalidInputError
+
 # Longest first, so BTCUSDT splits as BTC/USDT and not BTCUSD/T.
 QUOTE_CURRENCIES: tuple[str, ...] = tuple(
     sorted(
@@ -57,7 +59,7 @@ def normalize_symbol(raw: str) -> str:
         for quote in QUOTE_CURRENCIES:
             if text.endswith(quote) and len(text) > len(quote):
                 return f"{text[: -len(quote)]}/{quote}"
-    raise ValueError(
+    raise InvalidInputError(
         f"cannot split symbol {raw!r} into base and quote currency "
         f"(known quotes: {', '.join(QUOTE_CURRENCIES)}); write it as BASE/QUOTE, e.g. 'BTC/USDT'"
     )

@@ -24,6 +24,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from kubetrade.domain import Candle, timeframe_ms
+from kubetrade.errors import InvalidInputError
 from kubetrade.market.frame import empty_frame, sort_frame
 from kubetrade.market.symbols import base_currency, normalize_symbol
 
@@ -157,9 +158,9 @@ class _SymbolStream:
     ) -> None:
         step = timeframe_ms(timeframe)
         if seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed}")
+            raise InvalidInputError(f"seed must be a non-negative integer, got {seed}")
         if start_ms < 0 or start_ms % step:
-            raise ValueError(
+            raise InvalidInputError(
                 f"start_ms {start_ms} is not a {timeframe} boundary of UTC; "
                 f"use a multiple of {step}"
             )
@@ -172,7 +173,7 @@ class _SymbolStream:
         if price is None:
             price = float(10 ** self.rng.uniform(-1.0, 3.0))
         if not price > 0:
-            raise ValueError(f"start price of {self.symbol} must be positive, got {price}")
+            raise InvalidInputError(f"start price of {self.symbol} must be positive, got {price}")
         # Typical traded value per hour, in quote currency; volume is this over the price.
         self.notional = float(10 ** self.rng.uniform(5.5, 7.5))
         self.price = float(price)
@@ -279,17 +280,17 @@ class _SymbolStream:
 
 def _check_count(n: int) -> None:
     if n < 0:
-        raise ValueError(f"number of candles must not be negative, got {n}")
+        raise InvalidInputError(f"number of candles must not be negative, got {n}")
 
 
 def _check_symbols(symbols: Sequence[str]) -> list[str]:
     if isinstance(symbols, str):
-        raise ValueError(f"symbols must be a list of names, got the string {symbols!r}")
+        raise InvalidInputError(f"symbols must be a list of names, got the string {symbols!r}")
     names = [normalize_symbol(s) for s in symbols]
     if not names:
-        raise ValueError("give at least one symbol to generate")
+        raise InvalidInputError("give at least one symbol to generate")
     if len(set(names)) != len(names):
-        raise ValueError(f"symbols repeat after normalization: {names}")
+        raise InvalidInputError(f"symbols repeat after normalization: {names}")
     return names
 
 

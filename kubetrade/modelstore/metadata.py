@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kubetrade.errors import ModelError
 from kubetrade.features import FeatureSpec
 
 # Recorded for every model; each model kind adds its own libraries (``Model.packages``).
@@ -20,7 +21,7 @@ ModelType = Literal["xgboost", "lstm", "transformer", "ensemble"]
 MODEL_TYPES: tuple[ModelType, ...] = ("xgboost", "lstm", "transformer", "ensemble")
 
 
-class MetadataError(ValueError):
+class MetadataError(ModelError):
     """A model's metadata is missing or does not describe a kubetrade model."""
 
 
@@ -117,7 +118,7 @@ def model_type(kind: str) -> ModelType:
     for known in MODEL_TYPES:
         if kind == known:
             return known
-    raise ValueError(f"unknown model type {kind!r}; use one of {MODEL_TYPES}")
+    raise MetadataError(f"unknown model type {kind!r}; use one of {MODEL_TYPES}")
 
 
 def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from kubetrade.errors import ModelError
 from kubetrade.features import FeatureSpec, check_feature_spec
 from kubetrade.modelstore.metadata import ModelMetadata
 from kubetrade.modelstore.registry import LATEST, resolve
@@ -45,7 +46,7 @@ class OnnxPredictor:
         inputs = [i.name for i in self._session.get_inputs()]
         outputs = [o.name for o in self._session.get_outputs()]
         if inputs != [metadata.input_name] or metadata.output_name not in outputs:
-            raise ValueError(
+            raise ModelError(
                 f"model {model_name}:{model_version} has inputs {inputs} and outputs {outputs}; "
                 f"its metadata names input {metadata.input_name!r} and output "
                 f"{metadata.output_name!r}: the file and metadata do not belong together"
@@ -98,7 +99,7 @@ class OnnxPredictor:
         expected = (self.n_features,) if self.window == 1 else (self.window, self.n_features)
         if batch.ndim != len(expected) + 1 or batch.shape[1:] != expected:
             unit = "rows" if self.window == 1 else f"windows of {self.window} rows"
-            raise ValueError(
+            raise ModelError(
                 f"model {self.model_name}:{self.model_version} takes {unit} of "
                 f"{self.n_features} features {list(self.feature_names)} (shape "
                 f"{self.input_shape()}); got shape {batch.shape}"

@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from kubetrade.errors import InvalidInputError, ModelError
 from kubetrade.modelstore.metadata import ModelMetadata
 from kubetrade.settings import quiet_environment
 
@@ -35,11 +36,11 @@ _NAME = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$")
 _VERSION = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9_.-]{0,61}[a-zA-Z0-9])?$")
 
 
-class ModelNotFoundError(LookupError):
+class ModelNotFoundError(ModelError):
     """The asked-for model or version is not in the store; the message lists what is."""
 
 
-class RegistryError(RuntimeError):
+class RegistryError(ModelError):
     """The model could not be registered or read back."""
 
 
@@ -83,7 +84,7 @@ def _store() -> Any:
 
 def _check_name(name: str) -> None:
     if not _NAME.match(name):
-        raise ValueError(
+        raise InvalidInputError(
             f"invalid model name {name!r}: use lowercase letters, digits, '-', '_' or '.', "
             "starting and ending with a letter or digit (at most 63 characters)"
         )
@@ -108,7 +109,7 @@ def register(
     """Store a serialized ONNX model under ``name`` and ``version`` (automatic when None)."""
     _check_name(name)
     if version is not None and (version == LATEST or not _VERSION.match(version)):
-        raise ValueError(
+        raise InvalidInputError(
             f"invalid model version {version!r}: use letters, digits, '-', '_' or '.' "
             f"(at most 63 characters, not {LATEST!r}), or omit it for an automatic version"
         )
@@ -212,7 +213,7 @@ def resolve(name: str, version: str = LATEST) -> ModelRecord:
 def promote(name: str, version: str) -> ModelRecord:
     """Make ``version`` of ``name`` the one ``latest`` names, for every bot that follows it."""
     if version == LATEST:
-        raise ValueError("promote a concrete version, not 'latest'")
+        raise InvalidInputError("promote a concrete version, not 'latest'")
     record = resolve(name, version)
     file = store_path() / name / PROMOTED_FILE
     staging = file.with_suffix(".tmp")

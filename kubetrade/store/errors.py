@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from kubetrade.errors import StoreError
 
-class StaleCheckpointError(RuntimeError):
+
+class StaleCheckpointError(StoreError):
     """A batch tried to move a bot's checkpoint backwards; nothing of it was written."""
 
     def __init__(self, bot: str, *, stored: int, offered: int) -> None:

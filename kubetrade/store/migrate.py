@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import psycopg
 
+from kubetrade.errors import StoreError
 from kubetrade.store.records import RETAINABLE_TABLES, Policies, SchemaInfo
 from kubetrade.store.schema import BOOTSTRAP, MIGRATIONS
 from kubetrade.store.steps import Atomic, Execute, Op, Query
@@ -35,7 +36,7 @@ def _migrate(policies: Policies) -> Op[SchemaInfo]:
     applied = {int(version) for version, _ in rows}
     known = MIGRATIONS[-1].version
     if applied and max(applied) > known:
-        raise RuntimeError(
+        raise StoreError(
             f"database schema is at version {max(applied)} but this kubetrade only knows "
             f"migrations up to {known}; run a kubetrade release at least as new as the one "
             "that migrated this database"

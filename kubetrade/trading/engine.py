@@ -56,6 +56,7 @@ from kubetrade.domain import (
     Prediction,
     timeframe_ms,
 )
+from kubetrade.errors import InvalidInputError
 from kubetrade.spec import TradingBot
 from kubetrade.trading.atr import AtrState, update_atr
 from kubetrade.trading.breakers import (
@@ -102,7 +103,7 @@ from kubetrade.trading.strategy import Intent, PositionSide, decide
 from kubetrade.trading.summary import TradingSummary
 
 
-class EventError(ValueError):
+class EventError(InvalidInputError):
     """An event the engine cannot accept (wrong symbol, timeframe or prices)."""
 
 

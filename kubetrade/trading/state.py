@@ -14,6 +14,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from kubetrade.domain import Order, OrderReason, Side
+from kubetrade.errors import StoreError
 from kubetrade.trading.atr import AtrState
 from kubetrade.trading.breakers import BreakerState
 from kubetrade.trading.orders import PendingOrder
@@ -25,7 +26,7 @@ SNAPSHOT_VERSION = 1
 T = TypeVar("T")
 
 
-class SnapshotError(ValueError):
+class SnapshotError(StoreError):
     """A snapshot that cannot be restored."""
 
 

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 import numpy as np
 import onnx
 
+from kubetrade.errors import InvalidInputError, ModelError
 from kubetrade.onnx_export.dataset import Dataset
 
 # The ONNX interface every exported model shares, so one predictor serves them all: input
@@ -82,7 +83,7 @@ class Model(Protocol):
         ...
 
 
-class NotFittedError(RuntimeError):
+class NotFittedError(ModelError):
     """A model was used before ``fit``."""
 
 
@@ -92,7 +93,7 @@ def check_inputs(inputs: np.ndarray, window: int, where: str) -> np.ndarray:
     expected = 2 if window == 1 else 3
     if batch.ndim != expected or (window > 1 and batch.shape[1] != window):
         shape = "[n, features]" if window == 1 else f"[n, {window}, features]"
-        raise ValueError(f"{where} takes inputs shaped {shape}; got {batch.shape}")
+        raise InvalidInputError(f"{where} takes inputs shaped {shape}; got {batch.shape}")
     return batch
 
 

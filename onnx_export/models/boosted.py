@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import xgboost as xgb
 
+from kubetrade.errors import ModelError
 from kubetrade.onnx_export.dataset import Dataset
 from kubetrade.onnx_export.models.base import (
     INPUT_NAME,
@@ -76,7 +77,7 @@ class XGBoostParams:
 def train_classifier(train: Dataset, params: XGBoostParams) -> xgb.XGBClassifier:
     """Fit a classifier on ``train`` (probability of up as class 1)."""
     if len(np.unique(train.labels)) < 2:
-        raise ValueError(
+        raise ModelError(
             f"the training set has only one class ({train.balance.to_dict()}); "
             "use more candles or a different label threshold"
         )
@@ -111,7 +112,7 @@ def classifier_to_onnx(model: xgb.XGBClassifier, n_features: int) -> onnx.ModelP
     )
     outputs = [o.name for o in onnx_model.graph.output]
     if PROBABILITIES_OUTPUT not in outputs:
-        raise RuntimeError(
+        raise ModelError(
             f"the converted model has outputs {outputs}, not {PROBABILITIES_OUTPUT!r}; "
             "the onnxmltools version changed its naming"
         )

@@ -25,6 +25,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.linear_model import LogisticRegression
 
+from kubetrade.errors import InvalidInputError
 from kubetrade.onnx_export.dataset import Dataset
 from kubetrade.onnx_export.models.base import (
     INPUT_NAME,
@@ -66,20 +67,26 @@ class EnsembleParams:
 
     def __post_init__(self) -> None:
         if len(self.members) < 2:
-            raise ValueError(f"an ensemble needs at least two members, got {len(self.members)}")
+            raise InvalidInputError(
+                f"an ensemble needs at least two members, got {len(self.members)}"
+            )
         if any(m.kind == "ensemble" for m in self.members):
-            raise ValueError("ensemble members must be single models, not ensembles")
+            raise InvalidInputError("ensemble members must be single models, not ensembles")
         if self.method not in METHODS:
-            raise ValueError(f"unknown ensemble method {self.method!r}; use one of {METHODS}")
+            raise InvalidInputError(
+                f"unknown ensemble method {self.method!r}; use one of {METHODS}"
+            )
         if self.weights is not None and (
             len(self.weights) != len(self.members) or min(self.weights) < 0 or not sum(self.weights)
         ):
-            raise ValueError(
+            raise InvalidInputError(
                 f"ensemble weights {self.weights} must be one non-negative weight per member "
                 f"({len(self.members)}), not all zero"
             )
         if self.folds < 2:
-            raise ValueError(f"stacking needs at least 2 out-of-fold blocks, got {self.folds}")
+            raise InvalidInputError(
+                f"stacking needs at least 2 out-of-fold blocks, got {self.folds}"
+            )
 
     @property
     def kind(self) -> str:
@@ -183,7 +190,7 @@ class EnsembleModel:
             predictions.append(self._member_probabilities(members, block))
             labels.append(block.labels)
         if not predictions:
-            raise ValueError(
+            raise InvalidInputError(
                 f"stacking found no out-of-fold block with two classes in {len(train)} training "
                 "rows; use more candles, fewer folds, or method 'average'"
             )
@@ -195,7 +202,7 @@ class EnsembleModel:
         if self.config.method == "stacked":
             oof, labels = self._out_of_fold(train)
             if len(np.unique(labels)) < 2:
-                raise ValueError(
+                raise InvalidInputError(
                     "the out-of-fold labels hold one class only; use more candles or method "
                     "'average'"
                 )

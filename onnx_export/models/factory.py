@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kubetrade.errors import InvalidInputError, KubetradeError
 from kubetrade.onnx_export.models.base import MODEL_FILE, Model, ModelConfig
 
 KINDS = ("xgboost", "lstm", "transformer", "ensemble")
 
 
-class TorchMissingError(ImportError):
+class TorchMissingError(KubetradeError):
     """A neural model was asked for without PyTorch installed."""
 
 
@@ -41,7 +42,7 @@ def config_from_dict(data: dict[str, Any]) -> ModelConfig:
         from kubetrade.onnx_export.models.ensemble import EnsembleParams
 
         return EnsembleParams.from_dict(data)
-    raise ValueError(f"unknown model kind {kind!r}; use one of {KINDS}")
+    raise InvalidInputError(f"unknown model kind {kind!r}; use one of {KINDS}")
 
 
 def build_model(config: ModelConfig) -> Model:
@@ -59,14 +60,14 @@ def build_model(config: ModelConfig) -> Model:
 
         assert isinstance(config, EnsembleParams)
         return EnsembleModel(config)
-    raise ValueError(f"unknown model kind {config.kind!r}; use one of {KINDS}")
+    raise InvalidInputError(f"unknown model kind {config.kind!r}; use one of {KINDS}")
 
 
 def load_model(directory: Path) -> Model:
     """A fitted model saved with ``Model.save``."""
     file = directory / MODEL_FILE
     if not file.is_file():
-        raise FileNotFoundError(
+        raise InvalidInputError(
             f"{directory} holds no {MODEL_FILE}: it is not a model saved by `kubetrade train "
             "--checkpoint DIR`"
         )
@@ -83,4 +84,4 @@ def load_model(directory: Path) -> Model:
         from kubetrade.onnx_export.models.ensemble import EnsembleModel
 
         return EnsembleModel.load(directory, data)
-    raise ValueError(f"{file}: unknown model kind {kind!r}; use one of {KINDS}")
+    raise InvalidInputError(f"{file}: unknown model kind {kind!r}; use one of {KINDS}")

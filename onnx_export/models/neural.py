@@ -27,6 +27,7 @@ import onnx
 import torch
 from torch import nn
 
+from kubetrade.errors import InvalidInputError
 from kubetrade.onnx_export.dataset import Dataset
 from kubetrade.onnx_export.models.base import (
     INPUT_NAME,
@@ -65,15 +66,19 @@ class NeuralParams:
 
     def __post_init__(self) -> None:
         if self.kind not in NEURAL_KINDS:
-            raise ValueError(f"unknown neural model kind {self.kind!r}; use one of {NEURAL_KINDS}")
+            raise InvalidInputError(
+                f"unknown neural model kind {self.kind!r}; use one of {NEURAL_KINDS}"
+            )
         if self.window < 2:
-            raise ValueError(f"a sequence model needs a window of at least 2, got {self.window}")
+            raise InvalidInputError(
+                f"a sequence model needs a window of at least 2, got {self.window}"
+            )
         if self.kind == "transformer" and self.hidden % self.heads:
-            raise ValueError(
+            raise InvalidInputError(
                 f"transformer hidden size {self.hidden} must be a multiple of heads {self.heads}"
             )
         if min(self.hidden, self.layers, self.heads, self.epochs, self.batch_size) < 1:
-            raise ValueError(f"neural settings must be positive: {asdict(self)}")
+            raise InvalidInputError(f"neural settings must be positive: {asdict(self)}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, with the kind."""
@@ -237,7 +242,7 @@ class NeuralModel:
         """Train a fresh network on ``train``'s windows with AdamW and binary cross-entropy."""
         params = self.config
         if len(np.unique(train.labels)) < 2:
-            raise ValueError(
+            raise InvalidInputError(
                 f"the training set has only one class ({train.balance.to_dict()}); "
                 "use more candles or a different label threshold"
             )
