@@ -14,16 +14,13 @@ from typing import Any
 
 import kopf
 
-from kubetrade.operator.bots import Bots
 from kubetrade.operator.config import OperatorConfig
-from kubetrade.operator.events import EventPoster
 from kubetrade.operator.handlers import register
-from kubetrade.operator.heartbeats import Heartbeats
 from kubetrade.operator.kubeapi import Connection, KubeApi
 from kubetrade.operator.metrics import MetricsServer
-from kubetrade.operator.observations import Observations
 from kubetrade.operator.reconciler import Reconciler
 from kubetrade.operator.statusloop import StatusLoop, cancel
+from kubetrade.operator.wiring import Collaborators
 
 log = logging.getLogger(__name__)
 
@@ -35,25 +32,13 @@ class Operator:
 
     def __init__(self, config: OperatorConfig, connection: Connection) -> None:
         self.config = config
-        self.api = KubeApi(connection, config.max_connections)
+        parts = Collaborators.create(config, KubeApi(connection, config.max_connections))
         # Status writes get a pool of their own: with hundreds of bots being applied at once,
         # they would otherwise queue behind every apply and statuses would lag the objects.
-        self.status_api = KubeApi(connection, STATUS_CONNECTIONS)
-        self.bots = Bots()
-        self.observations = Observations()
-        self.heartbeats = Heartbeats(config.nats_url, self.observations)
-        self.events = EventPoster(self.api)
-        self.reconciler = Reconciler(
-            config, self.api, self.bots, self.observations, self.heartbeats, self.events
-        )
-        self.status = StatusLoop(
-            config,
-            self.status_api,
-            self.bots,
-            self.observations,
-            self.heartbeats,
-            EventPoster(self.status_api),
-        )
+        status_parts = parts.through(KubeApi(connection, STATUS_CONNECTIONS))
+        self.api, self.status_api, self.heartbeats = parts.api, status_parts.api, parts.heartbeats
+        self.reconciler = Reconciler(parts)
+        self.status = StatusLoop(status_parts)
         self.metrics = (
             MetricsServer(config.metrics_host, config.metrics_port) if config.metrics_port else None
         )

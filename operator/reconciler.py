@@ -19,21 +19,18 @@ from opentelemetry import trace
 
 from kubetrade.errors import InvalidInputError, KubetradeError
 from kubetrade.messages import ControlMessage
-from kubetrade.operator.bots import BotRecord, Bots, config_hashes, object_key
+from kubetrade.operator.bots import BotRecord, config_hashes, object_key
 from kubetrade.operator.conditions import READY, condition, merge, timestamp
-from kubetrade.operator.config import OperatorConfig
 from kubetrade.operator.drift import differences
-from kubetrade.operator.events import EventPoster
-from kubetrade.operator.heartbeats import Heartbeats
-from kubetrade.operator.kubeapi import KINDS, ApiError, KubeApi
+from kubetrade.operator.kubeapi import KINDS, ApiError
 from kubetrade.operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, RESTORED
-from kubetrade.operator.observations import Observations
 from kubetrade.operator.status import (
     KILL_REASON,
     KILL_SWITCH_ANNOTATION,
     KILL_SWITCH_FLATTEN,
     EventSpec,
 )
+from kubetrade.operator.wiring import Collaborators
 from kubetrade.render import BOT_LABEL, RenderError, render
 from kubetrade.spec import ManifestError, Phase, TradingBot, TradingBotStatus, parse_bot
 
@@ -98,20 +95,15 @@ class Reconciler:
 
     def __init__(
         self,
-        config: OperatorConfig,
-        api: KubeApi,
-        bots: Bots,
-        observations: Observations,
-        heartbeats: Heartbeats,
-        events: EventPoster,
+        parts: Collaborators,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.config = config
-        self.api = api
-        self.bots = bots
-        self.observations = observations
-        self.heartbeats = heartbeats
-        self.events = events
+        self.config = parts.config
+        self.api = parts.api
+        self.bots = parts.bots
+        self.observations = parts.observations
+        self.heartbeats = parts.heartbeats
+        self.events = parts.events
         self._clock = clock
         self._applying: set[str] = set()
         # Bots applied at once: hundreds of bots arriving together are applied a batch at a

@@ -17,14 +17,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kubetrade.messages import ControlMessage
-from kubetrade.operator.bots import BotRecord, Bots
-from kubetrade.operator.config import OperatorConfig
-from kubetrade.operator.events import EventPoster
-from kubetrade.operator.heartbeats import Heartbeats
-from kubetrade.operator.kubeapi import ApiError, KubeApi
+from kubetrade.operator.bots import BotRecord
+from kubetrade.operator.kubeapi import ApiError
 from kubetrade.operator.metrics import CONTROLS, STATUS_WRITES, count_phases
-from kubetrade.operator.observations import Observations
 from kubetrade.operator.status import compute_status, control_commands, status_events
+from kubetrade.operator.wiring import Collaborators
 from kubetrade.spec import TradingBotStatus
 
 log = logging.getLogger(__name__)
@@ -44,21 +41,16 @@ class StatusLoop:
 
     def __init__(
         self,
-        config: OperatorConfig,
-        api: KubeApi,
-        bots: Bots,
-        observations: Observations,
-        heartbeats: Heartbeats,
-        events: EventPoster,
+        parts: Collaborators,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config
-        self.api = api
-        self.bots = bots
-        self.observations = observations
-        self.heartbeats = heartbeats
-        self.events = events
+        self.config = parts.config
+        self.api = parts.api
+        self.bots = parts.bots
+        self.observations = parts.observations
+        self.heartbeats = parts.heartbeats
+        self.events = parts.events
         self._clock = clock
         self._wall = wall
         self._written_at: dict[str, float] = {}
