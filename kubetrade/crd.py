@@ -26,7 +26,8 @@ from kubetrade.errors import KubetradeError
 from kubetrade.spec import (
     API_GROUP,
     API_VERSION,
-    DNS_LABEL,
+    BOT_NAME,
+    BOT_NAME_MAX,
     DURATION,
     KIND,
     PLURAL,
@@ -70,9 +71,10 @@ _KEY_ORDER = ("type", "description", "nullable", "default", "enum", "format")
 _RULES: dict[str, list[Schema]] = {
     "": [
         {
-            "rule": f"self.metadata.name.matches('{DNS_LABEL.pattern}')",
-            "message": "metadata.name must be a DNS label: lowercase letters, digits and '-', "
-            "at most 63 characters (it names the bot's Deployments and Service)",
+            "rule": f"self.metadata.name.matches('{BOT_NAME.pattern}')",
+            "message": "metadata.name must be a DNS label that starts with a letter and has at "
+            f"most {BOT_NAME_MAX} characters (lowercase letters, digits and '-'; the bot's "
+            "Service is '<name>-inference', at most 63)",
             "reason": "FieldValueInvalid",
         }
     ],

@@ -12,11 +12,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from kubetrade.domain import TIMEFRAME_MS
+from kubetrade.errors import InvalidInputError
+from kubetrade.yaml_documents import DocumentError, read_documents
 
 API_GROUP = "kubetrade.io"
 API_VERSION = "v1alpha1"
@@ -29,6 +30,24 @@ PositivePercent = Annotated[float, Field(gt=0, le=100)]
 DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 SYMBOL = re.compile(r"^[A-Z0-9]{2,12}/[A-Z0-9]{2,12}$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# A bot's name also names its Service `<name>-inference`, an RFC 1035 label (a letter first, at
+# most 63 characters), so the bot name starts with a letter and has at most 63 - 10 characters.
+BOT_NAME_MAX = 63 - len("-inference")
+BOT_NAME = re.compile(rf"^[a-z]([-a-z0-9]{{0,{BOT_NAME_MAX - 2}}}[a-z0-9])?$")
+
+
+def bot_name_problem(name: str) -> str:
+    """Why ``name`` cannot name a bot (the same words as the CRD's rule), for error messages."""
+    rule = (
+        f"must be a DNS label that starts with a letter and has at most {BOT_NAME_MAX} "
+        f"characters (lowercase letters, digits and '-'; the bot's Service is "
+        f"'<name>-inference', at most 63)"
+    )
+    if len(name) > BOT_NAME_MAX:
+        return f"{rule}; got {len(name)} characters"
+    if name[:1].isdigit():
+        return f"{rule}; got a leading digit"
+    return rule
 
 
 def parse_duration(text: str) -> int:
@@ -48,6 +67,9 @@ class _Model(BaseModel):
         populate_by_name=True,
         extra="forbid",
         frozen=True,
+        # .inf and .nan are valid YAML floats but no valid setting (JSON, and so the API server,
+        # has no such numbers; report.json would end up holding Infinity).
+        allow_inf_nan=False,
     )
 
 
@@ -63,21 +85,28 @@ class ExchangeSpec(_Model):
 
     name: str = Field(
         default="synthetic",
+        max_length=63,
         pattern=r"^[a-z0-9_]+$",
         description="synthetic | replay | a ccxt exchange id such as binance",
     )
-    uri: str | None = Field(default=None, description="Candle file for replay (CSV or Parquet).")
+    uri: str | None = Field(
+        default=None, max_length=4096, description="Candle file for replay (CSV or Parquet)."
+    )
     speed: float = Field(
         default=0,
         ge=0,
+        le=1e9,
         description="Replay pacing as a multiple of real time; 0 publishes as fast as possible.",
     )
-    seed: int = Field(default=7, ge=0, description="Seed of the synthetic generator.")
+    seed: int = Field(default=7, ge=0, le=2**32 - 1, description="Seed of the synthetic generator.")
     limit: int | None = Field(
-        default=None, ge=1, description="Stop after this many candles per symbol."
+        default=None, ge=1, le=10**9, description="Stop after this many candles per symbol."
     )
     credentials_secret: str | None = Field(
-        default=None, description="Secret holding apiKey/secret for live trading."
+        default=None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Secret holding apiKey/secret for live trading.",
     )
     sandbox: bool = Field(default=False, description="Use the exchange's testnet, if it has one.")
 
@@ -96,8 +125,10 @@ class ExchangeSpec(_Model):
 class ModelRef(_Model):
     """A registered ONNX model: name and version in the model store."""
 
-    name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-    version: str = Field(default="latest", min_length=1)
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    version: str = Field(
+        default="latest", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+    )
 
 
 class StrategySpec(_Model):
@@ -128,7 +159,7 @@ class SizingSpec(_Model):
         default=0.5, gt=0, le=1, description="Fraction of the full Kelly bet (half-Kelly = 0.5)."
     )
     payoff_ratio: float = Field(
-        default=1.0, gt=0, description="Expected win/loss size ratio used by Kelly."
+        default=1.0, gt=0, le=100, description="Expected win/loss size ratio used by Kelly."
     )
     fraction_pct: PositivePercent = Field(
         default=10, description="Share of equity per position for fixed-fraction."
@@ -144,14 +175,14 @@ class SizingSpec(_Model):
 class StopLossSpec(_Model):
     """Stop-loss at a multiple of the Average True Range below (long) or above (short) entry."""
 
-    atr_multiplier: float = Field(default=2.0, gt=0)
+    atr_multiplier: float = Field(default=2.0, gt=0, le=100)
     atr_period: int = Field(default=14, ge=2, le=500)
 
 
 class TakeProfitSpec(_Model):
     """Take-profit at ``riskReward`` times the stop distance."""
 
-    risk_reward: float = Field(default=2.0, gt=0)
+    risk_reward: float = Field(default=2.0, gt=0, le=100)
 
 
 class TrailingStopSpec(_Model):
@@ -166,12 +197,14 @@ class BreakerSpec(_Model):
 
     max_daily_loss_pct: PositivePercent | None = 5
     max_drawdown_pct: PositivePercent | None = 15
-    max_consecutive_losses: int | None = Field(default=5, ge=1)
+    max_consecutive_losses: int | None = Field(default=5, ge=1, le=10_000)
     consecutive_loss_cooldown: str = Field(
-        default="12h", description="How long entries stay halted after the loss streak."
+        default="12h",
+        max_length=32,
+        description="How long entries stay halted after the loss streak.",
     )
-    min_seconds_between_trades: int | None = Field(default=0, ge=0)
-    max_trades_per_day: int | None = Field(default=None, ge=1)
+    min_seconds_between_trades: int | None = Field(default=0, ge=0, le=366 * 86400)
+    max_trades_per_day: int | None = Field(default=None, ge=1, le=1_000_000)
 
     @field_validator("consecutive_loss_cooldown")
     @classmethod
@@ -187,7 +220,7 @@ class RiskSpec(_Model):
     stop_loss: StopLossSpec | None = StopLossSpec()
     take_profit: TakeProfitSpec | None = TakeProfitSpec()
     trailing_stop: TrailingStopSpec | None = None
-    max_holding: str | None = Field(default=None, description="Time exit, e.g. 24h.")
+    max_holding: str | None = Field(default=None, max_length=32, description="Time exit, e.g. 24h.")
     breakers: BreakerSpec = BreakerSpec()
 
     @field_validator("max_holding")
@@ -206,7 +239,7 @@ class RiskSpec(_Model):
 class ExecutionSpec(_Model):
     """Account and trading costs (paper fills use them; live fills report their own)."""
 
-    initial_capital: float = Field(default=10_000, gt=0)
+    initial_capital: float = Field(default=10_000, gt=0, le=1e12)
     quote: str = Field(default="USDT", pattern=r"^[A-Z0-9]{2,12}$")
     fee_rate: float = Field(
         default=0.001, ge=0, le=0.1, description="Fee per notional, 0.001=0.1%."
@@ -283,18 +316,27 @@ class Metadata(_Model):
 
     model_config = ConfigDict(extra="allow", frozen=True, alias_generator=to_camel)
 
-    name: str = Field(max_length=63)
+    name: str
     namespace: str = "default"
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
     generation: int | None = None
     uid: str | None = None
 
-    @field_validator("name", "namespace")
+    @field_validator("name")
+    @classmethod
+    def _bot_name(cls, value: str) -> str:
+        if not BOT_NAME.match(value):
+            raise ValueError(bot_name_problem(value))
+        return value
+
+    @field_validator("namespace")
     @classmethod
     def _dns_label(cls, value: str) -> str:
         if not DNS_LABEL.match(value):
-            raise ValueError("must be a DNS label: lowercase letters, digits and '-'")
+            raise ValueError(
+                "must be a DNS label: lowercase letters, digits and '-', at most 63 characters"
+            )
         return value
 
 
@@ -381,7 +423,7 @@ class TradingBot(_Model):
         return f"{self.metadata.namespace}/{self.metadata.name}"
 
 
-class ManifestError(ValueError):
+class ManifestError(InvalidInputError):
     """A manifest that does not describe a valid TradingBot; ``errors`` names every bad field."""
 
     def __init__(self, source: str, errors: list[str]) -> None:
@@ -472,6 +514,12 @@ def format_errors(error: ValidationError, root: type[BaseModel] = TradingBot) ->
             message = f"must have at most {item['ctx']['max_length']} item(s)"
         elif kind == "missing":
             message = "required field is missing"
+        elif kind == "string_pattern_mismatch":
+            message = f"must match the pattern {item['ctx']['pattern']}"
+        elif kind == "finite_number":
+            message = "must be a finite number (not .inf or .nan)"
+        elif kind == "string_too_long":
+            message = f"must have at most {item['ctx']['max_length']} characters"
         elif kind == "value_error":
             message = str(item["ctx"]["error"]) if "ctx" in item else item["msg"]
         else:
@@ -492,19 +540,87 @@ def parse_bot(document: dict[str, Any], source: str = "<manifest>") -> TradingBo
         raise ManifestError(source, format_errors(error)) from None
 
 
-def load_bot(path: str | Path) -> TradingBot:
-    """Read and validate a TradingBot manifest file (the first TradingBot document in it)."""
-    path = Path(path)
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _bot_documents(path: Path) -> list[tuple[str, Any]]:
+    """(source, document) of every TradingBot in a file, ``kind: List`` items included."""
     try:
-        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    except FileNotFoundError:
-        raise ManifestError(str(path), ["file not found"]) from None
-    except yaml.YAMLError as error:
-        raise ManifestError(str(path), [f"not valid YAML: {error}"]) from None
-    bots = [d for d in documents if isinstance(d, dict) and d.get("kind") == KIND]
+        documents = read_documents(path)
+    except DocumentError as error:
+        raise ManifestError(str(path), [str(error)]) from None
+    found: list[tuple[str, Any]] = []
+    for index, document in enumerate(documents, start=1):
+        where = str(path) if len(documents) == 1 else f"{path} (document {index})"
+        if isinstance(document, dict) and document.get("kind") == "List":
+            items = document.get("items")
+            if not isinstance(items, list):
+                raise ManifestError(where, ["items: a List needs a list of items"])
+            found += [
+                (f"{where} items[{i}]", item)
+                for i, item in enumerate(items)
+                if isinstance(item, dict) and item.get("kind") == KIND
+            ]
+        elif isinstance(document, dict) and document.get("kind") == KIND:
+            found.append((where, document))
+    return found
+
+
+def load_bot(path: str | Path) -> TradingBot:
+    """Read and validate a file that holds exactly one TradingBot (other kinds may sit beside it).
+
+    Several bots in one file are refused rather than silently reading the first: ``run`` and
+    ``backtest`` run one bot; :func:`load_bots` reads them all.
+    """
+    path = Path(path)
+    bots = _bot_documents(path)
     if not bots:
         raise ManifestError(str(path), [f"no document with kind: {KIND}"])
-    return parse_bot(bots[0], str(path))
+    if len(bots) > 1:
+        names = ", ".join(
+            str(d.get("metadata", {}).get("name", "?"))
+            if isinstance(d.get("metadata"), dict)
+            else "?"
+            for _, d in bots
+        )
+        raise ManifestError(
+            str(path),
+            [
+                f"holds {len(bots)} TradingBot documents ({names}); this command runs one bot: "
+                "give each bot its own file (`kubetrade check` validates them all)"
+            ],
+        )
+    source, document = bots[0]
+    return parse_bot(document, source)
+
+
+def load_bots(path: str | Path) -> list[TradingBot]:
+    """Every TradingBot in a file (several documents or a ``kind: List``) or in a directory's
+    manifest files (``*.yaml``, ``*.yml``, ``*.json``, not recursive). Every bad document is
+    named in one ManifestError."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in MANIFEST_SUFFIXES and p.is_file())
+    else:
+        files = [path]
+    bots: list[TradingBot] = []
+    errors: list[str] = []
+    for file in files:
+        try:
+            documents = _bot_documents(file)
+        except ManifestError as error:
+            errors += [f"{error.source}: {e}" for e in error.errors]
+            continue
+        for source, document in documents:
+            try:
+                bots.append(parse_bot(document, source))
+            except ManifestError as error:
+                errors += [f"{error.source}: {e}" for e in error.errors]
+    if errors:
+        raise ManifestError(str(path), errors)
+    if not bots:
+        raise ManifestError(str(path), [f"no document with kind: {KIND}"])
+    return bots
 
 
 def dump_spec(bot: TradingBot) -> str:

@@ -18,7 +18,7 @@ from kubetrade.render import (
     render,
 )
 from kubetrade.settings import COMPONENTS, QUIET_ENV, WorkerSettings
-from kubetrade.spec import TradingBot, parse_bot
+from kubetrade.spec import ManifestError, Metadata, TradingBot, parse_bot
 
 UID = "4f9c2d6e-8a1b-4c3d-9e5f-0a1b2c3d4e5f"
 DATABASE_URL = "postgresql://kubetrade:db-password-123@db:5432/kubetrade"
@@ -410,8 +410,15 @@ def test_render_is_pure() -> None:
 
 @pytest.mark.parametrize("name", ["1inch-bot", "a" * 54])
 def test_a_name_that_cannot_name_a_service_is_refused_clearly(name: str) -> None:
+    # The manifest is refused first, as `kubetrade check` and the CRD refuse it; render still
+    # refuses a bot that bypassed validation.
+    with pytest.raises(ManifestError, match="starts with a letter"):
+        make_bot(name=name)
+    unchecked = make_bot().model_copy(
+        update={"metadata": Metadata.model_construct(name=name, namespace="default")}
+    )
     with pytest.raises(RenderError, match="rename the bot"):
-        render(make_bot(name=name), Platform())
+        render(unchecked, Platform())
 
 
 def test_the_longest_usable_name_renders() -> None:
