@@ -5,7 +5,8 @@ Models see gap-free, sorted, de-duplicated series with valid OHLC. What the clea
 - rows out of order are sorted (lossless; counted as ``unsorted_fixed``, not as damage);
 - open times off the timeframe grid are refused outright: no repair can place them;
 - rows with a missing or non-finite price are dropped; a missing volume becomes 0;
-- rows with a non-positive price or negative volume are dropped;
+- rows with a non-positive or absurd price (above ``MAX_PRICE``) or a negative or absurd volume
+  are dropped;
 - duplicate open times keep the last row in file order (the latest write of that candle);
   copies with other values are counted as ``conflicting_duplicates``;
 - high/low that do not envelope open/close are widened to the envelope;
@@ -35,6 +36,10 @@ from kubetrade.market.frame import CANDLE_COLUMNS, PRICE_COLUMNS, CandleDataErro
 
 log = logging.getLogger(__name__)
 
+# No traded asset is quoted above this, nor trades this much in one candle: a larger value is a
+# unit error or a forgery, and would overflow the engine's figures (1e308 * quantity = inf).
+MAX_PRICE = 1e9
+MAX_VOLUME = 1e18
 KEY_COLUMNS = ["symbol", "open_time"]
 VALUE_COLUMNS = [*PRICE_COLUMNS, "volume"]
 
@@ -115,7 +120,12 @@ def clean_candles(
     volume = frame["volume"].to_numpy(dtype=np.float64)
     nan_price = ~np.isfinite(prices).all(axis=1)
     nan_volume = ~np.isfinite(volume) & ~nan_price
-    invalid = ~nan_price & ((prices <= 0).any(axis=1) | (np.nan_to_num(volume) < 0))
+    invalid = ~nan_price & (
+        (prices <= 0).any(axis=1)
+        | (prices > MAX_PRICE).any(axis=1)
+        | (np.nan_to_num(volume) < 0)
+        | (np.nan_to_num(volume) > MAX_VOLUME)
+    )
     dropped_keys = frame.loc[nan_price | invalid, KEY_COLUMNS]
     frame.loc[nan_volume, "volume"] = 0.0
     repaired_keys = [frame.loc[nan_volume, KEY_COLUMNS]]

@@ -27,8 +27,10 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import pyarrow as pa
 
 from kubetrade.domain import TIMEFRAME_MS
+from kubetrade.errors import InvalidInputError
 from kubetrade.market.clean import CleaningReport, clean_candles
 from kubetrade.market.frame import (
     CANDLE_COLUMNS,
@@ -107,10 +109,16 @@ def load_candles_with_report(
     """``load_candles`` that also returns the timeframe, the layout and the cleaning report."""
     file = Path(path)
     if not file.is_file():
-        raise CandleDataError(f"candle file {file} does not exist")
+        what = "is not a file" if file.exists() else "does not exist"
+        raise CandleDataError(f"candle file {file} {what}")
     table, found = _read_table(file, _check_layout(layout))
-    raw = _PARSERS[found](table, str(file))
-    raw = _apply_symbol(raw, symbol, file, found)
+    try:
+        raw = _PARSERS[found](table, str(file))
+        raw = _apply_symbol(raw, symbol, file, found)
+    except CandleDataError:
+        raise
+    except InvalidInputError as error:  # e.g. a symbol that is no market: name the file
+        raise CandleDataError(f"{file}: {error}") from None
     named_tf = _timeframe_from_name(file) if found == "binance" else None
     actual = infer_frame_timeframe(raw, where=str(file)) if len(raw) > 1 else named_tf
     chosen = timeframe or actual
@@ -142,7 +150,30 @@ def detect_layout(path: str | Path) -> Layout:
 
 
 def _read_table(file: Path, layout: Layout | None) -> tuple[pd.DataFrame, Layout]:
-    """The file as a table with lower-case column names, and its layout."""
+    """The file as a table with lower-case column names, and its layout; a file that cannot be
+    read as one (binary, not UTF-8, ragged rows, a broken Parquet footer) is refused in one
+    line naming it."""
+    try:
+        return _read_table_unchecked(file, layout)
+    except CandleDataError:
+        raise
+    except UnicodeDecodeError as error:
+        raise CandleDataError(
+            f"{file}: not UTF-8 text (byte 0x{error.object[error.start : error.start + 1].hex()} "
+            f"at offset {error.start}); save the file as UTF-8 CSV"
+        ) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise CandleDataError(f"{file}: not a readable CSV table: {_first_line(error)}") from None
+    except (pa.ArrowException, OSError) as error:
+        raise CandleDataError(f"{file}: cannot be read: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = " ".join(str(error).split("\n", 1)[0].split())
+    return text[:300] or type(error).__name__
+
+
+def _read_table_unchecked(file: Path, layout: Layout | None) -> tuple[pd.DataFrame, Layout]:
     suffix = file.suffix.lower()
     if suffix in (".parquet", ".pq"):
         table = pd.read_parquet(file)
@@ -317,7 +348,9 @@ def _apply_symbol(
     if not present:
         name = symbol or (_symbol_from_name(file) if layout == "binance" else None)
         if name is None:
-            raise CandleDataError(f"{file}: the file has no symbol column; pass symbol='BASE/QUOTE'")
+            raise CandleDataError(
+                f"{file}: the file has no symbol column; pass symbol='BASE/QUOTE'"
+            )
         return raw.assign(symbol=normalize_symbol(name))
     if symbol is None:
         return raw
