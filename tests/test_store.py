@@ -14,11 +14,13 @@ import pytest
 
 from kubetrade.domain import Candle, EquityPoint, Fill, Order, OrderReason, Side
 from kubetrade.errors import StoreError
+from kubetrade.settings import OutageError
 from kubetrade.store import (
     AsyncStore,
     Checkpoint,
     EquityBucket,
     OrderStatus,
+    OutboxMessage,
     Policies,
     RowCounts,
     SignalRecord,
@@ -97,9 +99,9 @@ def test_migrate_is_idempotent(db_url: str) -> None:
         first = store.migrate()
         second = store.migrate()
         versions = store.conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
-    assert first.applied == (1, 2, 3)
+    assert first.applied == (1, 2, 3, 4)
     assert second.applied == ()
-    assert first.version == second.version == 3
+    assert first.version == second.version == 4
     assert first.timescale == second.timescale
     assert [v for (v,) in versions] == [1, 2, 3]
 
@@ -124,14 +126,14 @@ def test_migrate_concurrent_processes_apply_once(db_url: str) -> None:
     for t in threads:
         t.join(timeout=60)
     assert errors == []
-    assert sorted(results) == [(), (), (), (1, 2, 3)]
+    assert sorted(results) == [(), (), (), (1, 2, 3, 4)]
 
 
 def test_migrate_refuses_a_newer_schema(store: Store) -> None:
     store.conn.execute(
         "INSERT INTO schema_migrations (version, name, flavour) VALUES (99, 'x', 'plain')"
     )
-    with pytest.raises(StoreError, match=r"version 99 .* only knows migrations up to 3"):
+    with pytest.raises(StoreError, match=r"version 99 .* only knows migrations up to 4"):
         store.migrate()
 
 
@@ -392,3 +394,55 @@ def test_async_store(db_url: str) -> None:
     assert checkpoint == Checkpoint(4, 2, {"a": [1, 2]})
     assert fills == [fill(1)]
     assert last == T0 + 4 * MINUTE
+
+
+def _message(i: int) -> OutboxMessage:
+    return OutboxMessage("kubetrade.bots.btc.fills", f"fill {i}".encode(), {"Nats-Msg-Id": f"m{i}"})
+
+
+def test_outbox_keeps_a_batch_s_messages_in_order_until_cleared(store: Store) -> None:
+    """Messages committed with their batch (once, even when the batch is written again) come
+    back in the order they were written, until the publisher clears them."""
+    first = [_message(3), _message(1), _message(2)]
+    store.write_batch(BOT, orders=[order(1)], checkpoint=Checkpoint(1, 1, {}), outbox=first)
+    store.write_batch(BOT, orders=[order(1)], checkpoint=Checkpoint(1, 1, {}), outbox=first)
+    store.write_batch(BOT, checkpoint=Checkpoint(2, 2, {}), outbox=[_message(0)])
+    assert store.read_outbox(BOT) == [*first, _message(0)]
+    assert store.clear_outbox(BOT, ["m3", "m1"]) == 2
+    assert store.read_outbox(BOT) == [_message(2), _message(0)]
+
+
+def test_outbox_is_written_with_its_checkpoint_or_not_at_all(store: Store) -> None:
+    store.write_batch(BOT, checkpoint=Checkpoint(10, 5, {}))
+    with pytest.raises(StaleCheckpointError):
+        store.write_batch(BOT, checkpoint=Checkpoint(9, 4, {}), outbox=[_message(1)])
+    assert store.read_outbox(BOT) == []
+
+
+def test_async_store_reconnects_after_its_connection_is_killed(db_url: str) -> None:
+    """A server-side disconnect (as when PostgreSQL restarts) costs a reconnect, not a crash."""
+
+    async def scenario() -> RowCounts:
+        db = await AsyncStore.connect(db_url, outage_limit_s=30)
+        try:
+            await db.migrate()
+            await db.write_candles(BOT, candles(3))
+            assert db.conn is not None
+            pid = db.conn.info.backend_pid
+            with psycopg.connect(db_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            await db.write_candles(BOT, candles(5))
+            return await db.count_rows(BOT)
+        finally:
+            await db.close()
+
+    assert asyncio.run(scenario()).candles == 5
+
+
+def test_async_store_gives_up_past_the_outage_limit(tmp_path: Any) -> None:
+    """No server: the store waits up to its limit, then raises OutageError naming the limit."""
+    url = f"postgresql://postgres@/postgres?host={tmp_path}&connect_timeout=1"
+    started = time.monotonic()
+    with pytest.raises(OutageError, match="KUBETRADE_OUTAGE_LIMIT_S"):
+        asyncio.run(AsyncStore.connect(url, outage_limit_s=1.5))
+    assert time.monotonic() - started < 15

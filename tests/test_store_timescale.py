@@ -68,7 +68,7 @@ def migrated(timescale_url: str) -> tuple[SchemaInfo, SchemaInfo]:
 def test_migrate_detects_timescale(migrated: tuple[SchemaInfo, SchemaInfo]) -> None:
     first, second = migrated
     assert first.timescale and second.timescale
-    assert first.version == second.version == 3
+    assert first.version == second.version == 4
     assert second.applied == ()
 
 
