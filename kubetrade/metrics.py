@@ -51,3 +51,40 @@ OPEN_POSITIONS = Gauge("kubetrade_open_positions", "Open positions", ["bot"])
 HALTED = Gauge(
     "kubetrade_halted", "1 when new entries are halted by a breaker or kill switch", ["bot"]
 )
+
+# Progress and lag, per component (feed, inference, executor). Alert rules use these names.
+LAST_PROGRESS = Gauge(
+    "kubetrade_last_progress_timestamp_seconds",
+    "Unix time of the component's last progress: a candle published, a signal produced or a "
+    "decision taken",
+    ["bot", "component"],
+)
+LAST_PROGRESS_AGE = Gauge(
+    "kubetrade_last_progress_age_seconds",
+    "Seconds since the component's last progress (since start-up before the first one)",
+    ["bot", "component"],
+)
+CANDLE_LAG = Gauge(
+    "kubetrade_candle_lag_seconds",
+    "Now minus the close time of the newest candle the component handled (a replay lags by "
+    "the age of its history)",
+    ["bot", "component"],
+)
+CONSUMER_PENDING = Gauge(
+    "kubetrade_consumer_pending_messages",
+    "Messages waiting for the component's durable consumer: not yet delivered plus delivered "
+    "but not acknowledged",
+    ["bot", "component"],
+)
+STALLED = Gauge(
+    "kubetrade_stalled",
+    "1 while the component has work waiting but made no progress within its expected "
+    "interval (liveness fails)",
+    ["bot", "component"],
+)
+ADMISSION_REFUSED = Counter(
+    "kubetrade_admission_refused_total",
+    "Well-formed messages refused by admission (wrong bot, symbol, time or price) and "
+    "dead-lettered",
+    ["bot", "component", "reason"],
+)

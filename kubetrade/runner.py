@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from kubetrade.admission import StatusAdmission
 from kubetrade.bus import connect
 from kubetrade.embedded import embedded_servers, free_port
 from kubetrade.errors import KubetradeError
@@ -208,10 +209,15 @@ async def watch(
     progress = Progress()
     subjects = Subjects(bot.metadata.namespace, bot.metadata.name)
     nc = await connect(nats_url, f"{bot.key}/runner")
+    admission = StatusAdmission()
 
     async def on_status(msg: Msg) -> None:
         with contextlib.suppress(MessageError):
             status = decode(StatusMessage, msg.data)
+            refusal = admission.admit(msg.subject, status, time.time_ns() // 1_000_000)
+            if refusal is not None:
+                log.warning("ignored a status message", extra={"refusal": str(refusal)})
+                return
             progress.statuses[status.component] = status
 
     sub = await nc.subscribe(subjects.status, cb=on_status)

@@ -17,8 +17,9 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from kubetrade.admission import StatusAdmission, status_subject_key
 from kubetrade.messages import ControlMessage, MessageError, StatusMessage, decode, encode
-from kubetrade.operator.metrics import HEARTBEATS
+from kubetrade.operator.metrics import HEARTBEATS, STATUS_REFUSED
 from kubetrade.operator.observations import Observations
 from kubetrade.subjects import Subjects
 
@@ -43,6 +44,7 @@ class Heartbeats:
         self._clock = clock
         self._client: Client | None = None
         self._task: asyncio.Task[None] | None = None
+        self._admission = StatusAdmission()
 
     @property
     def connected(self) -> bool:
@@ -87,8 +89,18 @@ class Heartbeats:
                 extra={"subject": msg.subject, "error": str(error)},
             )
             return
+        # Keyed by the subject, never by the message's own ``bot`` field: a bot's pods may
+        # publish only on their own subjects (NATS permissions), so the subject is the sender.
+        key = status_subject_key(msg.subject)
+        refusal = self._admission.admit(msg.subject, message, time.time_ns() // 1_000_000)
+        if refusal is not None or key is None:
+            STATUS_REFUSED.labels(refusal.reason if refusal else "wrong_subject").inc()
+            log.warning(
+                "refused a status message", extra={"subject": msg.subject, "refusal": str(refusal)}
+            )
+            return
         HEARTBEATS.inc()
-        self.observations.record(message, self._clock())
+        self.observations.record(message, self._clock(), key)
 
     async def send(self, namespace: str, bot: str, command: ControlMessage) -> bool:
         """Publish a control command to one bot's executor; False while NATS is down."""

@@ -60,6 +60,12 @@ HEARTBEATS = Counter(
     "Worker status messages received on NATS",
     registry=REGISTRY,
 )
+STATUS_REFUSED = Counter(
+    "kubetrade_operator_status_refused_total",
+    "Status messages refused by admission (wrong bot for the subject, clock, counters)",
+    ["reason"],
+    registry=REGISTRY,
+)
 
 
 def count_phases(phases: list[Phase]) -> None:

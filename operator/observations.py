@@ -71,9 +71,13 @@ class Observations:
     def __init__(self) -> None:
         self._bots: dict[str, BotObservations] = {}
 
-    def record(self, message: StatusMessage, now: float) -> None:
-        """Take one status message in (``message.bot`` is ``namespace/name``)."""
-        self._bots.setdefault(message.bot, BotObservations()).record(message, now)
+    def record(self, message: StatusMessage, now: float, key: str | None = None) -> None:
+        """Take one status message in for the bot ``key`` (``namespace/name``).
+
+        The operator passes the key its subject names: a field inside the message is
+        whatever its sender wrote. Without a key, ``message.bot`` is used (tests).
+        """
+        self._bots.setdefault(key or message.bot, BotObservations()).record(message, now)
 
     def of(self, key: str) -> BotObservations:
         """What was heard from the bot ``key`` (empty when nothing was)."""

@@ -21,6 +21,7 @@ from typing import Any
 
 from opentelemetry.trace import Tracer
 
+from kubetrade.admission import AdmissionError, AdmissionPolicy, CandleAdmission
 from kubetrade.bus import (
     BatchConsumer,
     Connectivity,
@@ -36,7 +37,12 @@ from kubetrade.bus import (
 from kubetrade.domain import Candle
 from kubetrade.features import FeatureMismatchError
 from kubetrade.messages import CandleMessage, MessageError, SignalMessage, decode, encode
-from kubetrade.metrics import CANDLES_RECEIVED, PREDICT_SECONDS, SIGNALS_PUBLISHED
+from kubetrade.metrics import (
+    ADMISSION_REFUSED,
+    CANDLES_RECEIVED,
+    PREDICT_SECONDS,
+    SIGNALS_PUBLISHED,
+)
 from kubetrade.runtime import (
     EXIT_OUTAGE,
     WorkerStatus,
@@ -139,18 +145,20 @@ async def _serve(
             log.error("model refused: feature mismatch", extra={"error": str(error)})
             await stop.wait()
             return
+        admission = CandleAdmission(AdmissionPolicy.for_bot(bot))
         consumer = BatchConsumer(
             js, subjects, subjects.all_candles, subjects.durable("inference"), link
         )
         resumed = await consumer.start()
         if resumed:
-            # A restart: rebuild the rolling windows from the candles already handled.
+            # A restart: rebuild the rolling windows from the candles already handled, as
+            # admitted then (a forgery in the stream stays out of the windows).
             history = [
                 decode(CandleMessage, m.data).to_candle()
                 async for m in replay(js, subjects, subjects.all_candles, resumed)
                 if _decodable(m.data)
             ]
-            pipeline.warm_up(history)
+            pipeline.warm_up(admission.replayed(history, now_ms()))
             log.info("windows rebuilt from the stream", extra={"through_seq": resumed})
         status.state = "running"
         status.message = f"serving {predictor.model_name}:{predictor.model_version}"
@@ -174,7 +182,7 @@ async def _serve(
                 generation = link.generation
                 await settle_all()
             if batch:
-                sent = await _handle(batch, pipeline, js, link, subjects, status, tracer)
+                sent = await _handle(batch, pipeline, admission, js, link, subjects, status, tracer)
                 unsettled.append((sent, batch))
             while unsettled and (
                 not batch or len(unsettled) > MAX_UNSETTLED or unsettled[0][0].done()
@@ -197,6 +205,7 @@ async def _serve(
 async def _handle(
     batch: list[Delivery],
     pipeline: SignalPipeline,
+    admission: CandleAdmission,
     js: Any,
     link: Connectivity,
     subjects: Subjects,
@@ -212,6 +221,13 @@ async def _handle(
             message = decode(CandleMessage, delivery.msg.data)
         except MessageError as error:
             await dead_letter(js, subjects, delivery.msg, error, component="inference", bot=bot)
+            status.count("dead_letters")
+            continue
+        refusal = admission.admit(message.to_candle(), now_ms())
+        if refusal is not None:
+            ADMISSION_REFUSED.labels(bot, "inference", refusal.reason).inc()
+            refused = AdmissionError(refusal)
+            await dead_letter(js, subjects, delivery.msg, refused, component="inference", bot=bot)
             status.count("dead_letters")
             continue
         candles.append(message.to_candle())

@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 from opentelemetry import trace
 
 from kubetrade import runtime
+from kubetrade.admission import AdmissionError, AdmissionPolicy, CandleAdmission, check_control
 from kubetrade.bus import (
     BatchConsumer,
     Connectivity,
@@ -47,6 +48,7 @@ from kubetrade.messages import (
     encode,
 )
 from kubetrade.metrics import (
+    ADMISSION_REFUSED,
     DB_WRITE_SECONDS,
     DECISION_SECONDS,
     EQUITY,
@@ -138,6 +140,7 @@ class Executor:
         self.sequence = 0
         self.processed = 0
         self.controls: asyncio.Queue[tuple[ControlMessage, Msg]] = asyncio.Queue()
+        self.admission = CandleAdmission(AdmissionPolicy.for_bot(bot), repeats=True)
 
     async def restore(self) -> None:
         """Resume from the database checkpoint, if there is one."""
@@ -145,6 +148,7 @@ class Executor:
         if checkpoint is not None:
             self.engine = TradingEngine.restore(self.bot, checkpoint.state)
             self.sequence, self.processed = checkpoint.stream_seq, checkpoint.processed
+            self.admission.seed(checkpoint.state.get("last_open", {}))
             log.info(
                 "restored from checkpoint",
                 extra={"stream_seq": self.sequence, "processed": self.processed},
@@ -165,8 +169,13 @@ class Executor:
     async def on_control(self, msg: Msg) -> None:
         """Queue a control command; it is applied between batches, in the engine's order."""
         try:
-            self.controls.put_nowait((decode(ControlMessage, msg.data), msg))
-        except MessageError as error:
+            command = decode(ControlMessage, msg.data)
+            refusal = check_control(command)
+            if refusal is not None:
+                ADMISSION_REFUSED.labels(self.bot.key, "executor", refusal.reason).inc()
+                raise AdmissionError(refusal)
+            self.controls.put_nowait((command, msg))
+        except (MessageError, AdmissionError) as error:
             await dead_letter(
                 self.js, self.subjects, msg, error, component="executor", bot=self.bot.key
             )
@@ -239,6 +248,19 @@ class Executor:
         except MessageError as error:
             await dead_letter(
                 self.js, self.subjects, delivery.msg, error, component="executor", bot=self.bot.key
+            )
+            self.status.count("dead_letters")
+            return
+        refusal = self.admission.admit_signal(message, runtime.now_ms())
+        if refusal is not None:
+            ADMISSION_REFUSED.labels(self.bot.key, "executor", refusal.reason).inc()
+            await dead_letter(
+                self.js,
+                self.subjects,
+                delivery.msg,
+                AdmissionError(refusal),
+                component="executor",
+                bot=self.bot.key,
             )
             self.status.count("dead_letters")
             return
