@@ -81,5 +81,19 @@ controlplane:
 test-controlplane: install controlplane
 	KUBETRADE_REQUIRE_CONTROLPLANE=1 $(PY) -m pytest -q -ra -m controlplane
 
+.PHONY: image cluster test-cluster
+
+## image: the container image from ./Dockerfile, built with buildah on a Debian base made by mmdebstrap and a host wheelhouse (no registry, no index inside the build); OCI archive under ~/.cache/kubetrade/image
+image:
+	python3 tests/cluster/build.py image
+
+## cluster: kubelet, kube-scheduler, kube-proxy, CoreDNS beside the control plane; containerd, runc, CNI plugins, iptables, conntrack from Debian; a pause image (cached)
+cluster: controlplane
+	python3 tests/cluster/build.py node
+
+## test-cluster: the one-node cluster tier (the image on a real node); builds first if needed; a missing build is an error, not a skip
+test-cluster: install cluster image
+	KUBETRADE_REQUIRE_CLUSTER=1 $(PY) -m pytest -q -ra -m cluster tests/cluster
+
 clean:
 	rm -rf reports .mypy_cache .ruff_cache .pytest_cache
