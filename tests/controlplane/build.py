@@ -17,11 +17,19 @@ Usage (stdlib only, any python3 >= 3.9 works)::
     python3 tests/controlplane/build.py check      # exit 0 iff complete build present
     python3 tests/controlplane/build.py versions   # print the pins
     python3 tests/controlplane/build.py pin v1.38.0  # move the pin (rewrites go.mod/go.sum)
+    python3 tests/controlplane/build.py build-node   # + kubelet, scheduler, proxy, coredns
+    python3 tests/controlplane/build.py check-node   # exit 0 iff those are built too
 
 Where the binaries go: ``$KUBETRADE_CONTROLPLANE_DIR`` when set, otherwise
 ``${XDG_CACHE_HOME:-~/.cache}/kubetrade/controlplane/k8s-<v>-etcd-<v>/``.
 The directory is complete when it holds the four binaries and BUILD-INFO.json
 (written last, after an atomic rename of each binary).
+
+The node binaries of the one-node cluster tier (tests/cluster) come from the same
+wrapper module and go into the same directory: kubelet, kube-scheduler and kube-proxy
+from the same ``k8s.io/kubernetes`` pin, and a CoreDNS with only the plugins a test
+cluster's Corefile uses (``cmd/coredns``, CoreDNS pinned by its require line in go.mod).
+They are complete when NODE-BUILD-INFO.json (written last) names the same pins.
 """
 
 from __future__ import annotations
@@ -55,10 +63,21 @@ PACKAGES = {
     "k8s.io/kubernetes/cmd/kubectl": "kubectl",
 }
 
+# The one-node cluster's node binaries (build-node), from the same wrapper module.
+NODE_BINARIES = ("kubelet", "kube-scheduler", "kube-proxy", "coredns")
+NODE_INFO_FILE = "NODE-BUILD-INFO.json"
+NODE_PACKAGES = {
+    "k8s.io/kubernetes/cmd/kubelet": "kubelet",
+    "k8s.io/kubernetes/cmd/kube-scheduler": "kube-scheduler",
+    "k8s.io/kubernetes/cmd/kube-proxy": "kube-proxy",
+    "kubetrade.local/controlplane/cmd/coredns": "coredns",
+}
+
 _K8S_RE = re.compile(
     r"^\s*(?:require\s+)?k8s\.io/kubernetes\s+(v1\.(\d+)\.(\d+))\s*(?://.*)?$", re.M
 )
 _ETCD_RE = re.compile(r"^\s*(?:require\s+)?go\.etcd\.io/etcd/server/v3\s+(v3\.\d+\.\d+)\b", re.M)
+_COREDNS_RE = re.compile(r"^\s*(?:require\s+)?github\.com/coredns/coredns\s+(v\S+)", re.M)
 _REPLACE_RE = re.compile(r"^\s*(k8s\.io/[a-z0-9-]+)\s+=>\s+(k8s\.io/[a-z0-9-]+)\s+(\S+)\s*$", re.M)
 
 
@@ -75,13 +94,17 @@ def versions(go_mod: Path = GO_MOD) -> dict[str, str]:
     etcd = _ETCD_RE.search(text)
     if not etcd:
         raise PinError(f"{go_mod}: no go.etcd.io/etcd/server/v3 requirement (run `build.py pin`)")
-    return {
+    out = {
         "kubernetes": k8s.group(1),
         "kubernetes_major": "1",
         "kubernetes_minor": k8s.group(2),
         "staging": f"v0.{k8s.group(2)}.{k8s.group(3)}",
         "etcd": etcd.group(1),
     }
+    coredns = _COREDNS_RE.search(text)
+    if coredns:
+        out["coredns"] = coredns.group(1)
+    return out
 
 
 def check_replaces(go_mod: Path = GO_MOD) -> None:
@@ -126,6 +149,28 @@ def missing(directory: Path | None = None) -> list[str]:
     return out
 
 
+def node_dir() -> Path:
+    """Where the node binaries go: beside the control plane's."""
+    return bin_dir()
+
+
+def missing_node(directory: Path | None = None) -> list[str]:
+    """What is missing for a complete node build in `directory` ([] = complete)."""
+    d = directory or node_dir()
+    out = [b for b in NODE_BINARIES if not os.access(d / b, os.X_OK)]
+    if not os.environ.get(ENV_DIR):
+        try:
+            info = json.loads((d / NODE_INFO_FILE).read_text())
+        except (OSError, ValueError):
+            return [*out, NODE_INFO_FILE]
+        v = versions()
+        if (info.get("kubernetes"), info.get("coredns")) != (v["kubernetes"], v.get("coredns")):
+            out.append(
+                f"{NODE_INFO_FILE} for kubernetes {v['kubernetes']}, coredns {v.get('coredns')}"
+            )
+    return out
+
+
 @contextlib.contextmanager
 def _lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,6 +209,83 @@ def _module_time(env: dict[str, str]) -> str:
     return "1970-01-01T00:00:00Z"
 
 
+def _ldflags(v: dict[str, str], env: dict[str, str]) -> list[str]:
+    """Strip symbols; stamp the release version the way upstream's release builds do."""
+    xs = {
+        "gitVersion": v["kubernetes"],
+        "gitMajor": v["kubernetes_major"],
+        "gitMinor": v["kubernetes_minor"],
+        "gitTreeState": "clean",
+        "buildDate": _module_time(env),
+    }
+    ldflags = ["-s", "-w"]
+    for key, val in xs.items():
+        for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+            ldflags.append(f"-X {pkg}.{key}={val}")
+    return ldflags
+
+
+def build_node(force: bool = False, nice: int = 19) -> Path:
+    """Build kubelet, kube-scheduler, kube-proxy and coredns into node_dir() unless there."""
+    check_replaces()
+    v = versions()
+    if "coredns" not in v:
+        raise PinError(f"{GO_MOD}: no github.com/coredns/coredns requirement")
+    dest = node_dir()
+    if not force and not missing_node(dest):
+        print(f"node: cached build present in {dest}", flush=True)
+        return dest
+    if shutil.which("go") is None:
+        raise SystemExit("node: `go` is not on PATH; install Go >= 1.26 to build")
+    with _lock(dest.parent / f".{dest.name}.lock"):
+        if not force and not missing_node(dest):
+            print(f"node: cached build present in {dest}", flush=True)
+            return dest
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / NODE_INFO_FILE).unlink(missing_ok=True)
+        tmp = dest / ".build-node-tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        env = _go_env("-mod=readonly")
+        go_version = subprocess.run(
+            ["go", "version"], env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        ldflags = _ldflags(v, env)
+        print(
+            f"node: building kubelet, kube-scheduler, kube-proxy (kubernetes {v['kubernetes']}) "
+            f"and coredns {v['coredns']} with {go_version} into {dest}",
+            flush=True,
+        )
+        t0 = time.monotonic()
+        subprocess.run(["go", "mod", "download"], cwd=HERE, env=env, check=True)
+        cmd = ["go", "build", "-trimpath", "-ldflags", " ".join(ldflags), "-o", str(tmp) + "/"]
+        cmd += list(NODE_PACKAGES)
+        if nice and shutil.which("nice"):
+            cmd = ["nice", "-n", str(nice), *cmd]
+        subprocess.run(cmd, cwd=HERE, env=env, check=True)
+        for name in NODE_BINARIES:
+            src = tmp / name
+            if not src.is_file():
+                raise SystemExit(f"node: go build did not produce {src}")
+            os.replace(src, dest / name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        info = {
+            "kubernetes": v["kubernetes"],
+            "coredns": v["coredns"],
+            "go": go_version,
+            "ldflags": ldflags,
+            "built_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "total_seconds": round(time.monotonic() - t0, 1),
+            "nproc": os.cpu_count(),
+            "sizes_bytes": {b: (dest / b).stat().st_size for b in NODE_BINARIES},
+        }
+        tmp_info = dest / (NODE_INFO_FILE + ".tmp")
+        tmp_info.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(tmp_info, dest / NODE_INFO_FILE)
+        print(f"node: built in {info['total_seconds']:.0f}s -> {dest}", flush=True)
+        return dest
+
+
 def build(force: bool = False, nice: int = 19) -> Path:
     check_replaces()
     v = versions()
@@ -188,18 +310,7 @@ def build(force: bool = False, nice: int = 19) -> Path:
         go_version = subprocess.run(
             ["go", "version"], env=env, capture_output=True, text=True, check=True
         ).stdout.strip()
-        build_date = _module_time(env)
-        xs = {
-            "gitVersion": v["kubernetes"],
-            "gitMajor": v["kubernetes_major"],
-            "gitMinor": v["kubernetes_minor"],
-            "gitTreeState": "clean",
-            "buildDate": build_date,
-        }
-        ldflags = ["-s", "-w"]
-        for key, val in xs.items():
-            for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
-                ldflags.append(f"-X {pkg}.{key}={val}")
+        ldflags = _ldflags(v, env)
 
         print(
             f"controlplane: building kubernetes {v['kubernetes']} + etcd {v['etcd']} "
@@ -294,6 +405,9 @@ def pin(version: str) -> None:
     lines = [head, f"require k8s.io/kubernetes {version}\n"]
     if etcd:
         lines.append(f"\nrequire go.etcd.io/etcd/server/v3 {etcd.group(1)}\n")
+    coredns = _COREDNS_RE.search(text)
+    if coredns:  # CoreDNS has its own release line: moving the Kubernetes pin keeps it
+        lines.append(f"\nrequire github.com/coredns/coredns {coredns.group(1)}\n")
     lines.append("\nreplace (\n")
     for mod in staged:
         # Staging modules that upstream does not require (sample-controller,
@@ -316,6 +430,12 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="build into the cache unless already there")
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
     b.add_argument("--nice", type=int, default=int(os.environ.get("KUBETRADE_CP_NICE", "19")))
+    bn = sub.add_parser(
+        "build-node", help="also build kubelet, kube-scheduler, kube-proxy, coredns"
+    )
+    bn.add_argument("--force", action="store_true", help="rebuild even if cached")
+    bn.add_argument("--nice", type=int, default=int(os.environ.get("KUBETRADE_CP_NICE", "19")))
+    sub.add_parser("check-node", help="exit 0 iff the node binaries are built too")
     sub.add_parser("path", help="print the binary directory")
     sub.add_parser("check", help="exit 0 iff a complete build is present")
     sub.add_parser("versions", help="print the pinned versions as JSON")
@@ -326,6 +446,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd in (None, "build"):
             d = build(force=getattr(args, "force", False), nice=getattr(args, "nice", 19))
             print(d)
+        elif args.cmd == "build-node":
+            print(build_node(force=args.force, nice=args.nice))
+        elif args.cmd == "check-node":
+            miss = missing_node()
+            if miss:
+                print(
+                    f"node: {node_dir()} lacks {', '.join(miss)}; run `make cluster`",
+                    file=sys.stderr,
+                )
+                return 1
+            print(node_dir())
         elif args.cmd == "path":
             print(bin_dir())
         elif args.cmd == "check":
