@@ -36,6 +36,7 @@ from kubetrade.bus import (
 )
 from kubetrade.domain import Candle
 from kubetrade.features import FeatureMismatchError
+from kubetrade.health import Vitals, consumer_pending, watch_forever
 from kubetrade.messages import CandleMessage, MessageError, SignalMessage, decode, encode
 from kubetrade.metrics import (
     ADMISSION_REFUSED,
@@ -69,6 +70,7 @@ class BridgeHandle:
     status_ref: WorkerStatus
     loop: asyncio.AbstractEventLoop
     stop_event: asyncio.Event
+    vitals: Vitals | None = None
 
     def status(self) -> dict[str, Any]:
         """State, message and counters, as ``/readyz`` reports them."""
@@ -81,7 +83,12 @@ class BridgeHandle:
     @property
     def ready(self) -> bool:
         """True while the bridge is connected and predicting."""
-        return self.status_ref.state == "running" and self.thread.is_alive()
+        progressing = self.vitals is None or self.vitals.readiness()[0]
+        return self.status_ref.state == "running" and self.thread.is_alive() and progressing
+
+    def liveness(self) -> tuple[bool, str]:
+        """False once the bridge stalls with candles waiting (``/livez``, restarts the pod)."""
+        return self.vitals.liveness() if self.vitals is not None else (True, "ok")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the bridge to finish its batch and stop; wait for the thread."""
@@ -99,11 +106,12 @@ def start_bridge(predictor: Predictor, settings: WorkerSettings | None = None) -
     )
     loop = asyncio.new_event_loop()
     stop_event = asyncio.Event()
+    vitals = Vitals.for_bot(settings.bot, "inference", {})
 
     def main() -> None:
         asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(_serve(predictor, settings, status, stop_event, tracer))
+            loop.run_until_complete(_serve(predictor, settings, status, stop_event, tracer, vitals))
         except OutageError as error:
             # Past the outage limit: one line, then the whole worker process goes so that it is
             # restarted (BentoML respawns its worker; Kubernetes restarts the pod otherwise).
@@ -117,7 +125,7 @@ def start_bridge(predictor: Predictor, settings: WorkerSettings | None = None) -
             loop.close()
 
     thread = threading.Thread(target=main, name="nats-bridge", daemon=True)
-    handle = BridgeHandle(thread, status, loop, stop_event)
+    handle = BridgeHandle(thread, status, loop, stop_event, vitals)
     thread.start()
     return handle
 
@@ -128,6 +136,7 @@ async def _serve(
     status: WorkerStatus,
     stop: asyncio.Event,
     tracer: Tracer,
+    vitals: Vitals,
 ) -> None:
     bot = settings.bot
     subjects = Subjects(bot.metadata.namespace, bot.metadata.name)
@@ -136,7 +145,9 @@ async def _serve(
     nc = await connect(settings.nats_url, f"{bot.key}/inference", link)
     js = nc.jetstream()
     await ensure_stream(js, subjects, limit)
+    vitals.dependencies["nats"] = lambda: nc.is_connected
     heartbeat = asyncio.create_task(publish_status_forever(nc, subjects, status))
+    watchdog: asyncio.Task[None] | None = None
     try:
         try:
             pipeline = SignalPipeline(predictor)
@@ -162,6 +173,10 @@ async def _serve(
             log.info("windows rebuilt from the stream", extra={"through_seq": resumed})
         status.state = "running"
         status.message = f"serving {predictor.model_name}:{predictor.model_version}"
+        durable = subjects.durable("inference")
+        watchdog = asyncio.create_task(
+            watch_forever(vitals, status, lambda: consumer_pending(js, subjects.stream, durable))
+        )
         log.info("bridge running", extra={"model": predictor.model_name})
         # Batches whose signals are sent but not yet stored: a batch is acknowledged to the
         # candle stream only once the signal stream holds all of its signals. After a failed
@@ -184,6 +199,9 @@ async def _serve(
             if batch:
                 sent = await _handle(batch, pipeline, admission, js, link, subjects, status, tracer)
                 unsettled.append((sent, batch))
+                newest = max(admission.last_open.values(), default=None)
+                tf = admission.policy.timeframe_ms
+                vitals.progress(None if newest is None else newest + tf)
             while unsettled and (
                 not batch or len(unsettled) > MAX_UNSETTLED or unsettled[0][0].done()
             ):
@@ -196,6 +214,8 @@ async def _serve(
         await settle_all()
         await consumer.stop()
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeat

@@ -239,6 +239,14 @@ class InferenceService:
             raise HTTPException(status_code=503, detail=reason)
         return True
 
+    def __is_alive__(self) -> bool:
+        # /livez: a bridge stalled with candles waiting fails it, so the pod is restarted.
+        if self.bridge is not None:
+            live, reason = self.bridge.liveness()
+            if not live:
+                raise HTTPException(status_code=503, detail=f"nats bridge {reason}")
+        return True
+
     def model_info(self) -> dict[str, Any]:
         """The served model's metadata, with readiness (the body of GET /model)."""
         ready, reason = self.readiness()

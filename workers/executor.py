@@ -37,7 +37,7 @@ from kubetrade.bus import (
     publish_all,
 )
 from kubetrade.domain import EquityPoint, Fill, Order
-from kubetrade.health import HealthServer
+from kubetrade.health import HealthServer, Vitals, consumer_pending, watch_forever
 from kubetrade.messages import (
     ControlMessage,
     FillMessage,
@@ -141,6 +141,11 @@ class Executor:
         self.processed = 0
         self.controls: asyncio.Queue[tuple[ControlMessage, Msg]] = asyncio.Queue()
         self.admission = CandleAdmission(AdmissionPolicy.for_bot(bot), repeats=True)
+
+    def last_candle_close_ms(self) -> int | None:
+        """Close time of the newest candle decided on (for the candle lag metric)."""
+        newest = max(self.admission.last_open.values(), default=None)
+        return None if newest is None else newest + self.admission.policy.timeframe_ms
 
     async def restore(self) -> None:
         """Resume from the database checkpoint, if there is one."""
@@ -360,12 +365,25 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
     await consumer.start(resume_after=executor.sequence)
     if executor.status.state == "starting":
         executor.status.state = "running"
+    connected = {"nats": lambda: nc.is_connected, "database": lambda: _db_connected(db)}
+    vitals = Vitals.for_bot(bot, "executor", connected)
     health = HealthServer(
-        settings.http_host, settings.http_port, lambda: (nc.is_connected, executor.status.state)
+        settings.http_host,
+        settings.http_port,
+        lambda: (nc.is_connected, executor.status.state),
+        vitals,
     )
     await health.start()
     heartbeat = asyncio.create_task(
         runtime.publish_status_forever(nc, executor.subjects, executor.status)
+    )
+    durable = executor.subjects.durable("executor")
+    watchdog = asyncio.create_task(
+        watch_forever(
+            vitals,
+            executor.status,
+            lambda: consumer_pending(js, executor.subjects.stream, durable),
+        )
     )
     log.info("executor running", extra={"symbols": bot.spec.symbols, "mode": bot.spec.mode.value})
     try:
@@ -375,6 +393,8 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
             batch = await consumer.next_batch(BATCH_MAX, timeout=0.25)
             if batch or not executor.controls.empty():
                 put = asyncio.ensure_future(commits.put(await executor.apply_batch(batch)))
+                if batch:
+                    vitals.progress(executor.last_candle_close_ms())
                 # A full queue waits for the writer; a dead writer must not leave us waiting.
                 await asyncio.wait({put, writer}, return_when=asyncio.FIRST_COMPLETED)
                 put.cancel()
@@ -384,6 +404,7 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await writer  # re-raises a database failure, which must stop the worker
     finally:
+        watchdog.cancel()
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeat
@@ -394,6 +415,10 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
         await health.stop()
         await runtime.quietly(nc.drain(), "drain NATS")
         await runtime.quietly(db.close(), "close database")
+
+
+def _db_connected(db: AsyncStore) -> bool:
+    return db.conn is not None and not db.conn.closed
 
 
 def cli() -> None:

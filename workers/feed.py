@@ -27,7 +27,7 @@ from opentelemetry import trace
 from kubetrade import runtime
 from kubetrade.bus import BatchConsumer, Connectivity, connect, ensure_stream, publish_all
 from kubetrade.domain import Candle, timeframe_ms
-from kubetrade.health import HealthServer
+from kubetrade.health import HealthServer, Vitals, watch_forever
 from kubetrade.market.sources import candle_source
 from kubetrade.messages import CandleMessage, MessageError, decode, encode
 from kubetrade.metrics import CANDLES_PUBLISHED, DB_WRITE_SECONDS
@@ -190,11 +190,16 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
     if settings.database_url:
         db = await AsyncStore.connect(settings.database_url, outage_limit_s=limit)
         await db.migrate()
+    connected = {"nats": lambda: nc.is_connected}
+    if db is not None:
+        connected["database"] = lambda: db.conn is not None and not db.conn.closed
+    vitals = Vitals.for_bot(bot, "feed", connected)
     health = HealthServer(
-        settings.http_host, settings.http_port, lambda: (nc.is_connected, status.state)
+        settings.http_host, settings.http_port, lambda: (nc.is_connected, status.state), vitals
     )
     await health.start()
     heartbeat = asyncio.create_task(runtime.publish_status_forever(nc, subjects, status))
+    watchdog = asyncio.create_task(watch_forever(vitals, status))
     resume = {s: await last_published(js, subjects, s) for s in bot.spec.symbols}
     status.state = "running"
     tf = timeframe_ms(bot.spec.timeframe)
@@ -217,6 +222,7 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
                 store.check()
             await _publish(js, subjects, fresh, bot.key, limit)
             status.count("candles", len(fresh))
+            vitals.progress(max(c.close_time for c in fresh))
         else:
             if store is not None:
                 head = await stream_head(js, subjects, bot.spec.symbols)
@@ -226,6 +232,7 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
             log.info("feed finished", extra={"candles": status.counters.get("candles", 0)})
         await stop.wait()
     finally:
+        watchdog.cancel()
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeat
