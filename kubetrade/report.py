@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,17 @@ from kubetrade.domain import EquityPoint, Fill
 from kubetrade.spec import TradingBot
 from kubetrade.store import Store
 from kubetrade.trading.performance import performance_report
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (inf, nan) replaced by None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _iso(ms: int) -> str:
@@ -124,6 +136,9 @@ def summary_table(report: dict[str, Any]) -> Table:
         value = report.get(key)
         text = f"{value:,.4f}".rstrip("0").rstrip(".") if isinstance(value, float) else str(value)
         table.add_row(key, text)
+    if report.get("complete") is False:
+        table.caption = f"INCOMPLETE RUN: {report.get('incomplete_reason')}"
+        table.caption_style = "bold yellow"
     return table
 
 
@@ -136,7 +151,10 @@ def write_report(
 ) -> None:
     """Write report.json, fills.csv and equity.png into ``report_dir``; print the summary."""
     report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    # Strict JSON: a non-finite figure is written as null, never as Infinity or NaN.
+    (report_dir / "report.json").write_text(
+        json.dumps(_finite(report), indent=2, allow_nan=False) + "\n"
+    )
     write_fills_csv(fills, report_dir / "fills.csv")
     if equity:
         plot_equity(equity, report_dir / "equity.png", f"{report['bot']} equity")
@@ -145,9 +163,14 @@ def write_report(
 
 
 def report_from_database(
-    bot: TradingBot, database_url: str, report_dir: Path, console: Console
+    bot: TradingBot,
+    database_url: str,
+    report_dir: Path,
+    console: Console,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build and write the report of a run from what reached the database."""
+    """Build and write the report of a run from what reached the database; ``extra`` adds
+    figures the ledger does not hold (whether the run is complete, worker restarts)."""
     with Store.connect(database_url) as db:
         fills = db.read_fills(bot.key)
         equity = db.read_equity(bot.key)
@@ -161,5 +184,6 @@ def report_from_database(
         fills=fills,
         equity=equity,
     )
+    report.update(extra or {})
     write_report(report, fills, equity, report_dir, console)
     return report
