@@ -17,7 +17,7 @@ from rich.console import Console
 
 from kubetrade.errors import BRANCHES, KubetradeError, exit_code
 from kubetrade.settings import quiet_environment
-from kubetrade.spec import load_bot
+from kubetrade.spec import load_bot, load_bots
 
 console = Console(stderr=True)
 
@@ -79,11 +79,12 @@ def main() -> None:
 
 
 @main.command()
-@MANIFEST
+@click.argument("manifest", type=click.Path(exists=True, path_type=Path))
 def check(manifest: Path) -> None:
-    """Validate a TradingBot manifest; every bad field is named."""
-    bot = load_bot(manifest)
-    console.print(f"[green]{manifest}: valid TradingBot {bot.key}[/green]")
+    """Validate TradingBot manifests: a file (every bot in it) or a directory's *.yaml files;
+    every bad field of every bot is named."""
+    for bot in load_bots(manifest):
+        console.print(f"{manifest}: valid TradingBot {bot.key}", style="green", markup=False)
 
 
 @main.command()
@@ -128,9 +129,10 @@ def run(
     )
     try:
         run_bot(bot, options, Console())
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         console.print("[yellow]interrupted: every process and server was stopped[/yellow]")
-        raise SystemExit(130) from None
+        # 128 + the signal, as a shell reports it: 130 for Ctrl-C, 143 for SIGTERM.
+        raise SystemExit(128 + getattr(interrupt, "signum", 2)) from None
 
 
 @main.command()
