@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
+from click.decorators import FC
 from rich.console import Console
 
-from kubetrade.errors import BRANCHES, KubetradeError, exit_code
+from kubetrade.errors import ROOT_AND_BRANCHES, KubetradeError, exit_code
 from kubetrade.settings import quiet_environment
 from kubetrade.spec import load_bot, load_bots
 
@@ -23,7 +25,7 @@ console = Console(stderr=True)
 
 EXIT_CODES_EPILOG = (
     "\b\nExit codes:\n  0    done\n"
-    + "".join(f"  {branch.exit_code}    {branch.what}\n" for branch in (KubetradeError, *BRANCHES))
+    + "".join(f"  {branch.exit_code}    {branch.what}\n" for branch in ROOT_AND_BRANCHES)
     + "  130  interrupted (Ctrl-C); every process and server started was stopped"
 )
 
@@ -37,7 +39,7 @@ DATA = click.option(
 )
 
 
-def report_dir_option(default: str) -> Any:
+def report_dir_option(default: str) -> Callable[[FC], FC]:
     """``--report-dir`` with the command's own default directory."""
     return click.option(
         "--report-dir",

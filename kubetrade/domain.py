@@ -144,3 +144,16 @@ class EquityPoint:
     unrealized_pnl: float
     open_positions: int
     drawdown_pct: float
+
+
+class HaltCause(StrEnum):
+    """Why a bot's new entries are halted (the executor reports it, the operator shows it)."""
+
+    # A kill the operator sent for the kubetrade.io/kill-switch annotation; `manual` is a kill
+    # anyone else sent on the control subject; the others are the circuit breakers
+    # (kubetrade.trading.breakers). A reset clears every one of them.
+    KILL_SWITCH = "kill_switch"
+    MANUAL = "manual"
+    DRAWDOWN = "drawdown"
+    DAILY_LOSS = "daily_loss"
+    CONSECUTIVE_LOSSES = "consecutive_losses"

@@ -77,6 +77,9 @@ BRANCHES: tuple[type[KubetradeError], ...] = (
     ExchangeError,
 )
 
+ROOT_AND_BRANCHES: tuple[type[KubetradeError], ...] = (KubetradeError, *BRANCHES)
+"""Every class with an exit code of its own, in exit-code order."""
+
 
 def exit_code(error: KubetradeError) -> int:
     """The process exit code for ``error``: its branch's (see the module's table)."""

@@ -16,6 +16,7 @@ from kubetrade.domain import (
     Candle,
     Direction,
     Fill,
+    HaltCause,
     MarketEvent,
     Order,
     OrderReason,
@@ -145,6 +146,10 @@ class StatusMessage(_Message):
     time: int
     counters: dict[str, int] = Field(default_factory=dict)
     trading: dict[str, Any] | None = None
+    halt_causes: list[HaltCause] = Field(
+        default_factory=list,
+        description="Why the executor's entries are halted (empty when they are not).",
+    )
 
 
 class ControlMessage(_Message):
@@ -152,6 +157,10 @@ class ControlMessage(_Message):
 
     action: Literal["pause", "resume", "kill", "reset"]
     reason: str = ""
+    cause: Literal[HaltCause.KILL_SWITCH, HaltCause.MANUAL] = Field(
+        default=HaltCause.MANUAL,
+        description="Who engages a kill: the operator's kill-switch annotation, or anyone else.",
+    )
 
 
 M = TypeVar("M", bound=_Message)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from nats.aio.client import Client
 
+from kubetrade.domain import HaltCause
 from kubetrade.messages import StatusMessage, encode
 from kubetrade.settings import OutageError, WorkerSettings, quiet_environment
 from kubetrade.subjects import Subjects
@@ -45,6 +46,7 @@ class WorkerStatus:
     message: str = ""
     counters: dict[str, int] = field(default_factory=dict)
     trading: dict[str, Any] | None = None
+    halt_causes: list[HaltCause] = field(default_factory=list)
 
     def count(self, name: str, amount: int = 1) -> None:
         """Add to a counter."""
@@ -60,6 +62,7 @@ class WorkerStatus:
             time=now_ms(),
             counters=dict(self.counters),
             trading=self.trading,
+            halt_causes=list(self.halt_causes),
         )
 
 

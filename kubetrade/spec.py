@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from kubetrade.domain import TIMEFRAME_MS
+from kubetrade.domain import TIMEFRAME_MS, HaltCause
 from kubetrade.errors import InvalidInputError
 from kubetrade.yaml_documents import DocumentError, read_documents
 
@@ -372,6 +372,9 @@ class TradingSummary(_Model):
     trades: int | None = None
     last_signal_at: str | None = None
     halt_reason: str | None = None
+    halt_causes: list[HaltCause] | None = Field(
+        default=None, description="Why entries are halted: the kill first, then each breaker."
+    )
 
 
 class ModelFailure(_Model):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
+from kubetrade.domain import HaltCause
 from kubetrade.spec import Condition
 
 READY = "Ready"
@@ -16,6 +17,15 @@ HALTED = "Halted"
 
 # The order `kubectl describe` shows them in: the summary first.
 CONDITION_TYPES = (READY, FEED_READY, MODEL_READY, EXECUTOR_READY, HALTED)
+
+# The Halted condition's reason (and its Event's) for each cause the executor reports.
+HALT_REASONS: dict[HaltCause, str] = {
+    HaltCause.KILL_SWITCH: "KillSwitch",
+    HaltCause.MANUAL: "ManualKill",
+    HaltCause.DRAWDOWN: "Drawdown",
+    HaltCause.DAILY_LOSS: "DailyLoss",
+    HaltCause.CONSECUTIVE_LOSSES: "ConsecutiveLosses",
+}
 
 
 def timestamp(epoch_s: float) -> str:

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubetrade.domain import HaltCause
 from kubetrade.messages import StatusMessage
 
 # The inference bridge reports "serving <name>:<version>" while it predicts.
@@ -26,6 +27,7 @@ class Heartbeat:
     message: str
     seen: float
     trading: dict[str, Any] | None = None
+    halt_causes: tuple[HaltCause, ...] = ()
 
     def age(self, now: float) -> float:
         """Seconds since it arrived."""
@@ -46,7 +48,9 @@ class BotObservations:
 
     def record(self, message: StatusMessage, now: float) -> None:
         """Take one status message in."""
-        beat = Heartbeat(message.state, message.message, now, message.trading)
+        beat = Heartbeat(
+            message.state, message.message, now, message.trading, tuple(message.halt_causes)
+        )
         if message.component == "feed":
             self.feed = beat
         elif message.component == "executor":

@@ -17,6 +17,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from kubetrade.domain import HaltCause
 from kubetrade.errors import InvalidInputError, KubetradeError
 from kubetrade.messages import ControlMessage
 from kubetrade.operator.bots import BotRecord, config_hashes, object_key
@@ -299,7 +300,9 @@ class Reconciler:
         timeout = self.config.finalizer_timeout_s
         deadline = self._clock() + timeout
         kill = ControlMessage(
-            action="kill", reason=f"{KILL_REASON}: bot deleted, onDelete: flatten"
+            action="kill",
+            reason=f"{KILL_REASON}: bot deleted, onDelete: flatten",
+            cause=HaltCause.KILL_SWITCH,
         )
         announced = False
         while True:

@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from kubetrade.domain import HaltCause
 from kubetrade.messages import ControlMessage
 from kubetrade.operator.conditions import (
     EXECUTOR_READY,
     FEED_READY,
+    HALT_REASONS,
     HALTED,
     MODEL_READY,
     READY,
@@ -36,8 +38,8 @@ from kubetrade.spec import (
 
 KILL_SWITCH_ANNOTATION = f"{API_GROUP}/kill-switch"
 KILL_SWITCH_FLATTEN = "flatten"
-# The reason the operator gives the executor; the executor's halt reason then reads
-# "kill switch: <this>", which is how the operator recognises a kill it engaged itself.
+# The reason the operator gives the executor with its kill (shown in the executor's notices);
+# the kill's cause, HaltCause.KILL_SWITCH, is how the operator recognises a kill of its own.
 KILL_REASON = f"annotation {KILL_SWITCH_ANNOTATION}={KILL_SWITCH_FLATTEN}"
 PAUSE_REASON = "spec.paused"
 
@@ -205,16 +207,22 @@ def _model(
     )
 
 
-def trading_summary(trading: dict[str, Any] | None) -> TradingSummary | None:
-    """``status.trading`` from the executor's figures (unknown keys are left out)."""
+def trading_summary(
+    trading: dict[str, Any] | None, halt_causes: tuple[HaltCause, ...] = ()
+) -> TradingSummary | None:
+    """``status.trading`` from the executor's figures (unknown keys are left out) and the halt
+    causes its status message carries."""
     if trading is None:
         return None
-    return TradingSummary.model_validate({k: v for k, v in trading.items() if k in _TRADING_FIELDS})
+    figures = {k: v for k, v in trading.items() if k in _TRADING_FIELDS and k != "haltCauses"}
+    return TradingSummary.model_validate({**figures, "haltCauses": list(halt_causes) or None})
 
 
 def _halted(state: BotState, executor: Heartbeat | None, model: _Model) -> Condition:
     trading = (executor.trading or {}) if executor else {}
-    halt_reason = trading.get("haltReason") if trading.get("halted") else None
+    halted = bool(trading.get("halted"))
+    halt_reason = trading.get("haltReason") if halted else None
+    causes = executor.halt_causes if executor and halted else ()
     gen = state.applied_generation
     if state.kill_switch == KILL_SWITCH_FLATTEN:
         confirmed = f"; executor: {halt_reason}" if halt_reason else "; waiting for the executor"
@@ -223,9 +231,12 @@ def _halted(state: BotState, executor: Heartbeat | None, model: _Model) -> Condi
             f"halted until the annotation is removed{confirmed}"
         )
         return condition(HALTED, True, "KillSwitch", message, gen)
-    if halt_reason:
-        reason = "KillSwitch" if str(halt_reason).startswith("kill switch") else "CircuitBreaker"
-        return condition(HALTED, True, reason, str(halt_reason), gen)
+    if causes:
+        # The first cause names the condition (the kill first, then breakers as they tripped).
+        return condition(HALTED, True, HALT_REASONS[causes[0]], str(halt_reason or ""), gen)
+    if halted:
+        # An executor from before halt causes were sent: halted, for a reason it only wrote.
+        return condition(HALTED, True, "ExecutorHalted", str(halt_reason or ""), gen)
     if model.halts:
         return condition(HALTED, True, model.ready.reason, model.ready.message, gen)
     return condition(HALTED, False, "NotHalted", "", gen)
@@ -259,6 +270,7 @@ def compute_status(
     )
     halted = _halted(state, seen.executor, model)
     trading = seen.executor.trading if seen.executor else None
+    causes = seen.executor.halt_causes if seen.executor else ()
     components_ready = feed.status == "True" and executor.status == "True" and model.active
     if state.reconcile_error:
         ready = condition(READY, False, "ReconcileFailed", state.reconcile_error, gen)
@@ -287,7 +299,7 @@ def compute_status(
         phase=phase,
         observed_generation=gen,
         conditions=conditions,
-        trading=trading_summary(trading),
+        trading=trading_summary(trading, causes),
         model=model.status,
     )
 
@@ -356,9 +368,11 @@ def control_commands(state: BotState, executor: Heartbeat | None) -> list[Contro
     if bool(trading.get("paused")) != state.paused:
         action: Literal["pause", "resume"] = "pause" if state.paused else "resume"
         commands.append(ControlMessage(action=action, reason=PAUSE_REASON))
-    ours = f"kill switch: {KILL_REASON}" in str(trading.get("haltReason") or "")
+    ours = HaltCause.KILL_SWITCH in executor.halt_causes
     if state.kill_switch == KILL_SWITCH_FLATTEN and not ours:
-        commands.append(ControlMessage(action="kill", reason=KILL_REASON))
+        commands.append(
+            ControlMessage(action="kill", reason=KILL_REASON, cause=HaltCause.KILL_SWITCH)
+        )
     elif state.kill_switch is None and ours:
         commands.append(ControlMessage(action="reset", reason=f"{KILL_SWITCH_ANNOTATION} removed"))
     return commands

@@ -30,6 +30,7 @@ import nats
 import pytest
 import yaml
 
+from kubetrade.domain import HaltCause
 from kubetrade.messages import ControlMessage, StatusMessage, decode, encode
 from kubetrade.render import CONFIG_HASH_ANNOTATION
 from kubetrade.subjects import Subjects
@@ -100,7 +101,8 @@ class Workers:
     Publishes each component's status message every 0.3 s, as the workers do every second,
     and applies the control commands it receives as the executor's engine does: ``pause`` and
     ``resume`` toggle ``paused``; ``kill`` closes every position and halts with the reason
-    ``kill switch: <reason>``; ``reset`` clears that halt.
+    ``kill switch: <reason>`` and the kill's cause in the typed ``halt_causes`` field (the
+    first kill stands); ``reset`` clears that halt.
     """
 
     def __init__(self, nats_url: str, namespace: str, bot: str) -> None:
@@ -120,6 +122,7 @@ class Workers:
             "paused": False,
         }
         self.controls: list[ControlMessage] = []
+        self.halt_causes: list[HaltCause] = []
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._stop = threading.Event()
@@ -167,6 +170,7 @@ class Workers:
                         message=message,
                         time=int(time.time() * 1000),
                         trading=dict(self.trading) if component == "executor" else None,
+                        halt_causes=list(self.halt_causes) if component == "executor" else [],
                     )
                     for component, (state, message) in self.states.items()
                 ]
@@ -188,9 +192,11 @@ class Workers:
                     halted=True,
                     haltReason=f"kill switch: {command.reason}",
                 )
+                self.halt_causes = self.halt_causes or [command.cause]
             else:
                 self.trading.update(halted=False)
                 self.trading.pop("haltReason", None)
+                self.halt_causes = []
 
 
 class Cluster:

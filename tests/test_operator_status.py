@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
+from kubetrade.domain import HaltCause
 from kubetrade.messages import StatusMessage
 from kubetrade.operator.conditions import merge, timestamp
 from kubetrade.operator.drift import differences
@@ -49,10 +51,10 @@ def state(**changes: Any) -> BotState:
     return BotState(**{**base, **changes})
 
 
-def heard(*messages: tuple[str, str, str, dict[str, Any] | None, float]) -> BotObservations:
-    """Observations from (component, state, message, trading, received-at) tuples."""
+def heard(*messages: tuple[Any, ...]) -> BotObservations:
+    """Observations from (component, state, message, trading, received-at[, halt causes])."""
     seen = BotObservations()
-    for component, worker_state, message, trading, at in messages:
+    for component, worker_state, message, trading, at, *causes in messages:
         seen.record(
             StatusMessage(
                 component=component,
@@ -61,17 +63,22 @@ def heard(*messages: tuple[str, str, str, dict[str, Any] | None, float]) -> BotO
                 message=message,
                 time=0,
                 trading=trading,
+                halt_causes=causes[0] if causes else [],
             ),
             at,
         )
     return seen
 
 
-def running(model: str = "btc-xgb:2", trading: dict[str, Any] | None = None) -> BotObservations:
+def running(
+    model: str = "btc-xgb:2",
+    trading: dict[str, Any] | None = None,
+    causes: Sequence[HaltCause] = (),
+) -> BotObservations:
     return heard(
         ("feed", "running", "", None, NOW - 1),
         ("inference", "running", f"serving {model}", None, NOW - 1),
-        ("executor", "running", "", trading or dict(TRADING), NOW - 1),
+        ("executor", "running", "", trading or dict(TRADING), NOW - 1, list(causes)),
     )
 
 
@@ -178,12 +185,13 @@ def test_pause_shows_as_phase_paused() -> None:
 
 def test_a_tripped_breaker_halts_with_its_reason() -> None:
     tripped = {**TRADING, "halted": True, "haltReason": "max drawdown 15% reached"}
-    status = status_of(state(), running(trading=tripped))
+    status = status_of(state(), running(trading=tripped, causes=[HaltCause.DRAWDOWN]))
 
     assert status.phase is Phase.HALTED
-    assert conditions(status)["Halted"] == ("True", "CircuitBreaker")
+    assert conditions(status)["Halted"] == ("True", "Drawdown")
     assert conditions(status)["Ready"] == ("False", "Halted")
     assert status.trading is not None and status.trading.halt_reason == tripped["haltReason"]
+    assert status.trading.halt_causes == [HaltCause.DRAWDOWN]
 
 
 def test_the_kill_switch_annotation_halts_at_once() -> None:
@@ -311,8 +319,8 @@ def test_events_on_phase_changes_halts_and_model_outcomes() -> None:
 # --- control ----------------------------------------------------------------------------
 
 
-def executor(**trading: Any) -> Any:
-    return running(trading={**TRADING, **trading}).executor
+def executor(causes: Sequence[HaltCause] = (), **trading: Any) -> Any:
+    return running(trading={**TRADING, **trading}, causes=causes).executor
 
 
 def test_the_executor_is_paused_and_resumed_to_match_the_spec() -> None:
@@ -322,18 +330,20 @@ def test_the_executor_is_paused_and_resumed_to_match_the_spec() -> None:
 
 
 def test_the_kill_switch_is_sent_until_the_executor_confirms_and_reset_when_removed() -> None:
-    ours = {"halted": True, "haltReason": f"kill switch: {KILL_REASON}"}
+    ours: dict[str, Any] = {"halted": True, "haltReason": "halted"}
+    mine = [HaltCause.KILL_SWITCH]
 
     [kill] = control_commands(state(kill_switch="flatten"), executor())
-    assert (kill.action, kill.reason) == ("kill", KILL_REASON)
-    assert control_commands(state(kill_switch="flatten"), executor(**ours)) == []
-    assert [c.action for c in control_commands(state(), executor(**ours))] == ["reset"]
+    assert (kill.action, kill.reason, kill.cause) == ("kill", KILL_REASON, HaltCause.KILL_SWITCH)
+    assert control_commands(state(kill_switch="flatten"), executor(mine, **ours)) == []
+    assert [c.action for c in control_commands(state(), executor(mine, **ours))] == ["reset"]
 
 
 def test_a_kill_engaged_by_someone_else_is_left_alone() -> None:
-    theirs = {"halted": True, "haltReason": "kill switch: manual via NATS"}
+    # Even with the operator's own words in its reason: the cause, not the text, decides.
+    theirs: dict[str, Any] = {"halted": True, "haltReason": f"kill switch: {KILL_REASON}"}
 
-    assert control_commands(state(), executor(**theirs)) == []
+    assert control_commands(state(), executor([HaltCause.MANUAL], **theirs)) == []
 
 
 def test_an_unknown_kill_switch_value_sends_nothing() -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from kubetrade.backtest import run_backtest
 from kubetrade.bus import connect, ensure_stream
-from kubetrade.domain import Fill, OrderReason
+from kubetrade.domain import Fill, HaltCause, OrderReason
 from kubetrade.features import default_feature_spec
 from kubetrade.market.sources import load_source_candles
 from kubetrade.messages import ControlMessage, encode
@@ -240,6 +240,7 @@ def test_pause_and_kill_switch_over_the_control_subject(
 
         progress = wait_for(bot, nats_url, procs, flat_and_halted, 60)
         assert "kill" in progress.statuses["executor"].message.lower()
+        assert progress.statuses["executor"].halt_causes == [HaltCause.MANUAL]
         entries = _entries(db_url, bot)
         processed = _processed(progress)
         later = wait_for(bot, nats_url, procs, lambda p: _processed(p) > processed + 100, 60)

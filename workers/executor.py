@@ -196,7 +196,9 @@ class Executor:
                 "control command", extra={"action": command.action, "reason": command.reason}
             )
             pending.add(
-                self.engine.control(ControlCommand.parse(command.action, command.reason)),
+                self.engine.control(
+                    ControlCommand.parse(command.action, command.reason, command.cause)
+                ),
                 self.subjects,
                 {},
             )
@@ -329,11 +331,15 @@ class Executor:
         self.status.counters["processed"] = self.processed
         self.status.counters["stream_seq"] = self.sequence
         self.status.trading = {
-            **summary.to_status().model_dump(by_alias=True, exclude_none=True),
+            # The halt causes travel typed, in the message's own field.
+            **summary.to_status().model_dump(
+                by_alias=True, exclude_none=True, exclude={"halt_causes"}
+            ),
             "cash": summary.cash,
             "halted": summary.halted,
             "paused": summary.paused,
         }
+        self.status.halt_causes = list(summary.halt_causes)
         if summary.halted:
             self.status.state, self.status.message = "halted", summary.halt_reason or "halted"
         elif self.status.state == "halted":

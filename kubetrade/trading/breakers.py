@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from kubetrade.domain import HaltCause
 from kubetrade.spec import BreakerSpec, parse_duration
 from kubetrade.trading.outputs import Rejection
 from kubetrade.trading.summary import iso_time
@@ -41,6 +42,18 @@ class Breaker(StrEnum):
     DAILY_LOSS = "daily_loss"
     DRAWDOWN = "drawdown"
     CONSECUTIVE_LOSSES = "consecutive_losses"
+
+
+BREAKER_CAUSES: dict[str, HaltCause] = {
+    Breaker.DAILY_LOSS: HaltCause.DAILY_LOSS,
+    Breaker.DRAWDOWN: HaltCause.DRAWDOWN,
+    Breaker.CONSECUTIVE_LOSSES: HaltCause.CONSECUTIVE_LOSSES,
+}
+
+
+def breaker_causes(tripped: dict[str, str]) -> tuple[HaltCause, ...]:
+    """The halt cause of each tripped breaker, in the order they tripped."""
+    return tuple(BREAKER_CAUSES[name] for name in tripped)
 
 
 @dataclass(frozen=True, slots=True)

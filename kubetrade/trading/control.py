@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from kubetrade.domain import HaltCause
+
 
 class ControlAction(StrEnum):
     """The four things an operator can ask for."""
@@ -26,16 +28,23 @@ class ControlAction(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ControlCommand:
-    """An operator command with an optional reason (shown in notices and the halt reason)."""
+    """An operator command with an optional reason (shown in notices and the halt reason).
+
+    ``cause`` says who engaged a ``kill``: the operator's kill-switch annotation, or anyone
+    else (``manual``); the other actions ignore it.
+    """
 
     action: ControlAction
     reason: str | None = None
+    cause: HaltCause = HaltCause.MANUAL
 
     @classmethod
-    def parse(cls, action: str, reason: str | None = None) -> ControlCommand:
+    def parse(
+        cls, action: str, reason: str | None = None, cause: HaltCause = HaltCause.MANUAL
+    ) -> ControlCommand:
         """Build a command from its text form, e.g. from a NATS control message."""
         try:
-            return cls(ControlAction(action.strip().lower()), reason)
+            return cls(ControlAction(action.strip().lower()), reason, cause)
         except ValueError:
             known = ", ".join(a.value for a in ControlAction)
             raise ValueError(f"unknown control action {action!r}; use one of {known}") from None

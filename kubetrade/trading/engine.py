@@ -50,6 +50,7 @@ from kubetrade.domain import (
     Candle,
     EquityPoint,
     Fill,
+    HaltCause,
     MarketEvent,
     Order,
     OrderReason,
@@ -61,6 +62,7 @@ from kubetrade.spec import TradingBot
 from kubetrade.trading.atr import AtrState, update_atr
 from kubetrade.trading.breakers import (
     BreakerState,
+    breaker_causes,
     entry_throttle,
     evaluate,
     observe_equity_point,
@@ -126,6 +128,7 @@ class TradingEngine:
         self._breakers = BreakerState(peak_equity=capital, day_start_equity=capital)
         self._paused = spec.paused
         self._kill_reason: str | None = None
+        self._kill_cause: HaltCause | None = None
         self._bucket: int | None = None
         self._bucket_emitted = False
         self._last_event_time: int | None = None
@@ -517,12 +520,12 @@ class TradingEngine:
                     Notice(NoticeKind.RESUMED, now, "resumed", reason or "resumed by operator")
                 )
         elif command.action is ControlAction.KILL:
-            self._kill(now, reason or "kill switch", out)
+            self._kill(now, reason or "kill switch", command.cause, out)
         else:
             self._reset(now, reason, out)
         return out
 
-    def _kill(self, now: int, reason: str, out: EngineOutput) -> None:
+    def _kill(self, now: int, reason: str, cause: HaltCause, out: EngineOutput) -> None:
         self._cancel_pending_entries(now, "halted", out)
         for symbol in sorted(self._portfolio.positions):
             if symbol in self._pending:
@@ -540,7 +543,8 @@ class TradingEngine:
             self._pending[symbol] = PendingOrder(order)
             out.orders.append(order)
         if self._kill_reason is None:
-            self._kill_reason = reason
+            # The first kill stands: a later one neither renames nor re-attributes it.
+            self._kill_reason, self._kill_cause = reason, cause
             out.notices.append(
                 Notice(
                     NoticeKind.HALTED,
@@ -555,7 +559,7 @@ class TradingEngine:
         cleared = ([f"kill switch ({self._kill_reason})"] if self._kill_reason else []) + list(
             self._breakers.tripped
         )
-        self._kill_reason = None
+        self._kill_reason, self._kill_cause = None, None
         equity = self._portfolio.equity()
         self._breakers = rebase(self._breakers, equity)
         what = ", ".join(cleared) if cleared else "nothing was halted"
@@ -603,6 +607,8 @@ class TradingEngine:
             trades=portfolio.trades,
             halted=bool(reasons),
             halt_reason="; ".join(reasons) if reasons else None,
+            halt_causes=((self._kill_cause,) if self._kill_cause else ())
+            + breaker_causes(self._breakers.tripped),
             paused=self._paused,
             breakers=tuple(self._breakers.tripped),
             last_event_time=self._last_event_time,
@@ -626,6 +632,7 @@ class TradingEngine:
             "breakers": to_plain(self._breakers),
             "paused": self._paused,
             "kill_reason": self._kill_reason,
+            "kill_cause": self._kill_cause,
             "bucket": self._bucket,
             "bucket_emitted": self._bucket_emitted,
             "last_event_time": self._last_event_time,
@@ -693,6 +700,9 @@ class TradingEngine:
         self._paused = bool(snapshot["paused"])
         kill_reason = snapshot["kill_reason"]
         self._kill_reason = None if kill_reason is None else str(kill_reason)
+        # Snapshots from before kill_cause existed: a kill of unknown origin counts as manual.
+        cause = snapshot.get("kill_cause") or (None if kill_reason is None else "manual")
+        self._kill_cause = None if cause is None else HaltCause(cause)
         bucket = snapshot["bucket"]
         self._bucket = None if bucket is None else int(bucket)
         self._bucket_emitted = bool(snapshot["bucket_emitted"])

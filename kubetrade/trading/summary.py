@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from kubetrade.domain import HaltCause
 from kubetrade.spec import TradingSummary as StatusTradingSummary
 
 
@@ -34,6 +35,8 @@ class TradingSummary:
     breakers: tuple[str, ...]
     last_event_time: int | None
     last_signal_time: int | None
+    halt_causes: tuple[HaltCause, ...] = ()
+    """Why entries are halted, the kill first, then each tripped breaker."""
 
     def to_status(self) -> StatusTradingSummary:
         """The ``status.trading`` block of the TradingBot resource."""
@@ -47,4 +50,5 @@ class TradingSummary:
             if self.last_signal_time is None
             else iso_time(self.last_signal_time),
             halt_reason=self.halt_reason,
+            halt_causes=list(self.halt_causes) or None,
         )
