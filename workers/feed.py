@@ -126,6 +126,19 @@ async def last_published(js: JetStreamContext, subjects: Subjects, symbol: str) 
         return None
 
 
+async def after(
+    candles: AsyncIterator[Candle], resume: dict[str, int | None]
+) -> AsyncIterator[Candle]:
+    """The candles newer than what the stream holds of their symbol.
+
+    Skipped before pacing, so a restarted replay resumes at once instead of waiting out the
+    replay time of everything it already published.
+    """
+    async for candle in candles:
+        if (resume.get(candle.symbol) or -1) < candle.open_time:
+            yield candle
+
+
 async def paced(candles: AsyncIterator[Candle], speed: float) -> AsyncIterator[list[Candle]]:
     """Batches of the candles that are ready now, each released at its replay time.
 
@@ -210,7 +223,7 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
     if store is not None:
         await store.start()
     try:
-        source = candle_source(bot, settings.data_file)
+        source = after(candle_source(bot, settings.data_file), resume)
         async for batch in paced(source, bot.spec.exchange.speed):
             if stop.is_set():
                 break
