@@ -55,6 +55,7 @@ from tenacity import (
 
 from kubetrade.errors import BusError
 from kubetrade.metrics import DEAD_LETTERS
+from kubetrade.natsauth import NatsSecurity
 from kubetrade.settings import DEFAULT_OUTAGE_LIMIT_S, OutageError
 from kubetrade.subjects import Subjects
 
@@ -172,13 +173,17 @@ async def with_retry(
     raise AssertionError("unreachable: tenacity either returns or raises")
 
 
-async def connect(url: str, name: str, link: Connectivity | None = None) -> Client:
+async def connect(
+    url: str, name: str, link: Connectivity | None = None, security: NatsSecurity | None = None
+) -> Client:
     """Connect to NATS, retrying while the server starts; the error names the URL.
 
     After the first connection the client reconnects on its own for as long as it takes;
     ``link`` (if given) records the outages so the worker can give up past its limit.
+    Credentials and TLS come from ``security``, by default from the pod's environment.
     """
     link = link or Connectivity()
+    options = (security or NatsSecurity.from_env()).connect_options()
     client = Client()
     link.client = client
 
@@ -197,6 +202,7 @@ async def connect(url: str, name: str, link: Connectivity | None = None) -> Clie
             reconnected_cb=link.on_reconnected,
             error_cb=link.on_error,
             closed_cb=link.on_closed,
+            **options,
         )
         return client
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubetrade.natsauth import NatsUser, server_config
+
 log = logging.getLogger(__name__)
 
 
@@ -71,8 +73,17 @@ class EmbeddedNats:
                 self.process.wait(5)
 
 
-def start_nats(store_dir: Path, port: int | None = None, timeout: float = 15.0) -> EmbeddedNats:
-    """Start ``nats-server -js`` bound to 127.0.0.1 and wait until it accepts connections."""
+def start_nats(
+    store_dir: Path,
+    port: int | None = None,
+    timeout: float = 15.0,
+    users: list[NatsUser] | None = None,
+) -> EmbeddedNats:
+    """Start ``nats-server -js`` bound to 127.0.0.1 and wait until it accepts connections.
+
+    With ``users``, the server admits only them, each with its permissions
+    (``kubetrade/natsauth.py``); without, anyone on this machine may connect.
+    """
     port = port or free_port()
     store_dir.mkdir(parents=True, exist_ok=True)
     log_file = store_dir / "nats-server.log"
@@ -84,6 +95,11 @@ def start_nats(store_dir: Path, port: int | None = None, timeout: float = 15.0) 
         "--store_dir", str(store_dir),
         "--log", str(log_file),
     ]  # fmt: skip
+    if users:
+        config = store_dir / "auth.conf"
+        config.touch(mode=0o600)
+        config.write_text(server_config(users))
+        command += ["--config", str(config)]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
     server = EmbeddedNats(process, f"nats://127.0.0.1:{port}", store_dir)
     deadline = time.monotonic() + timeout
@@ -136,13 +152,17 @@ def start_postgres(data_dir: Path) -> EmbeddedPostgres:
 
 @contextlib.contextmanager
 def embedded_servers(
-    root: Path, nats_url: str | None = None, database_url: str | None = None
+    root: Path,
+    nats_url: str | None = None,
+    database_url: str | None = None,
+    nats_users: list[NatsUser] | None = None,
 ) -> Iterator[tuple[str, str]]:
-    """Yield (nats_url, database_url), starting embedded servers for those not given."""
+    """Yield (nats_url, database_url), starting embedded servers for those not given
+    (the NATS server admitting ``nats_users`` only, when given)."""
     started: list[EmbeddedNats | EmbeddedPostgres] = []
     try:
         if nats_url is None:
-            nats = start_nats(root / "nats")
+            nats = start_nats(root / "nats", users=nats_users)
             started.append(nats)
             nats_url = nats.url
         if database_url is None:

@@ -13,10 +13,23 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from kubetrade import __version__
 from kubetrade.errors import InvalidInputError
+from kubetrade.natsauth import (
+    ENV_NATS_CREDS,
+    ENV_NATS_INBOX,
+    ENV_NATS_NKEY,
+    ENV_NATS_PASSWORD,
+    ENV_NATS_TLS_CA,
+    ENV_NATS_TLS_CERT,
+    ENV_NATS_TLS_KEY,
+    ENV_NATS_USER,
+    NatsConfigError,
+    bot_inbox,
+    check_url,
+)
 from kubetrade.settings import (
     COMPONENTS,
     DEFAULT_HTTP_PORTS,
@@ -29,6 +42,7 @@ from kubetrade.settings import (
     QUIET_ENV,
 )
 from kubetrade.spec import API_GROUP, API_VERSION, KIND, Metadata, Mode, TradingBot, dump_spec
+from kubetrade.subjects import Subjects
 
 Object = dict[str, Any]
 
@@ -45,6 +59,10 @@ INSTANCE_LABEL = "app.kubernetes.io/instance"
 RUN_AS_USER = 10001
 TMP_VOLUME = "tmp"
 MODEL_STORE_VOLUME = "model-store"
+NATS_AUTH_VOLUME = "nats-auth"
+NATS_TLS_VOLUME = "nats-tls"
+NATS_AUTH_DIR = "/var/run/secrets/kubetrade/nats"
+NATS_TLS_DIR = "/var/run/secrets/kubetrade/nats-tls"
 
 # Requests and memory limits per component. The bench figures decide them: change them with
 # the measurement that justifies it. No CPU limit, because throttling delays trading decisions.
@@ -72,6 +90,26 @@ ROLLOUT: dict[str, Object] = {
     "executor": {"type": "Recreate"},
 }
 
+
+@dataclass(frozen=True)
+class NatsAuth:
+    """Each bot's pods authenticate to NATS as the bot's own user, from a Secret per bot.
+
+    ``secret`` names the Secret in the bot's namespace (``{bot}`` becomes the bot's name).
+    ``password``: keys ``user`` and ``password``, passed as secret references in the
+    environment. ``nkey``: key ``nkey`` (an NKey seed); ``creds``: key ``creds`` (a JWT
+    ``.creds`` file); both mounted read-only as files. The NATS server's user of the bot has
+    the permissions of ``kubetrade.natsauth.bot_permissions``.
+    """
+
+    kind: Literal["password", "nkey", "creds"] = "password"
+    secret: str = "{bot}-nats"
+
+    def secret_name(self, bot: TradingBot) -> str:
+        """The Secret of ``bot``."""
+        return self.secret.replace("{bot}", bot.metadata.name)
+
+
 # Names a Service may have (DNS-1035 label); the inference Service is named after the bot.
 _SERVICE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -81,7 +119,10 @@ class Platform:
     """Where the bots run: image, shared services and how pods reach them.
 
     ``database_url`` is a plain value (local runs); otherwise the URL is read from the Secret
-    ``database_secret`` (key ``url``). ``model_store`` becomes inference's ``BENTOML_HOME``;
+    ``database_secret`` (key ``url``). ``nats_url`` never carries credentials: ``nats_auth``
+    names each bot's credentials Secret, ``nats_tls_secret`` a Secret with ``ca.crt`` (and
+    ``tls.crt``/``tls.key`` for a client certificate: the cert-manager layout) mounted into
+    every pod. ``model_store`` becomes inference's ``BENTOML_HOME``;
     left unset, inference inherits it (a local run uses the caller's store). In a cluster the
     store is the PersistentVolumeClaim ``model_store_claim``, mounted read-only there, or a
     path inside the image.
@@ -96,8 +137,14 @@ class Platform:
     model_store: str | None = None
     model_store_claim: str | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    nats_auth: NatsAuth | None = None
+    nats_tls_secret: str | None = None
 
     def __post_init__(self) -> None:
+        try:
+            check_url(self.nats_url, "Platform.nats_url")
+        except NatsConfigError as error:
+            raise RenderError(str(error)) from None
         if self.model_store_claim and not self.model_store:
             raise ValueError(
                 f"Platform.model_store_claim={self.model_store_claim!r} needs "
@@ -200,9 +247,48 @@ def _env(bot: TradingBot, platform: Platform, component: str) -> list[Object]:
     if component == "executor" and bot.spec.mode is Mode.LIVE and credentials:
         for env_name, key in CREDENTIAL_KEYS.items():
             env[env_name] = _secret_ref(env_name, credentials, key)
+    env.update(_nats_env(bot, platform))
     for key, value in sorted(platform.extra_env.items()):
         env[key] = _value(key, value)
     return list(env.values())
+
+
+def _nats_env(bot: TradingBot, platform: Platform) -> dict[str, Object]:
+    """How a pod authenticates to NATS and checks its certificate: references and paths."""
+    env: dict[str, Object] = {}
+    auth = platform.nats_auth
+    if auth is not None:
+        secret = auth.secret_name(bot)
+        if auth.kind == "password":
+            env[ENV_NATS_USER] = _secret_ref(ENV_NATS_USER, secret, "user")
+            env[ENV_NATS_PASSWORD] = _secret_ref(ENV_NATS_PASSWORD, secret, "password")
+        elif auth.kind == "nkey":
+            env[ENV_NATS_NKEY] = _value(ENV_NATS_NKEY, f"{NATS_AUTH_DIR}/nkey")
+        else:
+            env[ENV_NATS_CREDS] = _value(ENV_NATS_CREDS, f"{NATS_AUTH_DIR}/creds")
+        inbox = bot_inbox(Subjects(bot.metadata.namespace, bot.metadata.name))
+        env[ENV_NATS_INBOX] = _value(ENV_NATS_INBOX, inbox)
+    if platform.nats_tls_secret:
+        env[ENV_NATS_TLS_CA] = _value(ENV_NATS_TLS_CA, f"{NATS_TLS_DIR}/ca.crt")
+        env[ENV_NATS_TLS_CERT] = _value(ENV_NATS_TLS_CERT, f"{NATS_TLS_DIR}/tls.crt")
+        env[ENV_NATS_TLS_KEY] = _value(ENV_NATS_TLS_KEY, f"{NATS_TLS_DIR}/tls.key")
+    return env
+
+
+def _nats_volumes(bot: TradingBot, platform: Platform) -> tuple[list[Object], list[Object]]:
+    """The Secret volumes (and their mounts) of NKey/creds files and TLS certificates."""
+    volumes: list[Object] = []
+    mounts: list[Object] = []
+    auth = platform.nats_auth
+    if auth is not None and auth.kind != "password":
+        secret = {"secretName": auth.secret_name(bot), "defaultMode": 0o440}
+        volumes.append({"name": NATS_AUTH_VOLUME, "secret": secret})
+        mounts.append({"name": NATS_AUTH_VOLUME, "mountPath": NATS_AUTH_DIR, "readOnly": True})
+    if platform.nats_tls_secret:
+        secret = {"secretName": platform.nats_tls_secret, "defaultMode": 0o440}
+        volumes.append({"name": NATS_TLS_VOLUME, "secret": secret})
+        mounts.append({"name": NATS_TLS_VOLUME, "mountPath": NATS_TLS_DIR, "readOnly": True})
+    return volumes, mounts
 
 
 def _resources(bot: TradingBot, component: str) -> Object:
@@ -268,6 +354,9 @@ def _deployment(bot: TradingBot, platform: Platform, component: str, hashed_spec
                 },
             }
         )
+    nats_volumes, nats_mounts = _nats_volumes(bot, platform)
+    volumes.extend(nats_volumes)
+    mounts.extend(nats_mounts)
     container: Object = {
         "name": component,
         "image": platform.image,

@@ -36,12 +36,14 @@ from tenacity import (
     wait_exponential,
 )
 
+from kubetrade.admission import StatusAdmission
 from kubetrade.bus import connect
 from kubetrade.embedded import embedded_servers, free_port
 from kubetrade.errors import KubetradeError
 from kubetrade.messages import MessageError, StatusMessage, decode
+from kubetrade.natsauth import LocalAuth, process_credentials
 from kubetrade.processes import LocalProcess, local_processes
-from kubetrade.render import Platform, render
+from kubetrade.render import NatsAuth, Platform, render
 from kubetrade.settings import (
     ENV_DATA_FILE,
     ENV_HTTP_HOST,
@@ -302,10 +304,16 @@ def _descendants(pid: int) -> list[psutil.Process]:
 
 
 def plan(
-    bot: TradingBot, nats_url: str, database_url: str, options: RunOptions
+    bot: TradingBot,
+    nats_url: str,
+    database_url: str,
+    options: RunOptions,
+    auth: LocalAuth | None = None,
 ) -> list[LocalProcess]:
     """The local processes of a bot: rendered objects plus local ports, host and data file."""
-    objects = render(bot, Platform(nats_url=nats_url, database_url=database_url))
+    nats_auth = NatsAuth(secret=auth.secret) if auth is not None else None
+    platform = Platform(nats_url=nats_url, database_url=database_url, nats_auth=nats_auth)
+    objects = render(bot, platform)
     overrides: dict[str, dict[str, str]] = {}
     for component in ("feed", "inference", "executor"):
         env = {ENV_HTTP_HOST: "127.0.0.1", ENV_HTTP_PORT: str(free_port())}
@@ -314,7 +322,8 @@ def plan(
         if options.trace_file is not None:
             env[ENV_TRACE_FILE] = str(options.trace_file.resolve())
         overrides[component] = env
-    return local_processes(objects, overrides=overrides)
+    secrets = auth.secrets if auth is not None else None
+    return local_processes(objects, secrets=secrets, overrides=overrides)
 
 
 async def watch(
@@ -335,10 +344,15 @@ async def watch(
     progress = Progress()
     subjects = Subjects(bot.metadata.namespace, bot.metadata.name)
     nc = await connect(nats_url, f"{bot.key}/runner")
+    admission = StatusAdmission()
 
     async def on_status(msg: Msg) -> None:
         with contextlib.suppress(MessageError):
             status = decode(StatusMessage, msg.data)
+            refusal = admission.admit(msg.subject, status, time.time_ns() // 1_000_000)
+            if refusal is not None:
+                log.warning("ignored a status message", extra={"refusal": str(refusal)})
+                return
             progress.statuses[status.component] = status
 
     sub = await nc.subscribe(subjects.status, cb=on_status)
@@ -530,9 +544,21 @@ def run_bot(bot: TradingBot, options: RunOptions, console: Console | None = None
 
     with _stop_signals() as shield:
         try:
-            with embedded_servers(work, options.nats_url, options.database_url) as (
-                nats_url,
-                db_url,
+            # An embedded NATS admits the bot's user and the runner (as the operator) only.
+            auth = None
+            if options.nats_url is None:
+                subjects = Subjects(bot.metadata.namespace, bot.metadata.name)
+                auth = LocalAuth.generate(subjects, f"{bot.metadata.name}-nats")
+            users = auth.users if auth is not None else None
+            credentials: contextlib.AbstractContextManager[None] = (
+                process_credentials(auth.operator_security) if auth else contextlib.nullcontext()
+            )
+            with (
+                credentials,
+                embedded_servers(work, options.nats_url, options.database_url, users) as (
+                    nats_url,
+                    db_url,
+                ),
             ):
                 procs = LocalProcesses(log_dir, options.restart_policy, notify)
                 confirm = _ledger_confirmation(bot, db_url, expected)
@@ -542,7 +568,7 @@ def run_bot(bot: TradingBot, options: RunOptions, console: Console | None = None
                             bot,
                             nats_url,
                             procs,
-                            plan(bot, nats_url, db_url, options),
+                            plan(bot, nats_url, db_url, options, auth),
                             options.timeout_s,
                             confirm,
                             console,

@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 
 from kubetrade.admission import StatusAdmission, status_subject_key
 from kubetrade.messages import ControlMessage, MessageError, StatusMessage, decode, encode
+from kubetrade.natsauth import OPERATOR_INBOX, NatsSecurity
 from kubetrade.operator.metrics import HEARTBEATS, STATUS_REFUSED
 from kubetrade.operator.observations import Observations
 from kubetrade.subjects import Subjects
@@ -59,6 +60,12 @@ class Heartbeats:
         self._task = asyncio.create_task(self._connect_forever(self.url), name="nats-connect")
 
     async def _connect_forever(self, url: str) -> None:
+        # The operator's own NATS user (KUBETRADE_NATS_USER/PASSWORD or an NKey/creds file):
+        # the only one allowed to publish control commands, reading every bot's status.
+        security = NatsSecurity.from_env()
+        options = security.connect_options()
+        if options and "inbox_prefix" not in options:
+            options["inbox_prefix"] = OPERATOR_INBOX
         while True:
             try:
                 client = await nats.connect(
@@ -67,6 +74,7 @@ class Heartbeats:
                     connect_timeout=5,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=1,
+                    **options,
                 )
             except Exception as error:
                 log.warning(

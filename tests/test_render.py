@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
+from kubetrade.natsauth import NatsSecurity
 from kubetrade.processes import EnvResolutionError, LocalProcess, local_processes
 from kubetrade.render import (
     CONFIG_HASH_ANNOTATION,
     DEFAULT_RESOURCES,
+    NatsAuth,
     Platform,
     RenderError,
     render,
@@ -519,3 +521,75 @@ def test_local_processes_do_not_change_the_objects() -> None:
     local_processes(objects, secrets=SECRETS, overrides={"feed": {"KUBETRADE_HTTP_PORT": "1"}})
 
     assert objects == snapshot
+
+
+# --- NATS authentication and TLS ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["nats://kubetrade:nats-password-1@nats:4222", "nats://a:4222,nats://tok3n@b:4222"],
+)
+def test_a_nats_url_with_credentials_is_refused_clearly(url: str) -> None:
+    with pytest.raises(RenderError, match="carries credentials") as caught:
+        Platform(nats_url=url)
+    assert "nats-password-1" not in str(caught.value) and "tok3n" not in str(caught.value)
+
+
+def test_nats_passwords_reach_every_pod_only_as_references_to_the_bots_secret() -> None:
+    platform = Platform(nats_auth=NatsAuth())
+    objects = render(make_bot(), platform)
+    nats_secrets = {"btc-trend-nats": {"user": "bots-btc-trend", "password": "nats-pw-321"}}
+    for component, deployment in deployments(objects).items():
+        env = env_entries(deployment)
+        for name, key in (("KUBETRADE_NATS_USER", "user"), ("KUBETRADE_NATS_PASSWORD", "password")):
+            ref = env[name]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": "btc-trend-nats", "key": key}, component
+        assert env["KUBETRADE_NATS_INBOX"]["value"] == "_INBOX.bots.btc-trend"
+    assert "nats-pw-321" not in json.dumps(objects)
+    [local] = [
+        p
+        for p in local_processes(objects, secrets={**SECRETS, **nats_secrets})
+        if p.component == "executor"
+    ]
+    security = NatsSecurity.from_env(local.env)
+    assert (security.user, security.password) == ("bots-btc-trend", "nats-pw-321")
+    assert config_hashes(objects) != config_hashes(render(make_bot(), Platform()))
+
+
+@pytest.mark.parametrize(("kind", "variable"), [("nkey", "NKEY"), ("creds", "CREDS")])
+def test_nkeys_and_creds_files_are_mounted_read_only_from_the_secret(
+    kind: str, variable: str
+) -> None:
+    platform = Platform(nats_auth=NatsAuth(kind=kind, secret="nats-{bot}"))  # type: ignore[arg-type]
+    for deployment in deployments(render(make_bot(), platform)).values():
+        pod = deployment["spec"]["template"]["spec"]
+        [volume] = [v for v in pod["volumes"] if v["name"] == "nats-auth"]
+        assert volume["secret"]["secretName"] == "nats-btc-trend"
+        [mount] = [m for m in container(deployment)["volumeMounts"] if m["name"] == "nats-auth"]
+        assert mount["readOnly"] is True
+        path = env_entries(deployment)[f"KUBETRADE_NATS_{variable}"]["value"]
+        assert path == f"{mount['mountPath']}/{kind}"
+        assert "KUBETRADE_NATS_PASSWORD" not in env_entries(deployment)
+
+
+def test_nats_tls_certificates_are_mounted_from_their_secret() -> None:
+    platform = Platform(nats_url="tls://nats:4222", nats_tls_secret="nats-client-tls")
+    for deployment in deployments(render(make_bot(), platform)).values():
+        pod = deployment["spec"]["template"]["spec"]
+        [volume] = [v for v in pod["volumes"] if v["name"] == "nats-tls"]
+        assert volume["secret"]["secretName"] == "nats-client-tls"
+        env = env_entries(deployment)
+        assert env["KUBETRADE_NATS_TLS_CA"]["value"].endswith("/ca.crt")
+        assert env["KUBETRADE_NATS_TLS_CERT"]["value"].endswith("/tls.crt")
+        assert env["KUBETRADE_NATS_TLS_KEY"]["value"].endswith("/tls.key")
+
+
+def test_without_nats_auth_the_rendered_pods_are_unchanged() -> None:
+    for deployment in deployments(render(make_bot(), Platform())).values():
+        names = set(env_entries(deployment))
+        assert not {
+            n for n in names if n.startswith("KUBETRADE_NATS_") and n != "KUBETRADE_NATS_URL"
+        }
+        pod = deployment["spec"]["template"]["spec"]
+        assert [v["name"] for v in pod["volumes"]] == ["tmp"]
