@@ -6,7 +6,8 @@
 The base is the chart rendered with its default values as release ``kubetrade`` in namespace
 ``kubetrade-system``, labelled as managed by kustomize instead of Helm; the CRD is the
 generated one. The dashboards are the chart's Grafana dashboard ConfigMap. tests/test_chart.py
-fails when the files here differ from a fresh render.
+fails when the files here differ from a fresh render. ``chart_objects`` is also the one chart
+render of the tests (tests/test_chart.py, tests/test_operator_e2e.py).
 """
 
 from __future__ import annotations

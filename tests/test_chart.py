@@ -4,7 +4,6 @@ kustomize base in k8s/ that installs the same things."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
@@ -15,6 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from k8s.generate import chart_objects, generated_files
 from tests.controlplane.fixtures import ControlPlane
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,18 +73,6 @@ EXPECTED_RIGHTS = {
 }
 
 
-def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    with helm.Chart.load(CHART) as chart:
-        rendered = chart.render(values, name="kubetrade", namespace=SYSTEM)
-    return [
-        doc
-        for path, text in sorted(rendered.items())
-        if path.endswith(".yaml")
-        for doc in yaml.safe_load_all(text)
-        if doc
-    ]
-
-
 def by_kind(objects: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     found: dict[str, list[dict[str, Any]]] = {}
     for obj in objects:
@@ -119,7 +107,7 @@ def rights(objects: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 
 
 def test_default_values_install_one_operator_for_the_bots_namespace_only() -> None:
-    objects = by_kind(render())
+    objects = by_kind(chart_objects())
 
     assert sorted(objects) == ["Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"]
     [deployment] = objects["Deployment"]
@@ -138,7 +126,7 @@ def test_default_values_install_one_operator_for_the_bots_namespace_only() -> No
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    env = container_env(render())
+    env = container_env(chart_objects())
     assert env["KUBETRADE_NATS_URL"] == "nats://nats.kubetrade-system.svc:4222"
     assert env["KUBETRADE_DATABASE_SECRET"] == "kubetrade-database"
     # The operator watches exactly the namespaces where it holds rights.
@@ -159,7 +147,7 @@ def test_default_values_install_one_operator_for_the_bots_namespace_only() -> No
 
 
 def test_cluster_wide_is_an_explicit_opt_in() -> None:
-    objects = render(CLUSTER_WIDE)
+    objects = chart_objects(CLUSTER_WIDE)
     kinds = by_kind(objects)
 
     assert "Role" not in kinds and "RoleBinding" not in kinds
@@ -180,7 +168,7 @@ def test_a_namespaced_install_without_namespaces_is_refused() -> None:
 
 
 def test_non_default_values_reach_the_objects() -> None:
-    objects = render(NON_DEFAULT)
+    objects = chart_objects(NON_DEFAULT)
     kinds = by_kind(objects)
 
     assert "ServiceAccount" not in kinds and "Service" not in kinds
@@ -226,7 +214,7 @@ def test_the_environment_is_what_kubetrade_operator_reads() -> None:
 
     read = {p.envvar for p in operator_command.params if isinstance(p, Option) and p.envvar}
     for values in (None, NON_DEFAULT):
-        names = set(container_env(render(values)))
+        names = set(container_env(chart_objects(values)))
         passed = names - {"OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_ENDPOINT"}
         passed -= {"BENTOML_DO_NOT_TRACK", "ORT_DISABLE_TELEMETRY"}
         assert passed <= read, passed - read
@@ -242,9 +230,9 @@ def test_the_chart_ships_the_generated_crd() -> None:
 
 
 def test_rbac_grants_exactly_what_the_operator_uses() -> None:
-    assert rights(render()) == EXPECTED_RIGHTS
-    assert rights(render(NON_DEFAULT)) == EXPECTED_RIGHTS
-    assert rights(render(CLUSTER_WIDE)) == EXPECTED_RIGHTS
+    assert rights(chart_objects()) == EXPECTED_RIGHTS
+    assert rights(chart_objects(NON_DEFAULT)) == EXPECTED_RIGHTS
+    assert rights(chart_objects(CLUSTER_WIDE)) == EXPECTED_RIGHTS
 
 
 # --- lint, schema, Kubernetes validation ------------------------------------------------
@@ -284,29 +272,20 @@ def test_the_values_schema_refuses_bad_values_naming_them(
 def test_every_object_is_valid_kubernetes(values: dict[str, Any] | None) -> None:
     with helm.Chart.load(CHART) as chart:
         crds = [yaml.safe_load(c["data"]) for c in chart.crds]
-    for obj in [*render(values), *crds]:
+    for obj in [*chart_objects(values), *crds]:
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 
 
 # --- the kustomize base -----------------------------------------------------------------
 
 
-def _generator() -> Any:
-    spec = importlib.util.spec_from_file_location("k8s_generate", REPO / "k8s" / "generate.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_kustomize_base_is_the_chart_s_default_render() -> None:
-    generate = _generator()
-    files = generate.generated_files()
+    files = generated_files()
     stale = [n for n, text in files.items() if (REPO / "k8s" / n).read_text() != text]
     assert not stale, f"k8s/ is stale ({stale}): run .venv/bin/python k8s/generate.py"
     objects = [d for d in yaml.safe_load_all(files["base/operator.yaml"]) if d]
     assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
-        (o["kind"], o["metadata"]["name"]) for o in render()
+        (o["kind"], o["metadata"]["name"]) for o in chart_objects()
     ]
     assert all("helm.sh/chart" not in o["metadata"]["labels"] for o in objects)
 
@@ -321,7 +300,12 @@ def test_kubectl_kustomize_builds_the_base(controlplane: ControlPlane) -> None:
 
     # Namespaces: the operator's and each watched one (its Roles live there).
     assert kinds == sorted(
-        ["Namespace", "Namespace", "CustomResourceDefinition", *(o["kind"] for o in render())]
+        [
+            "Namespace",
+            "Namespace",
+            "CustomResourceDefinition",
+            *(o["kind"] for o in chart_objects()),
+        ]
     )
 
 
@@ -335,7 +319,7 @@ def test_the_chart_applies_and_its_service_account_has_only_its_rights(
         controlplane.kubectl("apply", "--server-side", "-f", "-", input=crd)
     for namespace in (SYSTEM, "bots", "unlisted"):
         controlplane.kubectl("create", "namespace", namespace, check=False)
-    objects = render()
+    objects = chart_objects()
     applied = controlplane.kubectl(
         "apply",
         "--server-side",
@@ -384,7 +368,7 @@ def test_the_chart_applies_and_its_service_account_has_only_its_rights(
 
 
 def test_kubernetes_validate_would_catch_a_broken_object() -> None:
-    [deployment] = by_kind(render())["Deployment"]
+    [deployment] = by_kind(chart_objects())["Deployment"]
     broken = json.loads(json.dumps(deployment))
     broken["spec"]["replicas"] = "one"
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -412,7 +396,7 @@ def test_the_dashboard_charts_only_metrics_that_exist() -> None:
     import kubetrade.metrics  # noqa: F401  (registers the workers' metrics)
     from kubetrade.operator.metrics import REGISTRY as OPERATOR
 
-    [config_map] = by_kind(render(NON_DEFAULT))["ConfigMap"]
+    [config_map] = by_kind(chart_objects(NON_DEFAULT))["ConfigMap"]
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads(config_map["data"]["kubetrade-dashboard.json"])
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]

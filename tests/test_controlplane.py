@@ -18,13 +18,14 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.controlplane
 
@@ -87,17 +88,6 @@ def widget(name: str, **spec: Any) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": {"replicas": 1, **spec},
     }
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")
@@ -402,12 +392,12 @@ def test_owner_reference_garbage_collects_deployment(
     core: Any = client.CoreV1Api(kube_api)
     # The deployment controller makes a ReplicaSet, the replicaset controller
     # makes Pods (which never run: no kubelet, no scheduler).
-    rs = wait_for(lambda: apps.list_namespaced_replica_set(ns).items, 60, "a ReplicaSet")
+    rs = wait_for(lambda: apps.list_namespaced_replica_set(ns).items, "a ReplicaSet", 60)
     assert rs[0].metadata.owner_references[0].kind == "Deployment"
     pods = wait_for(
         lambda: len(core.list_namespaced_pod(ns).items) == 2 and core.list_namespaced_pod(ns).items,
-        60,
         "2 Pods",
+        60,
     )
     assert all(p.status.phase == "Pending" and not p.spec.node_name for p in pods)
     out = kubectl("get", "deployment", "owned", "-o", "jsonpath={.spec.replicas}").stdout
@@ -426,9 +416,9 @@ def test_owner_reference_garbage_collects_deployment(
         except ApiException as e:
             return bool(e.status == 404)
 
-    wait_for(gone, 120, "the garbage collector to delete the Deployment")
-    wait_for(lambda: not apps.list_namespaced_replica_set(ns).items, 60, "ReplicaSets to go")
-    wait_for(lambda: not core.list_namespaced_pod(ns).items, 60, "Pods to go")
+    wait_for(gone, "the garbage collector to delete the Deployment", 120)
+    wait_for(lambda: not apps.list_namespaced_replica_set(ns).items, "ReplicaSets to go", 60)
+    wait_for(lambda: not core.list_namespaced_pod(ns).items, "Pods to go", 60)
 
 
 def test_foreground_deletion_waits_for_dependents(
@@ -465,10 +455,10 @@ def test_foreground_deletion_waits_for_dependents(
     assert "foregroundDeletion" in held.metadata.finalizers
     wait_for(
         lambda: core.read_namespaced_config_map("dependent", ns).metadata.deletion_timestamp,
-        60,
         "the GC to start deleting the dependent",
+        60,
     )
-    time.sleep(1)
+    # The GC has acted on the foreground deletion: the owner waits for its held dependent.
     assert core.read_namespaced_config_map("owner", ns).metadata.deletion_timestamp is not None
     core.patch_namespaced_config_map("dependent", ns, {"metadata": {"finalizers": None}})
 
@@ -479,7 +469,7 @@ def test_foreground_deletion_waits_for_dependents(
         except ApiException as e:
             return bool(e.status == 404)
 
-    wait_for(owner_gone, 60, "the owner to be deleted after its dependent")
+    wait_for(owner_gone, "the owner to be deleted after its dependent", 60)
 
 
 def test_watch_list_ends_initial_events_with_a_bookmark(
@@ -512,13 +502,13 @@ def test_namespace_fixture_isolates_tests(
     kubectl("create", "configmap", "mine", "--from-literal=k=v")
     got = kubectl("get", "configmap", "mine", "-o", "json").stdout
     assert json.loads(got)["metadata"]["namespace"] == controlplane_namespace
-    sa = kubectl("get", "serviceaccount", "default", "-o", "name", check=False)
+
     # The serviceaccount controller populates every new namespace.
-    deadline = time.monotonic() + 30
-    while sa.returncode != 0 and time.monotonic() < deadline:
-        time.sleep(0.5)
-        sa = kubectl("get", "serviceaccount", "default", "-o", "name", check=False)
-    assert sa.stdout.strip() == "serviceaccount/default"
+    def default_account() -> str:
+        found = kubectl("get", "serviceaccount", "default", "-o", "name", check=False)
+        return str(found.stdout).strip()
+
+    assert wait_for(default_account, "the default ServiceAccount", 30) == "serviceaccount/default"
 
 
 # --------------------------------------------------------------------------- #
@@ -606,7 +596,7 @@ def test_fixture_stops_every_process(mode: str, tmp_path: Path) -> None:
     )
     try:
         wait_for(
-            lambda: pidfile.exists() or proc.poll() is not None, 240, "the inner control plane"
+            lambda: pidfile.exists() or proc.poll() is not None, "the inner control plane", 240
         )
         assert pidfile.exists(), proc.communicate()[0]
         pids = json.loads(pidfile.read_text())
@@ -629,5 +619,5 @@ def test_fixture_stops_every_process(mode: str, tmp_path: Path) -> None:
     else:
         assert proc.returncode == -signal.SIGKILL
     wait_for(
-        lambda: not any(_alive(p) for p in pids), 30, f"processes {pids} to be gone after {mode}"
+        lambda: not any(_alive(p) for p in pids), f"processes {pids} to be gone after {mode}", 30
     )
