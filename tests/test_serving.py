@@ -48,6 +48,7 @@ from kubetrade.serving.service import (
 from kubetrade.serving.validation import BatchError, CandleIn, check_batch, check_candles
 from kubetrade.settings import ENV_HTTP_HOST, ENV_HTTP_PORT, ENV_NATS_URL, ENV_SPEC, QUIET_ENV
 from kubetrade.subjects import Subjects
+from tests.waiting import wait_for
 
 SMALL = XGBoostParams(n_estimators=40, max_depth=3)
 STARTUP_TIMEOUT = 90.0
@@ -464,8 +465,11 @@ def test_mismatched_model_keeps_the_service_up_but_not_ready(store: Store, tmp_p
         assert httpx.get(f"{server.url}/model").json()["ready"] is False
 
         assert server.stop() == 0, "SIGTERM stops bentoml serve cleanly"
-        time.sleep(0.5)
-        assert [p.pid for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+        wait_for(
+            lambda: not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
+            "every process of bentoml serve to exit",
+            10,
+        )
     finally:
         _kill_tree(server.process)
 
