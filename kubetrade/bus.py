@@ -150,7 +150,7 @@ def retrying(limit_s: float, what: str) -> AsyncRetrying:
 
     return AsyncRetrying(
         stop=stop_after_delay(limit_s),
-        wait=wait_exponential_jitter(initial=0.1, max=5.0),
+        wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
         retry=retry_if_exception_type(TRANSIENT),
         before_sleep=note,
     )

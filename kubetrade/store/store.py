@@ -279,7 +279,7 @@ class AsyncStore:
 
         retrying = AsyncRetrying(
             stop=stop_after_delay(self._limit_s if self._url is not None else 0),
-            wait=wait_exponential_jitter(initial=0.1, max=5.0),
+            wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
             retry=retry_if_exception_type(TRANSIENT),
             before_sleep=note,
         )
