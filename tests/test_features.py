@@ -89,11 +89,11 @@ def _generated_with_flat_stretch() -> tuple[pd.DataFrame, int]:
 def series(request: pytest.FixtureRequest, spec: FeatureSpec) -> Series:
     if request.param == "generated":
         frame, flat_end = _generated_with_flat_stretch()
-        probes = (spec.warmup, 1_000, flat_end, flat_end + 30, len(frame) - 1)
-        return Series(frame, "1h", compute_features(frame, spec), probes)
-    frame = load_candles(request.getfixturevalue("btc_csv"))
-    # 16_905: inside the vendor-copied hours.
-    probes = (spec.warmup, 3_000, 16_905, len(frame) - 1)
+        probes: tuple[int, ...] = (spec.warmup, 1_000, flat_end, flat_end + 30, len(frame) - 1)
+    else:
+        frame = load_candles(request.getfixturevalue("btc_csv"))
+        # 16_905: inside the vendor-copied hours.
+        probes = (spec.warmup, 3_000, 16_905, len(frame) - 1)
     return Series(frame, "1h", compute_features(frame, spec), probes)
 
 
