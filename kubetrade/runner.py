@@ -448,6 +448,20 @@ def _ledger_confirmation(
     return confirm
 
 
+def start_in_order(
+    bot: TradingBot, nats_url: str, procs: LocalProcesses, processes: list[LocalProcess]
+) -> None:
+    """Start inference and executor without supervision, wait until both consume, then start
+    the feed (for tests and benches that kill and restart workers themselves)."""
+    for process in processes:
+        if process.component != "feed":
+            procs.start(process)
+    asyncio.run(watch(bot, nats_url, procs, consumers_ready, 120))
+    for process in processes:
+        if process.component == "feed":
+            procs.start(process)
+
+
 async def run_workers(
     bot: TradingBot,
     nats_url: str,

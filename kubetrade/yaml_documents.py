@@ -121,7 +121,7 @@ def parse_documents(text: str) -> list[Any]:
                     )
                 documents.append(loader.construct_document(node))
         finally:
-            loader.dispose()  # type: ignore[no-untyped-call]
+            loader.dispose()
     except yaml.YAMLError as error:
         raise DocumentError(_one_line(error)) from None
     except RecursionError:
