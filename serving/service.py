@@ -57,7 +57,9 @@ from starlette.routing import Route  # noqa: E402
 from kubetrade.errors import InvalidInputError, KubetradeError  # noqa: E402
 from kubetrade.serving.batching import Batcher  # noqa: E402
 from kubetrade.serving.validation import (  # noqa: E402
+    MAX_BODY_BYTES,
     BatchError,
+    BodyLimit,
     CandleIn,
     check_batch,
     check_candles,
@@ -349,3 +351,8 @@ class InferenceService:
         if self.bridge is not None:
             self.bridge.stop()
             log.info("nats bridge stopped")
+
+
+# Outermost: an oversized body is refused before BentoML reads or parses any of it.
+# (The decorator makes InferenceService a bentoml Service; mypy sees the class.)
+InferenceService.add_asgi_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)  # type: ignore[attr-defined]

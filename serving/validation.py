@@ -8,7 +8,7 @@ inside the functions: the BentoML arbiter imports this module too and never pred
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, Field
 
@@ -88,15 +88,81 @@ def check_batch(
     return batch
 
 
+# Bounds that no real candle reaches: a larger value is a unit error or a forgery, and would
+# overflow the int64/float arithmetic of the features (a 500 instead of a 4xx).
+MAX_OPEN_TIME_MS = 32_503_680_000_000  # 3000-01-01
+MAX_PRICE = 1e9
+MAX_VOLUME = 1e18
+MAX_BODY_BYTES = 16 * 1024 * 1024
+"""Request bodies above this are refused (413) before anything reads or parses them."""
+
+Price = Annotated[float, Field(gt=0, le=MAX_PRICE, allow_inf_nan=False)]
+
+
 class CandleIn(BaseModel):
     """One closed candle of the symbol, as the feed publishes it."""
 
-    open_time: int = Field(description="Open time, ms UTC.")
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float
+    open_time: int = Field(ge=0, le=MAX_OPEN_TIME_MS, description="Open time, ms UTC.")
+    open: Price
+    high: Price
+    low: Price
+    close: Price
+    volume: float = Field(ge=0, le=MAX_VOLUME, allow_inf_nan=False)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body above ``max_bytes`` is answered 413 at once, by its
+    Content-Length when it has one, else as soon as the streamed bytes pass the limit."""
+
+    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.max_bytes:
+            await self._refuse(send, length.decode("latin-1"))
+            return
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise BodyTooLargeError(f"request body above {self.max_bytes} bytes")
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except BodyTooLargeError:
+            await self._refuse(send, f"more than {seen}")
+
+    async def _refuse(self, send: Any, length: str) -> None:
+        body = (
+            f'{{"error": "request body of {length} bytes is above the {self.max_bytes}-byte '
+            'limit: send fewer rows or candles per request"}'
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class BodyTooLargeError(InvalidInputError):
+    """A streamed request body passed the limit."""
 
 
 def check_candles(candles: Sequence[CandleIn], step_ms: int, needed: int) -> dict[str, np.ndarray]:
