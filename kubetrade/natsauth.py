@@ -75,7 +75,8 @@ def bot_permissions(subjects: Subjects) -> dict[str, Any]:
     """What a bot's pods may do: its own subjects and stream, never its control subject.
 
     JetStream's API is reached by publishing requests on ``$JS.API.<...>.<stream>[.<...>]``;
-    only the bot's stream appears there, and deleting or purging it is refused.
+    only the bot's stream appears there, and deleting, purging or re-configuring it (which
+    could make it capture another bot's subjects) is refused.
     """
     stream = subjects.stream
     return {
@@ -93,6 +94,7 @@ def bot_permissions(subjects: Subjects) -> dict[str, Any]:
             "deny": [
                 subjects.control,
                 f"$JS.API.STREAM.DELETE.{stream}",
+                f"$JS.API.STREAM.UPDATE.{stream}",
                 f"$JS.API.STREAM.PURGE.{stream}",
                 f"$JS.API.STREAM.MSG.DELETE.{stream}",
             ],
