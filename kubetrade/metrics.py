@@ -47,6 +47,16 @@ DB_WRITE_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 EQUITY = Gauge("kubetrade_equity", "Account equity in the quote currency", ["bot"])
+DRAWDOWN = Gauge(
+    "kubetrade_drawdown_ratio",
+    "Equity below its peak, as a fraction of the peak (what the drawdown breaker compares)",
+    ["bot"],
+)
+DRAWDOWN_BREAKER = Gauge(
+    "kubetrade_drawdown_breaker_ratio",
+    "The bot's maxDrawdownPct breaker as a fraction (absent when it has none)",
+    ["bot"],
+)
 OPEN_POSITIONS = Gauge("kubetrade_open_positions", "Open positions", ["bot"])
 HALTED = Gauge(
     "kubetrade_halted", "1 when new entries are halted by a breaker or kill switch", ["bot"]

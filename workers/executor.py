@@ -51,6 +51,8 @@ from kubetrade.metrics import (
     ADMISSION_REFUSED,
     DB_WRITE_SECONDS,
     DECISION_SECONDS,
+    DRAWDOWN,
+    DRAWDOWN_BREAKER,
     EQUITY,
     FILLS,
     HALTED,
@@ -328,6 +330,10 @@ class Executor:
         EQUITY.labels(self.bot.key).set(summary.equity)
         OPEN_POSITIONS.labels(self.bot.key).set(summary.open_positions)
         HALTED.labels(self.bot.key).set(1 if summary.halted else 0)
+        DRAWDOWN.labels(self.bot.key).set(summary.drawdown_pct / 100)
+        breaker = self.bot.spec.risk.breakers.max_drawdown_pct
+        if breaker is not None:  # alerts compare the two: "near its breaker"
+            DRAWDOWN_BREAKER.labels(self.bot.key).set(breaker / 100)
         self.status.counters["processed"] = self.processed
         self.status.counters["stream_seq"] = self.sequence
         self.status.trading = {

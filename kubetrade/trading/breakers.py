@@ -87,6 +87,13 @@ def observe_equity_point(state: BreakerState, equity: float) -> BreakerState:
     return replace(state, peak_equity=max(state.peak_equity, equity))
 
 
+def drawdown_pct(state: BreakerState, equity: float) -> float:
+    """How far ``equity`` is below the peak, in percent: what the drawdown breaker compares."""
+    if state.peak_equity <= 0:
+        return 0.0
+    return max(0.0, (state.peak_equity - equity) / state.peak_equity * 100)
+
+
 def evaluate(spec: BreakerSpec, state: BreakerState, equity: float, now: int) -> dict[str, str]:
     """Breakers tripped at ``equity`` and time ``now`` (ms), each with a message."""
     tripped: dict[str, str] = {}
@@ -98,7 +105,7 @@ def evaluate(spec: BreakerSpec, state: BreakerState, equity: float, now: int) ->
                 f"(day started at equity {state.day_start_equity:.2f})"
             )
     if spec.max_drawdown_pct is not None and state.peak_equity > 0:
-        drawdown = (state.peak_equity - equity) / state.peak_equity * 100
+        drawdown = drawdown_pct(state, equity)
         if drawdown >= spec.max_drawdown_pct:
             tripped[Breaker.DRAWDOWN.value] = (
                 f"drawdown {drawdown:.2f}% >= maxDrawdownPct {spec.max_drawdown_pct:g}% "

@@ -63,6 +63,7 @@ from kubetrade.trading.atr import AtrState, update_atr
 from kubetrade.trading.breakers import (
     BreakerState,
     breaker_causes,
+    drawdown_pct,
     entry_throttle,
     evaluate,
     observe_equity_point,
@@ -613,6 +614,7 @@ class TradingEngine:
             breakers=tuple(self._breakers.tripped),
             last_event_time=self._last_event_time,
             last_signal_time=self._last_signal_time,
+            drawdown_pct=drawdown_pct(self._breakers, portfolio.equity()),
         )
 
     def snapshot(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ class TradingSummary:
     ``halted`` is true while the kill switch is engaged or any breaker is tripped;
     ``halt_reason`` says why. ``last_event_time`` is the close time of the latest candle
     processed and ``last_signal_time`` that of the latest candle that carried a prediction.
+    ``drawdown_pct`` is how far equity is below its peak, as the drawdown breaker sees it.
     """
 
     equity: float
@@ -37,6 +38,7 @@ class TradingSummary:
     last_signal_time: int | None
     halt_causes: tuple[HaltCause, ...] = ()
     """Why entries are halted, the kill first, then each tripped breaker."""
+    drawdown_pct: float = 0.0
 
     def to_status(self) -> StatusTradingSummary:
         """The ``status.trading`` block of the TradingBot resource."""
