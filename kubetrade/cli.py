@@ -230,7 +230,14 @@ _attach_training()
     envvar="KUBETRADE_DATABASE_SECRET",
     default="kubetrade-database",
     show_default=True,
-    help="Secret (key url) with the database URL, in each bot's namespace.",
+    help="Secret with the database URL, in each bot's namespace.",
+)
+@click.option(
+    "--database-secret-key",
+    envvar="KUBETRADE_DATABASE_SECRET_KEY",
+    default="uri",
+    show_default=True,
+    help="Key of the URL in that Secret (CloudNativePG's <cluster>-app Secret: uri).",
 )
 @click.option("--bot-otlp-endpoint", envvar="KUBETRADE_BOT_OTLP_ENDPOINT", help="OTLP for bots.")
 @click.option("--model-store", envvar="KUBETRADE_MODEL_STORE", help="BENTOML_HOME of inference.")
@@ -269,6 +276,7 @@ def operator_command(
     image: str | None,
     image_pull_policy: str,
     database_secret: str,
+    database_secret_key: str,
     bot_otlp_endpoint: str | None,
     model_store: str | None,
     model_store_claim: str | None,
@@ -290,6 +298,7 @@ def operator_command(
         image=image,
         image_pull_policy=image_pull_policy,
         database_secret=database_secret,
+        database_secret_key=database_secret_key,
         bot_otlp_endpoint=bot_otlp_endpoint,
         model_store=model_store,
         model_store_claim=model_store_claim,

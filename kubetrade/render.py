@@ -112,6 +112,8 @@ class NatsAuth:
 
 # Names a Service may have (DNS-1035 label); the inference Service is named after the bot.
 _SERVICE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+# A key of a Secret's data (what `kubectl create secret --from-literal=KEY=` accepts).
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,8 @@ class Platform:
     """Where the bots run: image, shared services and how pods reach them.
 
     ``database_url`` is a plain value (local runs); otherwise the URL is read from the Secret
-    ``database_secret`` (key ``url``). ``nats_url`` never carries credentials: ``nats_auth``
+    ``database_secret``, key ``database_secret_key`` (``uri``: what CloudNativePG writes into
+    its ``<cluster>-app`` Secret). ``nats_url`` never carries credentials: ``nats_auth``
     names each bot's credentials Secret, ``nats_tls_secret`` a Secret with ``ca.crt`` (and
     ``tls.crt``/``tls.key`` for a client certificate: the cert-manager layout) mounted into
     every pod. ``model_store`` becomes inference's ``BENTOML_HOME``;
@@ -133,6 +136,7 @@ class Platform:
     nats_url: str = "nats://nats.kubetrade-system.svc:4222"
     database_url: str | None = None
     database_secret: str = "kubetrade-database"
+    database_secret_key: str = "uri"
     otlp_endpoint: str | None = None
     model_store: str | None = None
     model_store_claim: str | None = None
@@ -145,6 +149,11 @@ class Platform:
             check_url(self.nats_url, "Platform.nats_url")
         except NatsConfigError as error:
             raise RenderError(str(error)) from None
+        if not _SECRET_KEY.match(self.database_secret_key):
+            raise RenderError(
+                f"Platform.database_secret_key={self.database_secret_key!r} is not a Secret key: "
+                "use letters, digits, '-', '_' or '.' (e.g. uri, CloudNativePG's key)"
+            )
         if self.model_store_claim and not self.model_store:
             raise ValueError(
                 f"Platform.model_store_claim={self.model_store_claim!r} needs "
@@ -226,7 +235,9 @@ def _env(bot: TradingBot, platform: Platform, component: str) -> list[Object]:
         ENV_DATABASE_URL: (
             _value(ENV_DATABASE_URL, platform.database_url)
             if platform.database_url
-            else _secret_ref(ENV_DATABASE_URL, platform.database_secret, "url")
+            else _secret_ref(
+                ENV_DATABASE_URL, platform.database_secret, platform.database_secret_key
+            )
         ),
         ENV_HTTP_HOST: _value(ENV_HTTP_HOST, "0.0.0.0"),
         ENV_HTTP_PORT: _value(ENV_HTTP_PORT, str(DEFAULT_HTTP_PORTS[component])),

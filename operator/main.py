@@ -22,6 +22,7 @@ class OperatorOptions:
     image: str | None = None
     image_pull_policy: str = "IfNotPresent"
     database_secret: str = "kubetrade-database"
+    database_secret_key: str = "uri"
     bot_otlp_endpoint: str | None = None
     model_store: str | None = None
     model_store_claim: str | None = None
@@ -41,6 +42,7 @@ class OperatorOptions:
             image_pull_policy=self.image_pull_policy,
             nats_url=self.bot_nats_url or self.nats_url or defaults.nats_url,
             database_secret=self.database_secret,
+            database_secret_key=self.database_secret_key,
             otlp_endpoint=self.bot_otlp_endpoint,
             model_store=self.model_store,
             model_store_claim=self.model_store_claim,

@@ -413,3 +413,143 @@ def test_the_dashboard_charts_only_metrics_that_exist() -> None:
         for suffix in ("", "_total", "_bucket")
     }
     assert used and used <= known, used - known
+
+
+# --- the database Secret's key and the development servers -------------------------------
+
+DEV: dict[str, Any] = {
+    "operator": {"watchNamespaces": ["bots-a", "bots-b"]},
+    "nats": {"dev": {"enabled": True}},
+    "database": {"dev": {"enabled": True}},
+}
+DEV_EPHEMERAL: dict[str, Any] = {
+    "nats": {"dev": {"enabled": True, "persistence": {"enabled": False}}},
+    "database": {"dev": {"enabled": True, "persistence": {"enabled": False}}},
+}
+
+
+def _bot_database_ref(values: dict[str, Any] | None) -> dict[str, str]:
+    """The secretKeyRef of a bot pod's database URL when the operator runs with the chart's
+    environment: chart values -> operator options -> Platform -> render."""
+    from kubetrade.operator.main import OperatorOptions
+    from kubetrade.render import render
+    from kubetrade.spec import parse_bot
+
+    env = container_env(chart_objects(values))
+    options = OperatorOptions(
+        nats_url=env["KUBETRADE_NATS_URL"],
+        database_secret=env["KUBETRADE_DATABASE_SECRET"],
+        database_secret_key=env["KUBETRADE_DATABASE_SECRET_KEY"],
+    )
+    bot = parse_bot(
+        {
+            "apiVersion": "kubetrade.io/v1alpha1",
+            "kind": "TradingBot",
+            "metadata": {"name": "btc", "namespace": "bots-a"},
+            "spec": {"symbols": ["BTC/USDT"], "model": {"name": "m"}},
+        }
+    )
+    objects = render(bot, options.config().platform)
+    [executor] = [o for o in objects if o["metadata"]["name"] == "btc-executor"]
+    [container] = executor["spec"]["template"]["spec"]["containers"]
+    [url] = [e for e in container["env"] if e["name"] == "KUBETRADE_DATABASE_URL"]
+    assert "value" not in url, "a bot's database URL must be a Secret reference"
+    ref: dict[str, str] = url["valueFrom"]["secretKeyRef"]
+    return ref
+
+
+def test_bots_read_the_database_url_from_the_configured_secret_key() -> None:
+    # CloudNativePG's <cluster>-app Secret holds the URL under `uri`: the default.
+    assert _bot_database_ref(None) == {"name": "kubetrade-database", "key": "uri"}
+    custom = {"database": {"secretName": "pg-app", "secretKey": "url"}}
+    assert _bot_database_ref(custom) == {"name": "pg-app", "key": "url"}
+
+
+def test_no_development_server_by_default() -> None:
+    kinds = by_kind(chart_objects())
+    assert "StatefulSet" not in kinds and "Secret" not in kinds
+    assert container_env(chart_objects())["KUBETRADE_NATS_URL"] == (
+        "nats://nats.kubetrade-system.svc:4222"
+    )
+
+
+def test_development_nats_runs_jetstream_on_a_volume_and_everything_uses_it() -> None:
+    objects = chart_objects(DEV)
+    [nats] = [o for o in by_kind(objects)["StatefulSet"] if o["metadata"]["name"].endswith("nats")]
+    pod = nats["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["image"] == "docker.io/library/nats:2.15-alpine"
+    args = container["args"]
+    assert "-js" in args and args[args.index("-sd") + 1] == "/data"
+    assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+    [claim] = nats["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data" and "volumes" not in pod
+    service = next(
+        o for o in by_kind(objects)["Service"] if o["metadata"]["name"] == "kubetrade-nats"
+    )
+    assert service["spec"]["ports"][0]["port"] == 4222
+    # The operator, and through it every bot (the bots' NATS URL defaults to the operator's).
+    assert container_env(objects)["KUBETRADE_NATS_URL"] == (
+        "nats://kubetrade-nats.kubetrade-system.svc:4222"
+    )
+
+
+def test_development_postgresql_and_the_bots_secret_in_every_watched_namespace() -> None:
+    import base64
+
+    objects = chart_objects(DEV)
+    [postgres] = [
+        o for o in by_kind(objects)["StatefulSet"] if o["metadata"]["name"].endswith("postgresql")
+    ]
+    [container] = postgres["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "docker.io/library/postgres:16"
+    assert postgres["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    secrets = {
+        (s["metadata"]["namespace"], s["metadata"]["name"]): s for s in by_kind(objects)["Secret"]
+    }
+    password = base64.b64decode(secrets[(SYSTEM, "kubetrade-postgresql")]["data"]["password"])
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "kubetrade-postgresql",
+        "key": "password",
+    }
+    ref = _bot_database_ref(DEV)
+    for namespace in ("bots-a", "bots-b"):
+        data = secrets[(namespace, ref["name"])]["data"]
+        uri = base64.b64decode(data[ref["key"]]).decode()
+        assert uri == (
+            f"postgresql://kubetrade:{password.decode()}"
+            "@kubetrade-postgresql.kubetrade-system.svc:5432/kubetrade"
+        )
+
+
+def test_development_servers_without_persistence_use_empty_dirs() -> None:
+    for server in by_kind(chart_objects(DEV_EPHEMERAL))["StatefulSet"]:
+        assert "volumeClaimTemplates" not in server["spec"]
+        volumes = {v["name"]: v for v in server["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["data"] == {"name": "data", "emptyDir": {}}
+
+
+@pytest.mark.parametrize("values", [DEV, DEV_EPHEMERAL], ids=["dev", "dev-ephemeral"])
+def test_development_servers_lint_clean_and_are_valid_kubernetes(values: dict[str, Any]) -> None:
+    report = helm.lint(CHART, values, strict=True, kube_version=f"v{KUBE_VERSION}")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and problems == [], report
+    for obj in chart_objects(values):
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"database": {"secretKey": "a key"}}, "secretKey"),
+        ({"nats": {"dev": {"enabled": "yes"}}}, "enabled"),
+        ({"database": {"dev": {"persistence": {"size": "lots"}}}}, "size"),
+    ],
+)
+def test_the_values_schema_refuses_bad_dev_and_secret_values(
+    values: dict[str, Any], named: str
+) -> None:
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError) as refused:
+        chart.validate_schema(values)
+    assert named in str(refused.value)

@@ -25,7 +25,7 @@ from kubetrade.spec import ManifestError, Metadata, TradingBot, parse_bot
 UID = "4f9c2d6e-8a1b-4c3d-9e5f-0a1b2c3d4e5f"
 DATABASE_URL = "postgresql://kubetrade:db-password-123@db:5432/kubetrade"
 SECRETS = {
-    "kubetrade-database": {"url": DATABASE_URL},
+    "kubetrade-database": {"uri": DATABASE_URL},
     "binance-keys": {"apiKey": "api-key-456", "secret": "api-secret-789"},
 }
 LIVE: dict[str, Any] = {
@@ -318,9 +318,20 @@ def test_the_database_url_is_a_secret_reference_or_a_plain_local_value() -> None
 
     assert in_cluster["KUBETRADE_DATABASE_URL"] == {
         "name": "KUBETRADE_DATABASE_URL",
-        "valueFrom": {"secretKeyRef": {"name": "kubetrade-database", "key": "url"}},
+        "valueFrom": {"secretKeyRef": {"name": "kubetrade-database", "key": "uri"}},
     }
     assert local["KUBETRADE_DATABASE_URL"]["value"] == "postgresql://localhost/kt"
+
+
+def test_the_database_secret_key_is_configurable_and_checked() -> None:
+    # CloudNativePG's <cluster>-app Secret holds `uri` (the default); other layouts name theirs.
+    platform = Platform(database_secret="pg-app", database_secret_key="url")
+    env = env_entries(deployments(render(make_bot(), platform))["feed"])
+    assert env["KUBETRADE_DATABASE_URL"]["valueFrom"] == {
+        "secretKeyRef": {"name": "pg-app", "key": "url"}
+    }
+    with pytest.raises(RenderError, match="is not a Secret key"):
+        Platform(database_secret_key="a key")
 
 
 def test_live_credentials_reach_only_the_executor_and_only_as_references() -> None:
