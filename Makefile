@@ -81,6 +81,12 @@ controlplane:
 test-controlplane: install controlplane
 	KUBETRADE_REQUIRE_CONTROLPLANE=1 $(PY) -m pytest -q -ra -m controlplane
 
+.PHONY: promtool
+
+## promtool: build promtool (pinned in tests/promtool/build.py) once into ~/.cache/kubetrade/promtool for the alerting-rule unit tests in tests/test_alerts.py (~6 min cold, instant when cached)
+promtool:
+	python3 tests/promtool/build.py build
+
 .PHONY: image cluster test-cluster
 
 ## image: the container image from ./Dockerfile, built with buildah on a Debian base made by mmdebstrap and a host wheelhouse (no registry, no index inside the build); OCI archive under ~/.cache/kubetrade/image

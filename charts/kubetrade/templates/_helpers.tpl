@@ -78,3 +78,20 @@ cluster-wide. Refuses a namespaced install without namespaces instead of silentl
   resources: [events]
   verbs: [create]
 {{- end -}}
+
+{{/* The job label of the operator's and the bots' scraped series (monitoring.yaml, rules). */}}
+{{- define "kubetrade.operatorJob" -}}
+{{- printf "%s-operator" (include "kubetrade.fullname" .) -}}
+{{- end -}}
+
+{{- define "kubetrade.botsJob" -}}
+{{- printf "%s-bots" (include "kubetrade.fullname" .) -}}
+{{- end -}}
+
+{{/* Labels of the Prometheus Operator objects: the chart's and monitoring.labels. */}}
+{{- define "kubetrade.monitoringLabels" -}}
+{{ include "kubetrade.labels" . }}
+{{- with .Values.monitoring.labels }}
+{{ toYaml . }}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,1 @@
+"""promtool, built from the Prometheus Go module, for unit tests of the alerting rules."""
