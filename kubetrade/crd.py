@@ -32,6 +32,7 @@ from kubetrade.spec import (
     KIND,
     PLURAL,
     SYMBOL,
+    URL_NEEDS_SHA256,
     TradingBotSpec,
     TradingBotStatus,
 )
@@ -102,7 +103,14 @@ _RULES: dict[str, list[Schema]] = {
             "rule": "self.name != 'replay' || (has(self.uri) && size(self.uri) > 0)",
             "message": "exchange.name 'replay' needs exchange.uri (a CSV or Parquet file)",
             "reason": "FieldValueRequired",
-        }
+        },
+        {
+            "rule": "!has(self.uri) || !self.uri.matches('^[hH][tT][tT][pP][sS]?://')"
+            " || has(self.sha256)",
+            "message": URL_NEEDS_SHA256,
+            "fieldPath": ".sha256",
+            "reason": "FieldValueRequired",
+        },
     ],
     "spec.strategy": [
         {

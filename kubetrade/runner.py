@@ -411,12 +411,13 @@ def expected_candles(bot: TradingBot, data_file: Path | None) -> int | None:
     A replay file is read and checked here, before any server or worker starts, so a bad
     file is refused in one line (CandleDataError, SourceError) instead of by a crashing feed.
     """
+    from kubetrade.market.download import replay_file
     from kubetrade.market.sources import replay_frame
 
     spec = bot.spec
-    replay = data_file or (
-        Path(spec.exchange.uri) if spec.exchange.name == "replay" and spec.exchange.uri else None
-    )
+    # Downloads an http(s) exchange.uri into the cache the feed then reads; checks sha256.
+    found = replay_file(spec.exchange, str(data_file) if data_file else None)
+    replay = Path(found) if found is not None else None
     if replay is not None:
         if not replay.is_file():
             raise RunError(

@@ -80,6 +80,17 @@ class Mode(StrEnum):
     LIVE = "live"
 
 
+URL_NEEDS_SHA256 = (
+    "an http(s) exchange.uri needs exchange.sha256 (`sha256sum FILE`), so that the feed "
+    "replays exactly the file you meant"
+)
+
+
+def is_url(uri: str | None) -> bool:
+    """True when a replay ``uri`` is an http(s) URL to download rather than a path."""
+    return uri is not None and uri.lower().startswith(("http://", "https://"))
+
+
 class ExchangeSpec(_Model):
     """Where candles come from: ``synthetic``, ``replay`` (a file) or a ccxt exchange id."""
 
@@ -90,7 +101,16 @@ class ExchangeSpec(_Model):
         description="synthetic | replay | a ccxt exchange id such as binance",
     )
     uri: str | None = Field(
-        default=None, max_length=4096, description="Candle file for replay (CSV or Parquet)."
+        default=None,
+        max_length=4096,
+        description="Candle file for replay (CSV or Parquet): a path in the feed's filesystem, or "
+        "an http(s) URL the feed downloads (with sha256).",
+    )
+    sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 (hex) of the replay file; the feed refuses a file that differs. "
+        "Required for an http(s) uri.",
     )
     speed: float = Field(
         default=0,
@@ -114,6 +134,8 @@ class ExchangeSpec(_Model):
     def _replay_needs_uri(self) -> ExchangeSpec:
         if self.name == "replay" and not self.uri:
             raise ValueError("exchange.name 'replay' needs exchange.uri (a CSV or Parquet file)")
+        if is_url(self.uri) and not self.sha256:
+            raise ValueError(URL_NEEDS_SHA256)
         return self
 
     @property
@@ -122,12 +144,26 @@ class ExchangeSpec(_Model):
         return self.name not in ("synthetic", "replay")
 
 
+# An OCI image reference: [registry[:port]/]path[:tag][@sha256:digest], lowercase path.
+IMAGE_REFERENCE = re.compile(
+    r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$"
+)
+
+
 class ModelRef(_Model):
-    """A registered ONNX model: name and version in the model store."""
+    """A registered ONNX model: name and version in the model store, and where pods get it."""
 
     name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     version: str = Field(
         default="latest", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+    )
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        pattern=IMAGE_REFERENCE.pattern,
+        description="Model image built by `kubetrade model image` (a modelcar): an init "
+        "container copies its /models into the inference pod, which imports them at start.",
     )
 
 

@@ -20,7 +20,7 @@ import yaml
 from kubernetes.client import ApiClient, V1JSONSchemaProps
 
 from kubetrade import crd
-from kubetrade.spec import ManifestError, TradingBotSpec, parse_bot
+from kubetrade.spec import URL_NEEDS_SHA256, ManifestError, TradingBotSpec, parse_bot
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((REPO / "k8s" / "examples").glob("*.yaml"))
@@ -195,7 +195,8 @@ def test_cel_rules_mirror_the_model_validators() -> None:
         "live mode needs liveConfirmed: true (it sends real orders)",
     ]
     assert messages[".spec.exchange"] == [
-        "exchange.name 'replay' needs exchange.uri (a CSV or Parquet file)"
+        "exchange.name 'replay' needs exchange.uri (a CSV or Parquet file)",
+        URL_NEEDS_SHA256,
     ]
     assert messages[".spec.strategy"] == [
         "exitBelow must not exceed longAbove",
@@ -323,6 +324,16 @@ ACCEPTED = {
         "exchange": {"name": "binance", "credentialsSecret": "binance-keys"},
     },
     "replay with a file": {"exchange": {"name": "replay", "uri": "candles.csv", "speed": 60}},
+    "replay of a checked download": {
+        "exchange": {
+            "name": "replay",
+            "uri": "https://data.example/c.csv",
+            "sha256": "0123456789abcdef" * 4,
+        }
+    },
+    "model from an image": {
+        "model": {"name": "m", "version": "3", "image": "registry.example:5000/models/m:3"}
+    },
     "shorts with ordered thresholds": {
         "strategy": {"allowShort": True, "shortBelow": 0.3, "exitAbove": 0.45}
     },
@@ -343,6 +354,12 @@ REFUSED = {
     "duplicate symbols": ({"symbols": ["BTC/USDT", "BTC/USDT"]}, "duplicate entries"),
     "no symbols": ({"symbols": []}, "spec.symbols"),
     "replay without a file": ({"exchange": {"name": "replay"}}, "needs exchange.uri"),
+    "download without sha256": (
+        {"exchange": {"name": "replay", "uri": "HTTPS://data.example/c.csv"}},
+        "needs exchange.sha256",
+    ),
+    "sha256 not hex": ({"exchange": {"sha256": "xyz"}}, "sha256"),
+    "model image with spaces": ({"model": {"name": "m", "image": "my image"}}, "image"),
     "live on synthetic": ({"mode": "live", "liveConfirmed": True}, "needs a real exchange"),
     "live without keys": (
         {"mode": "live", "liveConfirmed": True, "exchange": {"name": "binance"}},

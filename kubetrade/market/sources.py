@@ -16,6 +16,7 @@ import pandas as pd
 from kubetrade.domain import Candle, timeframe_ms
 from kubetrade.errors import InvalidInputError
 from kubetrade.market import infer_frame_timeframe, iter_candles, load_candles, resample, to_candles
+from kubetrade.market.download import replay_file
 from kubetrade.spec import TradingBot
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ def replay_frame(bot: TradingBot, path: str) -> pd.DataFrame:
 
 def _finite_candles(bot: TradingBot, data_file: str | None) -> Iterator[Candle]:
     spec = bot.spec
-    path = data_file or (spec.exchange.uri if spec.exchange.name == "replay" else None)
+    # An http(s) exchange.uri is downloaded (or found in the cache) and checked here.
+    path = replay_file(spec.exchange, data_file)
     if path is not None:
         yield from to_candles(replay_frame(bot, path), spec.timeframe)
         return
@@ -90,6 +92,8 @@ async def candle_source(bot: TradingBot, data_file: str | None = None) -> AsyncI
     """Stream the bot's candles: a file or the synthetic market, or a live exchange via ccxt."""
     spec = bot.spec
     if data_file is not None or not spec.exchange.is_exchange:
+        # A download must not block the event loop (the health server shares it).
+        data_file = await asyncio.to_thread(replay_file, spec.exchange, data_file)
         for candle in _finite_candles(bot, data_file):
             yield candle
         return
