@@ -239,6 +239,24 @@ _attach_training()
     show_default=True,
     help="Key of the URL in that Secret (CloudNativePG's <cluster>-app Secret: uri).",
 )
+@click.option(
+    "--bot-nats-auth",
+    envvar="KUBETRADE_BOT_NATS_AUTH",
+    type=click.Choice(["password", "nkey", "creds"]),
+    help="How each bot's pods authenticate to NATS, from the bot's Secret (default: not at all).",
+)
+@click.option(
+    "--bot-nats-secret",
+    envvar="KUBETRADE_BOT_NATS_SECRET",
+    default="{bot}-nats",
+    show_default=True,
+    help="That Secret, in the bot's namespace ({bot}: the bot's name). See k8s/nats-auth.md.",
+)
+@click.option(
+    "--bot-nats-tls-secret",
+    envvar="KUBETRADE_BOT_NATS_TLS_SECRET",
+    help="Secret with ca.crt (and tls.crt/tls.key) for NATS TLS, in each bot's namespace.",
+)
 @click.option("--bot-otlp-endpoint", envvar="KUBETRADE_BOT_OTLP_ENDPOINT", help="OTLP for bots.")
 @click.option("--model-store", envvar="KUBETRADE_MODEL_STORE", help="BENTOML_HOME of inference.")
 @click.option("--model-store-claim", envvar="KUBETRADE_MODEL_STORE_CLAIM", help="Its PVC.")
@@ -277,6 +295,9 @@ def operator_command(
     image_pull_policy: str,
     database_secret: str,
     database_secret_key: str,
+    bot_nats_auth: str | None,
+    bot_nats_secret: str,
+    bot_nats_tls_secret: str | None,
     bot_otlp_endpoint: str | None,
     model_store: str | None,
     model_store_claim: str | None,
@@ -299,6 +320,9 @@ def operator_command(
         image_pull_policy=image_pull_policy,
         database_secret=database_secret,
         database_secret_key=database_secret_key,
+        bot_nats_auth=bot_nats_auth,
+        bot_nats_secret=bot_nats_secret,
+        bot_nats_tls_secret=bot_nats_tls_secret,
         bot_otlp_endpoint=bot_otlp_endpoint,
         model_store=model_store,
         model_store_claim=model_store_claim,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from kubetrade.operator.app import serve
 from kubetrade.operator.config import OperatorConfig
-from kubetrade.render import Platform
+from kubetrade.render import NatsAuth, Platform
 from kubetrade.telemetry import setup_logging, setup_tracing
 
 
@@ -23,6 +23,9 @@ class OperatorOptions:
     image_pull_policy: str = "IfNotPresent"
     database_secret: str = "kubetrade-database"
     database_secret_key: str = "uri"
+    bot_nats_auth: str | None = None
+    bot_nats_secret: str = "{bot}-nats"
+    bot_nats_tls_secret: str | None = None
     bot_otlp_endpoint: str | None = None
     model_store: str | None = None
     model_store_claim: str | None = None
@@ -43,6 +46,12 @@ class OperatorOptions:
             nats_url=self.bot_nats_url or self.nats_url or defaults.nats_url,
             database_secret=self.database_secret,
             database_secret_key=self.database_secret_key,
+            nats_auth=(
+                NatsAuth(kind=self.bot_nats_auth, secret=self.bot_nats_secret)  # type: ignore[arg-type]
+                if self.bot_nats_auth
+                else None
+            ),
+            nats_tls_secret=self.bot_nats_tls_secret,
             otlp_endpoint=self.bot_otlp_endpoint,
             model_store=self.model_store,
             model_store_claim=self.model_store_claim,

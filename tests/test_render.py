@@ -604,3 +604,17 @@ def test_without_nats_auth_the_rendered_pods_are_unchanged() -> None:
         }
         pod = deployment["spec"]["template"]["spec"]
         assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+
+
+def test_the_operator_s_nats_options_reach_the_platform() -> None:
+    from kubetrade.operator.main import OperatorOptions
+
+    options = OperatorOptions(
+        bot_nats_auth="creds", bot_nats_secret="{bot}-creds", bot_nats_tls_secret="nats-ca"
+    )
+    platform = options.config().platform
+    assert platform.nats_auth == NatsAuth(kind="creds", secret="{bot}-creds")
+    assert platform.nats_tls_secret == "nats-ca"
+    assert OperatorOptions().config().platform.nats_auth is None
+    with pytest.raises(RenderError, match="not one of password, nkey, creds"):
+        NatsAuth(kind="token")  # type: ignore[arg-type]
