@@ -37,11 +37,8 @@ from kubetrade.settings import (
     ENV_DATABASE_URL,
     ENV_HTTP_HOST,
     ENV_HTTP_PORT,
-    ENV_MODEL_IMPORT_DIR,
     ENV_NATS_URL,
     ENV_SPEC,
-    MODEL_IMAGE_DIR,
-    POD_MODELS_DIR,
     QUIET_ENV,
 )
 from kubetrade.spec import API_GROUP, API_VERSION, KIND, Metadata, Mode, TradingBot, dump_spec
@@ -62,8 +59,6 @@ INSTANCE_LABEL = "app.kubernetes.io/instance"
 RUN_AS_USER = 10001
 TMP_VOLUME = "tmp"
 MODEL_STORE_VOLUME = "model-store"
-MODELS_VOLUME = "models"
-MODEL_INIT_CONTAINER = "model"
 NATS_AUTH_VOLUME = "nats-auth"
 NATS_TLS_VOLUME = "nats-tls"
 NATS_AUTH_DIR = "/var/run/secrets/kubetrade/nats"
@@ -264,8 +259,6 @@ def _env(bot: TradingBot, platform: Platform, component: str) -> list[Object]:
         )
     if component == "inference" and platform.model_store:
         env["BENTOML_HOME"] = _value("BENTOML_HOME", platform.model_store)
-    if component == "inference" and bot.spec.model.image:
-        env[ENV_MODEL_IMPORT_DIR] = _value(ENV_MODEL_IMPORT_DIR, POD_MODELS_DIR)
     for key, value in QUIET_ENV.items():
         env[key] = _value(key, value)
     credentials = bot.spec.exchange.credentials_secret
@@ -359,27 +352,6 @@ def config_hash(spec_json: str, env: list[Object]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _model_init_container(image: str, platform: Platform) -> Object:
-    """The init container that copies a model image's ``/models`` into the pod's emptyDir."""
-    return {
-        "name": MODEL_INIT_CONTAINER,
-        "image": image,
-        "imagePullPolicy": platform.image_pull_policy,
-        "command": ["cp", "-R", f"{MODEL_IMAGE_DIR}/.", f"{POD_MODELS_DIR}/"],
-        "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "volumeMounts": [{"name": MODELS_VOLUME, "mountPath": POD_MODELS_DIR}],
-    }
-
-
 def _deployment(bot: TradingBot, platform: Platform, component: str, hashed_spec: str) -> Object:
     name = bot.metadata.name
     port = DEFAULT_HTTP_PORTS[component]
@@ -400,14 +372,6 @@ def _deployment(bot: TradingBot, platform: Platform, component: str, hashed_spec
                 },
             }
         )
-    init_containers: list[Object] = []
-    model_image = bot.spec.model.image
-    if component == "inference" and model_image:
-        # The modelcar pattern: the model image's init container copies /models into an
-        # emptyDir that inference imports into its own store at start (modelstore/modelcar.py).
-        volumes.append({"name": MODELS_VOLUME, "emptyDir": {}})
-        mounts.append({"name": MODELS_VOLUME, "mountPath": POD_MODELS_DIR, "readOnly": True})
-        init_containers.append(_model_init_container(model_image, platform))
     nats_volumes, nats_mounts = _nats_volumes(bot, platform)
     volumes.extend(nats_volumes)
     mounts.extend(nats_mounts)
@@ -460,7 +424,6 @@ def _deployment(bot: TradingBot, platform: Platform, component: str, hashed_spec
                         "fsGroup": RUN_AS_USER,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
-                    **({"initContainers": init_containers} if init_containers else {}),
                     "containers": [container],
                     "volumes": volumes,
                 },
