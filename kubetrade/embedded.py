@@ -14,7 +14,7 @@ import subprocess
 import sysconfig
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,11 +78,13 @@ def start_nats(
     port: int | None = None,
     timeout: float = 15.0,
     users: list[NatsUser] | None = None,
+    tls: Mapping[str, str | bool] | None = None,
 ) -> EmbeddedNats:
     """Start ``nats-server -js`` bound to 127.0.0.1 and wait until it accepts connections.
 
     With ``users``, the server admits only them, each with its permissions
-    (``kubetrade/natsauth.py``); without, anyone on this machine may connect.
+    (``kubetrade/natsauth.py``); without, anyone on this machine may connect. ``tls`` is
+    nats-server's ``tls`` block (``cert_file``, ``key_file``, ``ca_file``, ``verify``).
     """
     port = port or free_port()
     store_dir.mkdir(parents=True, exist_ok=True)
@@ -95,10 +97,10 @@ def start_nats(
         "--store_dir", str(store_dir),
         "--log", str(log_file),
     ]  # fmt: skip
-    if users:
+    if users or tls:
         config = store_dir / "auth.conf"
         config.touch(mode=0o600)
-        config.write_text(server_config(users))
+        config.write_text(server_config(users or [], tls))
         command += ["--config", str(config)]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
     server = EmbeddedNats(process, f"nats://127.0.0.1:{port}", store_dir)

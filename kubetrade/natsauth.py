@@ -120,21 +120,21 @@ class NatsUser:
     permissions: dict[str, Any]
 
 
-def server_config(users: list[NatsUser], tls: Mapping[str, str] | None = None) -> str:
+def server_config(users: list[NatsUser], tls: Mapping[str, str | bool] | None = None) -> str:
     """The ``authorization`` (and ``tls``) of a nats-server configuration: exactly these users.
 
     JSON is valid nats-server configuration syntax, and quoting every value keeps a
     password or path from being read as anything else. ``tls`` takes nats-server's keys
     (``cert_file``, ``key_file``, ``ca_file``, ``verify``).
     """
-    config: dict[str, Any] = {
-        "authorization": {
+    config: dict[str, Any] = {}
+    if users:
+        config["authorization"] = {
             "users": [
                 {"user": u.name, "password": u.password, "permissions": u.permissions}
                 for u in users
             ]
-        },
-    }
+        }
     if tls:
         config["tls"] = dict(tls)
     return json.dumps(config, indent=2)

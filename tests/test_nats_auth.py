@@ -257,3 +257,112 @@ def test_security_from_the_pod_environment(tmp_path: Path) -> None:
     missing = NatsSecurity(nkey_file=str(tmp_path / "absent"))
     with pytest.raises(NatsConfigError, match=r"KUBETRADE_NATS_NKEY=.*no such file"):
         missing.connect_options()
+
+
+# -- TLS: the server's certificate checked against the CA, a client certificate required -------
+
+
+def _certificates(directory: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by it."""
+    crypto = pytest.importorskip("cryptography")
+    del crypto
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    def issue(
+        subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x509.Name, Any] | None
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(issuer[0] if issuer else name(subject))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+        if issuer is None:
+            builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+        elif subject == "server":
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                False,
+            ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        else:
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False
+            )
+        return builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+
+    files: dict[str, Path] = {}
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = issue("kubetrade-test-ca", ca_key, None)
+    files["ca"] = directory / "ca.crt"
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for who in ("server", "client"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = issue(who, key, (ca.subject, ca_key))
+        files[f"{who}.crt"] = directory / f"{who}.crt"
+        files[f"{who}.key"] = directory / f"{who}.key"
+        files[f"{who}.crt"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        files[f"{who}.key"].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return files
+
+
+def test_tls_with_a_client_certificate(tmp_path: Path, auth: tuple[LocalAuth, LocalAuth]) -> None:
+    """The bot's connection checks the server against the CA and presents its certificate."""
+    files = _certificates(tmp_path)
+    tls: dict[str, str | bool] = {
+        "cert_file": str(files["server.crt"]),
+        "key_file": str(files["server.key"]),
+        "ca_file": str(files["ca"]),
+        "verify": True,
+    }
+    alice = auth[0]
+    server = start_nats(tmp_path / "nats", users=alice.users, tls=tls)
+    url = server.url.replace("nats://", "tls://")
+    inbox = "_INBOX.team.alice"
+    good = NatsSecurity(
+        alice.bot.name,
+        alice.bot.password,
+        inbox=inbox,
+        tls_ca=str(files["ca"]),
+        tls_cert=str(files["client.crt"]),
+        tls_key=str(files["client.key"]),
+    )
+
+    async def scenario() -> None:
+        nc = await connect(url, "alice-tls", security=good)
+        js = nc.jetstream()
+        await ensure_stream(js, ALICE)
+        ack = await js.publish(ALICE.candles("BTC/USDT"), b"{}", timeout=5)
+        assert ack.seq >= 1
+        await nc.drain()
+        no_client_cert = NatsSecurity(
+            alice.bot.name, alice.bot.password, inbox=inbox, tls_ca=str(files["ca"])
+        )
+        other_ca = NatsSecurity(alice.bot.name, alice.bot.password, tls_ca=str(files["client.crt"]))
+        for refused in (no_client_cert, other_ca):
+            with pytest.raises(Exception):  # noqa: B017 - a TLS or connection error, per client
+                await asyncio.wait_for(_raw(url, refused, Violations()), 10)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
