@@ -37,8 +37,11 @@ from kubetrade.settings import (
     ENV_DATABASE_URL,
     ENV_HTTP_HOST,
     ENV_HTTP_PORT,
+    ENV_MODEL_IMPORT_DIR,
     ENV_NATS_URL,
     ENV_SPEC,
+    MODEL_IMAGE_DIR,
+    POD_MODELS_DIR,
     QUIET_ENV,
 )
 from kubetrade.spec import API_GROUP, API_VERSION, KIND, Metadata, Mode, TradingBot, dump_spec
@@ -59,6 +62,8 @@ INSTANCE_LABEL = "app.kubernetes.io/instance"
 RUN_AS_USER = 10001
 TMP_VOLUME = "tmp"
 MODEL_STORE_VOLUME = "model-store"
+MODELS_VOLUME = "models"
+MODEL_INIT_CONTAINER = "model"
 NATS_AUTH_VOLUME = "nats-auth"
 NATS_TLS_VOLUME = "nats-tls"
 NATS_AUTH_DIR = "/var/run/secrets/kubetrade/nats"
@@ -257,7 +262,10 @@ def _env(bot: TradingBot, platform: Platform, component: str) -> list[Object]:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = _value(
             "OTEL_EXPORTER_OTLP_ENDPOINT", platform.otlp_endpoint
         )
-    if component == "inference" and platform.model_store:
+    if component == "inference" and bot.spec.model.image:
+        # The model comes from its image into inference's own (writable) store on /tmp.
+        env[ENV_MODEL_IMPORT_DIR] = _value(ENV_MODEL_IMPORT_DIR, POD_MODELS_DIR)
+    elif component == "inference" and platform.model_store:
         env["BENTOML_HOME"] = _value("BENTOML_HOME", platform.model_store)
     for key, value in QUIET_ENV.items():
         env[key] = _value(key, value)
@@ -352,6 +360,27 @@ def config_hash(spec_json: str, env: list[Object]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def _model_init_container(image: str, platform: Platform) -> Object:
+    """The init container that copies a model image's ``/models`` into the pod's emptyDir."""
+    return {
+        "name": MODEL_INIT_CONTAINER,
+        "image": image,
+        "imagePullPolicy": platform.image_pull_policy,
+        "command": ["cp", "-R", f"{MODEL_IMAGE_DIR}/.", f"{POD_MODELS_DIR}/"],
+        "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": MODELS_VOLUME, "mountPath": POD_MODELS_DIR}],
+    }
+
+
 def _deployment(bot: TradingBot, platform: Platform, component: str, hashed_spec: str) -> Object:
     name = bot.metadata.name
     port = DEFAULT_HTTP_PORTS[component]
@@ -359,7 +388,12 @@ def _deployment(bot: TradingBot, platform: Platform, component: str, hashed_spec
     probes = PROBE_PATHS[component]
     mounts: list[Object] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
     volumes: list[Object] = [{"name": TMP_VOLUME, "emptyDir": {}}]
-    if component == "inference" and platform.model_store and platform.model_store_claim:
+    if (
+        component == "inference"
+        and platform.model_store
+        and platform.model_store_claim
+        and not bot.spec.model.image
+    ):
         mounts.append(
             {"name": MODEL_STORE_VOLUME, "mountPath": platform.model_store, "readOnly": True}
         )
@@ -372,6 +406,14 @@ def _deployment(bot: TradingBot, platform: Platform, component: str, hashed_spec
                 },
             }
         )
+    init_containers: list[Object] = []
+    model_image = bot.spec.model.image
+    if component == "inference" and model_image:
+        # The modelcar pattern: the model image's init container copies /models into an
+        # emptyDir that inference imports into its own store at start (modelstore/modelcar.py).
+        volumes.append({"name": MODELS_VOLUME, "emptyDir": {}})
+        mounts.append({"name": MODELS_VOLUME, "mountPath": POD_MODELS_DIR, "readOnly": True})
+        init_containers.append(_model_init_container(model_image, platform))
     nats_volumes, nats_mounts = _nats_volumes(bot, platform)
     volumes.extend(nats_volumes)
     mounts.extend(nats_mounts)
@@ -424,6 +466,7 @@ def _deployment(bot: TradingBot, platform: Platform, component: str, hashed_spec
                         "fsGroup": RUN_AS_USER,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
+                    **({"initContainers": init_containers} if init_containers else {}),
                     "containers": [container],
                     "volumes": volumes,
                 },

@@ -35,6 +35,13 @@ QUIET_ENV: dict[str, str] = {
     "ORT_DISABLE_TELEMETRY": "1",
 }
 
+# A model image (spec.model.image; kubetrade/modelstore/modelcar.py): it holds the model under
+# MODEL_IMAGE_DIR, the inference pod's init container copies that into POD_MODELS_DIR (an
+# emptyDir) and inference imports what it finds there at start.
+ENV_MODEL_IMPORT_DIR = "KUBETRADE_MODEL_IMPORT_DIR"
+MODEL_IMAGE_DIR = "/models"
+POD_MODELS_DIR = "/var/run/kubetrade/models"
+
 COMPONENTS = ("feed", "inference", "executor")
 DEFAULT_HTTP_PORTS = {"feed": 8080, "inference": 3000, "executor": 8080}
 

@@ -342,3 +342,37 @@ def export_command(tag: str, version: str | None, out: Path) -> None:
     paths = export_files(name, chosen, out)
     for path in paths:
         click.echo(str(path))
+
+
+@model.command("image")
+@click.argument("tag")
+@click.option("--version", help="Version (default: the one `latest` names).")
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for the build context (Dockerfile and models/).",
+)
+@click.option(
+    "--base",
+    default=None,
+    help="Base image of the model image: anything with cp (default: busybox).",
+)
+def image_command(tag: str, version: str | None, output: Path, base: str | None) -> None:
+    """Write the build context of a model image (modelcar) holding NAME[:VERSION].
+
+    Build and push it, then name it in the bot's spec.model.image: the inference pod copies
+    the model out of it at start.
+    """
+    from kubetrade.modelstore.modelcar import DEFAULT_BASE, write_context
+
+    name, chosen = _split_tag(tag, version)
+    record, dockerfile = write_context(name, chosen, output, base or DEFAULT_BASE)
+    click.echo(str(dockerfile))
+    console.print(
+        f"build and push it, e.g.:\n"
+        f"  docker build -t REGISTRY/{record.name}:{record.version} {output}\n"
+        f"  docker push REGISTRY/{record.name}:{record.version}\n"
+        f"then in the TradingBot: model: {{name: {record.name}, version: "
+        f'"{record.version}", image: REGISTRY/{record.name}:{record.version}}}'
+    )

@@ -33,6 +33,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from kubetrade.settings import (
@@ -202,11 +203,15 @@ class InferenceService:
 
     def _load(self, env: Mapping[str, str]) -> None:
         from kubetrade.features import FeatureMismatchError, default_feature_spec
+        from kubetrade.modelstore.modelcar import ENV_MODEL_IMPORT_DIR, import_models
         from kubetrade.modelstore.predictor import OnnxPredictor
 
         started = time.perf_counter()
         try:
             choice = model_choice(env)
+            if env.get(ENV_MODEL_IMPORT_DIR):
+                # A model image's files, copied here by the init container (modelcar).
+                import_models(Path(env[ENV_MODEL_IMPORT_DIR]))
             self.predictor = OnnxPredictor.load(choice.name, choice.version)
             self.predictor.check(default_feature_spec())
         except FeatureMismatchError as error:

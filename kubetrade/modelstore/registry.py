@@ -250,3 +250,30 @@ def list_models(name: str | None = None) -> list[ModelRecord]:
     models = [store.get(f"{n}:{v}") for n in names for v in _versions(n)]
     records = [_record(m) for m in models if m.info.labels.get("kubetrade") == "true"]
     return sorted(records, key=lambda r: (r.created_at, r.name, r.version))
+
+
+def import_dir(directory: Path, name: str, version: str) -> ModelRecord:
+    """Register the files :func:`export_files` wrote (``model.onnx``, ``metadata.json``) as
+    ``name:version`` in the store in effect now; the inverse of an export.
+
+    Importing the same files again is a no-op (a restarted pod re-imports its model); other
+    files under a version that already exists are refused rather than silently served.
+    """
+    onnx, metadata_file = directory / ONNX_FILE, directory / METADATA_FILE
+    missing = [f.name for f in (onnx, metadata_file) if not f.is_file()]
+    if missing:
+        raise RegistryError(
+            f"{directory} lacks {' and '.join(missing)}: import a directory written by "
+            "`kubetrade model export` (or `kubetrade model image`)"
+        )
+    model_bytes = onnx.read_bytes()
+    metadata = ModelMetadata.from_json(metadata_file.read_text(), str(metadata_file))
+    if version in _versions(name):
+        record = resolve(name, version)
+        if record.onnx_path.read_bytes() != model_bytes:
+            raise RegistryError(
+                f"model {name}:{version} in {store_path()} differs from the one in {directory}: "
+                "give the new model another version"
+            )
+        return record
+    return register(name, model_bytes, metadata, version=version)
