@@ -253,7 +253,7 @@ def validate(**options: Any) -> None:
 
 @click.group()
 def model() -> None:
-    """Registered models: list, show, promote, export."""
+    """Registered models: list, show, promote, export, image."""
     quiet_environment()
 
 
