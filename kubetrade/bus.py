@@ -53,10 +53,10 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from kubetrade.errors import BusError
+from kubetrade.errors import BusError, OutageError
 from kubetrade.metrics import DEAD_LETTERS
 from kubetrade.natsauth import NatsSecurity
-from kubetrade.settings import DEFAULT_OUTAGE_LIMIT_S, OutageError
+from kubetrade.settings import DEFAULT_OUTAGE_LIMIT_S
 from kubetrade.subjects import Subjects
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ ModelError             3          a model that is missing or does not match the 
 StoreError             4          the database (PostgreSQL) ledger
 BusError               5          the message bus (NATS)
 ExchangeError          6          a crypto exchange (ccxt)
+OutageError            7          NATS or PostgreSQL unreachable past the outage limit
 =====================  =========  ==================================================
 
 Exit code 2 is also what click uses for a bad command line, and 130 is an interrupt (Ctrl-C).
@@ -69,12 +70,24 @@ class ExchangeError(KubetradeError):
     what: ClassVar[str] = "a crypto exchange (ccxt)"
 
 
+class OutageError(KubetradeError):
+    """NATS or PostgreSQL stayed unreachable longer than ``KUBETRADE_OUTAGE_LIMIT_S``.
+
+    Raised by the bus and the store; the worker logs its one-line message and exits with this
+    code so that Kubernetes (or ``kubetrade run``) restarts it.
+    """
+
+    exit_code: ClassVar[int] = 7
+    what: ClassVar[str] = "NATS or PostgreSQL unreachable longer than the outage limit"
+
+
 BRANCHES: tuple[type[KubetradeError], ...] = (
     InvalidInputError,
     ModelError,
     StoreError,
     BusError,
     ExchangeError,
+    OutageError,
 )
 
 ROOT_AND_BRANCHES: tuple[type[KubetradeError], ...] = (KubetradeError, *BRANCHES)

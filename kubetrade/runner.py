@@ -137,7 +137,7 @@ class Progress:
         return table
 
 
-class WorkerExitedError(Exception):
+class WorkerExitedError(KubetradeError):
     """A worker process exited while the run still needed it (a container crash)."""
 
     def __init__(self, component: str, code: int, tail: str) -> None:

@@ -16,8 +16,9 @@ from typing import Any, Literal
 from nats.aio.client import Client
 
 from kubetrade.domain import HaltCause
+from kubetrade.errors import OutageError
 from kubetrade.messages import StatusMessage, encode
-from kubetrade.settings import OutageError, WorkerSettings, quiet_environment
+from kubetrade.settings import WorkerSettings, quiet_environment
 from kubetrade.subjects import Subjects
 from kubetrade.telemetry import setup_logging, setup_tracing
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 State = Literal["starting", "running", "finished", "degraded", "failed", "halted"]
 STATUS_INTERVAL_S = 1.0
 CLEANUP_TIMEOUT_S = 5.0
-EXIT_OUTAGE = 3
+EXIT_OUTAGE = OutageError.exit_code
 # Kubernetes shows what a container wrote here as its last termination message.
 TERMINATION_LOG = Path(os.environ.get("KUBETRADE_TERMINATION_LOG", "/dev/termination-log"))
 

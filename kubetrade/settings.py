@@ -56,14 +56,6 @@ class SettingsError(InvalidInputError):
     """A worker was started without the configuration it needs."""
 
 
-class OutageError(RuntimeError):
-    """NATS or PostgreSQL stayed unreachable longer than ``KUBETRADE_OUTAGE_LIMIT_S``.
-
-    Raised by the bus and the store; the worker logs its one-line message and exits non-zero so
-    that Kubernetes (or ``kubetrade run``) restarts it.
-    """
-
-
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
     """Everything a worker process needs to know, parsed and validated."""

@@ -16,13 +16,15 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from kubetrade.errors import InvalidInputError
+
 MAX_BYTES = 1024 * 1024
 MAX_DEPTH = 40
 MAX_NODES = 100_000
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-class DocumentError(ValueError):
+class DocumentError(InvalidInputError):
     """A file that is not a readable YAML stream; the message is one line."""
 
 

@@ -35,6 +35,7 @@ from kubetrade.bus import (
     replay,
 )
 from kubetrade.domain import Candle
+from kubetrade.errors import OutageError
 from kubetrade.features import FeatureMismatchError
 from kubetrade.health import Vitals, consumer_pending, watch_forever
 from kubetrade.messages import CandleMessage, MessageError, SignalMessage, decode, encode
@@ -51,7 +52,7 @@ from kubetrade.runtime import (
     publish_status_forever,
     quietly,
 )
-from kubetrade.settings import OutageError, WorkerSettings
+from kubetrade.settings import WorkerSettings
 from kubetrade.signals import Predictor, Rejected, SignalPipeline
 from kubetrade.subjects import Subjects
 from kubetrade.telemetry import hop, setup_tracing

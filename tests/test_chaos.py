@@ -31,6 +31,7 @@ from kubetrade.messages import ControlMessage, encode
 from kubetrade.modelstore.predictor import OnnxPredictor
 from kubetrade.processes import LocalProcess
 from kubetrade.runner import LocalProcesses, RunOptions, plan
+from kubetrade.runtime import EXIT_OUTAGE
 from kubetrade.settings import ENV_OUTAGE_LIMIT_S
 from kubetrade.spec import TradingBot, parse_bot
 from kubetrade.store import RowCounts, Store
@@ -252,7 +253,7 @@ def test_nats_outage_past_the_limit_exits_and_within_it_rides_out(cluster: Clust
     proc = cluster.procs.running["executor"]
     code = proc.wait(timeout=75)
     exited_after = time.monotonic() - down
-    assert code == 3, cluster.log_tail("executor")
+    assert code == EXIT_OUTAGE, cluster.log_tail("executor")
     reason = [line for line in cluster.log_tail("executor").splitlines() if "exiting:" in line]
     assert len(reason) == 1 and "NATS unreachable" in reason[0], cluster.log_tail("executor")
     assert 40 <= exited_after < 70

@@ -12,8 +12,7 @@ import psycopg
 import pytest
 
 from kubetrade.domain import Candle, EquityPoint, Fill, Order, OrderReason, Side
-from kubetrade.errors import StoreError
-from kubetrade.settings import OutageError
+from kubetrade.errors import OutageError, StoreError
 from kubetrade.store import (
     AsyncStore,
     Checkpoint,

@@ -27,11 +27,12 @@ from opentelemetry import trace
 from kubetrade import runtime
 from kubetrade.bus import BatchConsumer, Connectivity, connect, ensure_stream, publish_all
 from kubetrade.domain import Candle, timeframe_ms
+from kubetrade.errors import OutageError
 from kubetrade.health import HealthServer, Vitals, watch_forever
 from kubetrade.market.sources import candle_source
 from kubetrade.messages import CandleMessage, MessageError, decode, encode
 from kubetrade.metrics import CANDLES_PUBLISHED, DB_WRITE_SECONDS
-from kubetrade.settings import OutageError, WorkerSettings
+from kubetrade.settings import WorkerSettings
 from kubetrade.store import AsyncStore
 from kubetrade.subjects import Subjects
 from kubetrade.telemetry import hop

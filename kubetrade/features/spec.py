@@ -11,6 +11,7 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
+from kubetrade.errors import ModelError
 from kubetrade.features.candle import Calendar, CandleShape
 from kubetrade.features.indicator import GroupParams, Indicator
 from kubetrade.features.oscillators import CommodityChannel, Rsi, Stochastic, WilliamsR
@@ -22,7 +23,7 @@ from kubetrade.features.volume import VolumeFlow, VolumeStats, VwapDistance
 FEATURE_VERSION = "1"
 
 
-class FeatureMismatchError(ValueError):
+class FeatureMismatchError(ModelError):
     """The features a model expects differ from the features this code computes."""
 
 

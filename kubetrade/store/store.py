@@ -32,7 +32,8 @@ from tenacity import (
 )
 
 from kubetrade.domain import Candle, EquityPoint, Fill, Order
-from kubetrade.settings import DEFAULT_OUTAGE_LIMIT_S, OutageError
+from kubetrade.errors import OutageError
+from kubetrade.settings import DEFAULT_OUTAGE_LIMIT_S
 from kubetrade.store.batch import write_batch_op
 from kubetrade.store.candles import write_candles_op
 from kubetrade.store.driver import arun, run
