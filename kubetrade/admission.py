@@ -105,7 +105,8 @@ def check_candle(
     last_close: float | None,
 ) -> Refusal | None:
     """Why ``candle`` must not be admitted after ``last_open``/``last_close`` of its symbol."""
-    where = f"{candle.symbol} {candle.timeframe} candle at {candle.open_time}"
+    # The checks run per message on the hot path: the text is built only for a refusal.
+    where = _Where(candle)
     if candle.symbol not in policy.symbols:
         known = ", ".join(sorted(policy.symbols))
         return Refusal("unknown_symbol", f"{where}: bot {policy.bot} trades {known} only")
@@ -113,17 +114,13 @@ def check_candle(
         return Refusal(
             "wrong_timeframe", f"{where}: bot {policy.bot} trades {policy.timeframe} candles"
         )
-    prices = (candle.open, candle.high, candle.low, candle.close)
-    if not all(math.isfinite(p) and 0 < p <= MAX_PRICE for p in prices):
-        return Refusal("price_out_of_range", f"{where}: prices must be in (0, {MAX_PRICE:g}]")
-    if (
-        not candle.low
-        <= min(candle.open, candle.close)
-        <= max(candle.open, candle.close)
-        <= candle.high
-    ):
+    o, h, lo, c = candle.open, candle.high, candle.low, candle.close
+    # One chained comparison on the hot path; it is False for NaN and infinities too.
+    if not (0 < lo <= min(o, c) and max(o, c) <= h <= MAX_PRICE):
+        if not all(math.isfinite(p) and 0 < p <= MAX_PRICE for p in (o, h, lo, c)):
+            return Refusal("price_out_of_range", f"{where}: prices must be in (0, {MAX_PRICE:g}]")
         return Refusal("inconsistent_prices", f"{where}: expected low <= open, close <= high")
-    if not (math.isfinite(candle.volume) and 0 <= candle.volume <= MAX_VOLUME):
+    if not 0 <= candle.volume <= MAX_VOLUME:
         return Refusal("volume_out_of_range", f"{where}: volume must be in [0, {MAX_VOLUME:g}]")
     if policy.timeframe_ms <= 86_400_000 and candle.open_time % policy.timeframe_ms:
         return Refusal("misaligned_time", f"{where}: not on a {policy.timeframe} boundary")
@@ -147,6 +144,19 @@ def check_candle(
         if now_ms - candle.open_time > policy.max_gap_ms:
             return Refusal("stale_time", f"{where}: older than the allowed gap from now")
     return None
+
+
+class _Where:
+    """``<symbol> <timeframe> candle at <open time>``, formatted only when shown."""
+
+    __slots__ = ("candle",)
+
+    def __init__(self, candle: Candle) -> None:
+        self.candle = candle
+
+    def __format__(self, spec: str) -> str:
+        c = self.candle
+        return f"{c.symbol} {c.timeframe} candle at {c.open_time}"
 
 
 @dataclass
