@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kubetrade.domain import Candle, timeframe_ms
+from kubetrade.errors import InvalidInputError
 from kubetrade.messages import ControlMessage, SignalMessage, StatusMessage
 from kubetrade.spec import TradingBot
 
@@ -64,7 +65,7 @@ class Refusal:
         return f"{self.reason}: {self.detail}"
 
 
-class AdmissionError(ValueError):
+class AdmissionError(InvalidInputError):
     """A message that is well formed but must not be admitted (dead-lettered by the caller)."""
 
     def __init__(self, refusal: Refusal) -> None:

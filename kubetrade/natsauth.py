@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from kubetrade.errors import InvalidInputError
 from kubetrade.subjects import Subjects
 
 ENV_NATS_USER = "KUBETRADE_NATS_USER"
@@ -45,7 +46,7 @@ OPERATOR_USER = "kubetrade-operator"
 OPERATOR_INBOX = "_INBOX.kubetrade-operator"
 
 
-class NatsConfigError(ValueError):
+class NatsConfigError(InvalidInputError):
     """NATS security settings that cannot work; the message names the setting."""
 
 
