@@ -60,6 +60,7 @@ NODE_PACKAGES = {
     "runc": "runc",
     "/usr/lib/cni/bridge": "containernetworking-plugins",
     "iptables": "iptables",
+    "nft": "nftables",  # teardown drops the empty netfilter tables iptables-nft created
     "conntrack": "conntrack",
     "ip": "iproute2",
     "mount": "mount",
