@@ -456,7 +456,7 @@ disabled_plugins = [
   "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing",
 ]
 [grpc]
-  address = "{run}/containerd/containerd.sock"
+  address = "{STATE_DIR}/containerd.sock"
 [plugins."io.containerd.internal.v1.opt"]
   path = "{run}/containerd/opt"
 [plugins."io.containerd.grpc.v1.cri"]
@@ -515,7 +515,7 @@ def kubelet_config(run: Path, pki: Path, ip: str, port: int, healthz: int) -> st
             "failCgroupV1": False,  # this host has cgroup v1; v1.37 refuses it otherwise
             "cgroupDriver": "cgroupfs",
             "failSwapOn": False,
-            "containerRuntimeEndpoint": f"unix://{run}/containerd/containerd.sock",
+            "containerRuntimeEndpoint": f"unix://{STATE_DIR}/containerd.sock",
             "podLogsDir": str(run / "pod-logs"),
             "authentication": {
                 "anonymous": {"enabled": False},
@@ -664,7 +664,10 @@ class Cluster:
 
     @property
     def run(self) -> Path:
-        return self.workdir / "run"
+        """Runtime state (etcd, kubelet, containerd state, pod logs): short and fixed, since
+        kubelet and containerd put unix sockets in it (paths are limited to ~104 bytes) and
+        only one cluster runs at a time. Removed by teardown; logs and configs stay in workdir."""
+        return STATE_DIR / "run"
 
     @property
     def conf(self) -> Path:
@@ -684,7 +687,7 @@ class Cluster:
 
     @property
     def containerd_socket(self) -> Path:
-        return self.run / "containerd" / "containerd.sock"
+        return STATE_DIR / "containerd.sock"
 
     @property
     def env(self) -> dict[str, str]:
@@ -1201,6 +1204,8 @@ def leftovers(state: dict[str, Any]) -> list[str]:
         if _alive(e["pid"], e.get("starttime")):
             out.append(f"process {e['name']} ({e['pid']})")
     sock = state.get("containerd_socket")
+    if sock and (os.path.exists(sock) or os.path.exists(sock + ".ttrpc")):
+        out.append(f"socket {sock}")
     if sock and _shim_pids(sock):
         out.append(f"containerd shims {sorted(_shim_pids(sock))}")
     if _pids_in_cgroups():
@@ -1351,6 +1356,10 @@ def teardown(state: dict[str, Any], say: Callable[[str], None] = print) -> dict[
 
     # 6. files outside the run folder, then cgroups, then sysctls
     def files() -> None:
+        if sock:
+            for s in (sock, sock + ".ttrpc"):
+                with contextlib.suppress(OSError):
+                    os.unlink(s)
         logs = Path("/var/log/containers")
         if logs.is_dir() and run:
             for link in logs.iterdir():
