@@ -372,11 +372,7 @@ def build_image(force: bool = False) -> Path:
         tmp = arch.with_suffix(".tmp")
         tmp.unlink(missing_ok=True)
         t2 = time.monotonic()
-        # uncompressed layers: written and imported several times faster than gzip here, and
-        # the archive only travels from this cache into the node's containerd
-        _run(
-            [*buildah_cmd(), "push", "-q", "--disable-compression", ref, f"oci-archive:{tmp}:{ref}"]
-        )
+        _run([*buildah_cmd(), "push", "-q", ref, f"oci-archive:{tmp}:{ref}"])
         os.replace(tmp, arch)
         info["archive_seconds"] = round(time.monotonic() - t2, 1)
         insp = json.loads(
@@ -446,9 +442,7 @@ def build_pause(force: bool = False) -> Path:
         raise
     tmp = arch.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)
-    _run(
-        [*b, "push", "-q", "--disable-compression", PAUSE_IMAGE, f"oci-archive:{tmp}:{PAUSE_IMAGE}"]
-    )
+    _run([*b, "push", "-q", PAUSE_IMAGE, f"oci-archive:{tmp}:{PAUSE_IMAGE}"])
     os.replace(tmp, arch)
     return arch
 
