@@ -28,12 +28,14 @@ RELEASE = "kubetrade"
 HEADER = "# Generated from charts/kubetrade by k8s/generate.py; do not edit.\n"
 
 
-def chart_objects(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The chart's templates rendered with the real Helm SDK, as objects in file order."""
+def chart_objects(
+    values: dict[str, Any] | None = None, namespace: str = NAMESPACE
+) -> list[dict[str, Any]]:
+    """The chart's templates rendered with the real Helm SDK into ``namespace``, in file order."""
     import helm_python as helm
 
     with helm.Chart.load(CHART) as chart:
-        rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE)
+        rendered = chart.render(values, name=RELEASE, namespace=namespace)
     return [
         doc
         for path, text in sorted(rendered.items())

@@ -21,7 +21,10 @@ REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "kubetrade"
 KUBE_VERSION = "1.37.0"
 SYSTEM = "kubetrade-system"
-OPERATOR_SA = f"system:serviceaccount:{SYSTEM}:kubetrade"
+# The RBAC test installs into a namespace of its own: the operator end-to-end tests share the
+# session's control plane and bind the same release's ServiceAccount in SYSTEM cluster-wide.
+RBAC_SYSTEM = "kubetrade-rbac"
+OPERATOR_SA = f"system:serviceaccount:{RBAC_SYSTEM}:kubetrade"
 
 NON_DEFAULT: dict[str, Any] = {
     "image": {"repository": "registry.example/kubetrade", "tag": "9.9.9", "pullPolicy": "Always"},
@@ -317,9 +320,9 @@ def test_the_chart_applies_and_its_service_account_has_only_its_rights(
         crds = [c["data"] for c in chart.crds]
     for crd in crds:
         controlplane.kubectl("apply", "--server-side", "-f", "-", input=crd)
-    for namespace in (SYSTEM, "bots", "unlisted"):
+    for namespace in (RBAC_SYSTEM, "bots", "unlisted"):
         controlplane.kubectl("create", "namespace", namespace, check=False)
-    objects = chart_objects()
+    objects = chart_objects(namespace=RBAC_SYSTEM)
     applied = controlplane.kubectl(
         "apply",
         "--server-side",
@@ -331,7 +334,7 @@ def test_the_chart_applies_and_its_service_account_has_only_its_rights(
     assert applied.returncode == 0
     deployment = json.loads(
         controlplane.kubectl(
-            "get", "deployment", "kubetrade", "-o", "json", namespace=SYSTEM
+            "get", "deployment", "kubetrade", "-o", "json", namespace=RBAC_SYSTEM
         ).stdout
     )
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
@@ -350,7 +353,7 @@ def test_the_chart_applies_and_its_service_account_has_only_its_rights(
         assert can(verb, qualified, subresource), f"the operator cannot {verb} {resource}"
         # The default install holds no right outside the namespaces it lists, its own and
         # kube-system included, and none cluster-wide.
-        for elsewhere in ("kube-system", "default", SYSTEM, "unlisted", "*"):
+        for elsewhere in ("kube-system", "default", RBAC_SYSTEM, "unlisted", "*"):
             assert not can(verb, qualified, subresource, elsewhere), (
                 f"the default install can {verb} {resource} in {elsewhere}"
             )

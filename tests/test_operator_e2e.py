@@ -679,14 +679,14 @@ def test_a_stuck_finalizer_gives_up_after_its_timeout(cluster: Cluster) -> None:
     assert "no status from the executor" in timeout.message
 
 
-def test_a_bot_that_cannot_be_rendered_fails_with_the_reason(cluster: Cluster) -> None:
-    name = "a" * 60  # a valid bot name, but "<name>-inference" cannot name a Service
-    cluster.apply(bot_manifest(name))
-    ready = wait_for(lambda: cluster.condition(name, "Ready"), "a Ready condition")
-    assert (ready["status"], ready["reason"]) == ("False", "ReconcileFailed")
-    assert "not a valid Service name" in ready["message"]
-    assert cluster.phase(name) == "Failed"
-    assert "InvalidSpec" in cluster.event_reasons(name)
+def test_a_name_render_could_not_use_is_refused_at_apply_time(cluster: Cluster) -> None:
+    # "<name>-inference" names the bot's Service (at most 63 characters), so the CRD refuses a
+    # name longer than 53 before the operator ever sees it, with the same rule as kubetrade check.
+    name = "a" * 60
+    refused = cluster.kubectl("apply", "-f", "-", input=json.dumps(bot_manifest(name)), check=False)
+    assert refused.returncode != 0
+    assert "at most 53 characters" in refused.stderr
+    assert cluster.kubectl("get", "tradingbot", name, check=False).returncode != 0
 
 
 @pytest.mark.parametrize(
