@@ -40,12 +40,14 @@ demo: install
 	$(KT) train --synthetic --name $(DEMO_MODEL)
 	$(KT) run $(DEMO_BOT) --report-dir reports/demo
 
-## test: lint, type-check, then every test tier this machine can run
-test: lint
+## test: lint, type-check, then every test tier: unit, integration (real NATS, PostgreSQL, ONNX
+## Runtime, BentoML), control plane, one-node cluster with the image, promtool rule tests.
+## Builds (or reuses, from ~/.cache/kubetrade) the control plane, the node, the image and promtool.
+test: lint controlplane cluster image promtool
 	$(PY) -m pytest -q -ra
 
 test-fast: install-train
-	$(PY) -m pytest -q -ra -m "not integration and not controlplane"
+	$(PY) -m pytest -q -ra -m "not integration and not controlplane and not cluster"
 
 ## lint: ruff, then mypy --strict and the import contract (pyproject.toml) on the installed layout
 lint: install-train
