@@ -7,6 +7,10 @@ PY := $(VENV)/bin/python
 KT := $(VENV)/bin/kubetrade
 STAMP := $(VENV)/.installed
 TRAIN_STAMP := $(VENV)/.installed-train
+# The checkout holds a folder named `operator` (packaged as kubetrade.operator): keep Python from
+# putting the working directory first on sys.path, where it would shadow the standard library's
+# `operator` in an interpreter that has not imported it yet (a fresh venv's `python -m pip`).
+export PYTHONSAFEPATH := 1
 export BENTOML_DO_NOT_TRACK := true
 export ORT_DISABLE_TELEMETRY := 1
 export BENTOML_HOME ?= $(HOME)/bentoml

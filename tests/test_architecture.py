@@ -98,6 +98,25 @@ def test_every_source_folder_is_a_declared_package() -> None:
     assert found == declared
 
 
+def test_the_checkout_does_not_shadow_the_standard_library_operator() -> None:
+    # From the repository root, without PYTHONSAFEPATH: the installed kubetrade (editable or
+    # not) has the interpreter import the standard library's `operator` before the working
+    # directory could shadow it with the `operator/` folder.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
+    probe = "import operator, collections, kubetrade.operator; print(operator.__file__)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()).parent == Path(shutil.__file__).parent
+
+
 @pytest.mark.integration
 def test_wheel_holds_the_components_and_leaves_stdlib_operator_alone(tmp_path: Path) -> None:
     subprocess.run(
