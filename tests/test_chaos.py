@@ -33,9 +33,10 @@ from kubetrade.processes import LocalProcess
 from kubetrade.runner import LocalProcesses, RunOptions, plan
 from kubetrade.runtime import EXIT_OUTAGE
 from kubetrade.settings import ENV_OUTAGE_LIMIT_S
-from kubetrade.spec import TradingBot, parse_bot
+from kubetrade.spec import TradingBot
 from kubetrade.store import RowCounts, Store
 from kubetrade.subjects import Subjects
+from tests.integration_support import make_bot
 
 pytestmark = pytest.mark.integration
 
@@ -55,28 +56,7 @@ def btc_slice(tmp_path_factory: pytest.TempPathFactory, btc_csv: Path) -> Path:
 
 def _bot(name: str, data: Path, model: str) -> TradingBot:
     """A paper bot on the replayed slice, loose enough to trade on the small test model."""
-    document = {
-        "apiVersion": "kubetrade.io/v1alpha1",
-        "kind": "TradingBot",
-        "metadata": {"name": name, "namespace": "chaos"},
-        "spec": {
-            "symbols": ["BTC/USD"],
-            "timeframe": "1h",
-            "exchange": {"name": "replay", "uri": str(data), "speed": PACE},
-            "model": {"name": model, "version": "latest"},
-            "strategy": {"longAbove": 0.52, "exitBelow": 0.48},
-            "risk": {
-                "sizing": {"method": "fixed-fraction", "fractionPct": 20, "maxPositionPct": 25},
-                "maxHolding": "24h",
-                "breakers": {
-                    "maxDailyLossPct": 50,
-                    "maxDrawdownPct": 90,
-                    "maxConsecutiveLosses": 50,
-                },
-            },
-        },
-    }
-    return parse_bot(document, f"<chaos bot {name}>")
+    return make_bot(name, {"name": "replay", "uri": str(data), "speed": PACE}, ["BTC/USD"], model)
 
 
 @dataclass
