@@ -52,6 +52,7 @@ def _load(name: str, file: str) -> Any:
 
 _build = _load("_kubetrade_cluster_build", "build.py")
 _cluster = _load("_kubetrade_cluster", "cluster.py")
+_images = _load("_kubetrade_cluster_images", "images.py")
 
 _skip_reasons: list[str] = []
 _timings: dict[str, Any] = {}
@@ -93,7 +94,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         _build.cp_build.bin_dir(),
         _build.cp_build.node_dir(),
         workdir,
-        [_build.pause_archive_path(), _build.archive_path()],
+        # the dev NATS/PostgreSQL test images (images.py) stay imported too, once built
+        [_build.pause_archive_path(), _build.archive_path(), *_images.existing_archives()],
         # images stay imported between runs: a warm start imports nothing
         containerd_root=_build.cache_root() / "cluster" / "containerd",
         lock_timeout=LOCK_TIMEOUT,
