@@ -326,7 +326,7 @@ def nats_bridge(home: Path, logs: Path, frames: dict[str, Any], count: int) -> d
         await nc.subscribe(subjects.all_signals, cb=on_signal)
         samples = []
         for index, candle in enumerate(candles[: warm + count]):
-            message = CandleMessage.from_candle(candle, int(time.time() * 1000))
+            message = CandleMessage.from_candle(candle, time.time_ns() // 1000)
             started = time.perf_counter()
             await js.publish(subjects.candles(candle.symbol), encode(message))
             done = await asyncio.wait_for(received.get(), timeout=30)

@@ -252,7 +252,7 @@ class Delivery:
 
     msg: Msg
     sequence: int
-    received_ns: int  # wall clock, comparable with the feed's published_at
+    received_ns: int  # wall clock, comparable with the feed's published_us
 
 
 class BatchConsumer:

@@ -51,15 +51,26 @@ class CandleMessage(_Message):
     close: Price
     volume: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     published_at: int = Field(description="Wall-clock ms when the feed published it.")
+    # Optional, so v1 messages without it still decode; published_at stays for v1 readers.
+    published_at_us: int | None = Field(
+        default=None, description="Wall-clock µs when the feed published it (newer feeds)."
+    )
 
     @classmethod
-    def from_candle(cls, candle: Candle, published_at: int) -> CandleMessage:
-        """Wrap a domain candle."""
-        return cls(**asdict(candle), published_at=published_at)
+    def from_candle(cls, candle: Candle, published_us: int) -> CandleMessage:
+        """Wrap a domain candle published at ``published_us`` (wall-clock µs)."""
+        return cls(
+            **asdict(candle), published_at=published_us // 1000, published_at_us=published_us
+        )
+
+    @property
+    def published_us(self) -> int:
+        """Wall-clock µs of publication (whole ms from a feed that sent no µs)."""
+        return self.published_at * 1000 if self.published_at_us is None else self.published_at_us
 
     def to_candle(self) -> Candle:
         """The domain candle."""
-        return Candle(**self.model_dump(exclude={"v", "published_at"}))
+        return Candle(**self.model_dump(exclude={"v", "published_at", "published_at_us"}))
 
 
 class PredictionBody(BaseModel):
@@ -83,12 +94,12 @@ class SignalMessage(_Message):
     produced_at: int
 
     @classmethod
-    def from_event(cls, event: MarketEvent, published_at: int, produced_at: int) -> SignalMessage:
-        """Wrap what the inference pipeline produced for one candle."""
+    def from_event(cls, event: MarketEvent, published_us: int, produced_at: int) -> SignalMessage:
+        """Wrap what the inference pipeline produced for one candle (published at µs)."""
         p = event.prediction
         body = None if p is None else PredictionBody(**asdict(p))
         return cls(
-            candle=CandleMessage.from_candle(event.candle, published_at),
+            candle=CandleMessage.from_candle(event.candle, published_us),
             prediction=body,
             produced_at=produced_at,
         )

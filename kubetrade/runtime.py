@@ -33,8 +33,13 @@ TERMINATION_LOG = Path(os.environ.get("KUBETRADE_TERMINATION_LOG", "/dev/termina
 
 
 def now_ms() -> int:
-    """Wall-clock milliseconds (latency figures compare these across processes)."""
+    """Wall-clock milliseconds (status and admission times)."""
     return time.time_ns() // 1_000_000
+
+
+def now_us() -> int:
+    """Wall-clock microseconds (decision latency compares these across processes)."""
+    return time.time_ns() // 1_000
 
 
 @dataclass

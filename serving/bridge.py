@@ -279,7 +279,7 @@ async def _handle(
         with hop(
             tracer, "inference.signal", delivery.msg.headers, attributes, {"Nats-Msg-Id": msg_id}
         ) as headers:
-            signal = SignalMessage.from_event(event, message.published_at, produced)
+            signal = SignalMessage.from_event(event, message.published_us, produced)
             outgoing.append((subjects.signals(event.candle.symbol), encode(signal), headers))
         predicted += event.prediction is not None
     sent = await publish_started(js, outgoing, link)

@@ -19,17 +19,33 @@ CANDLE = Candle("BTC/USDT", "1h", 1_700_000_000_000, 100.0, 105.0, 99.0, 104.0, 
 
 
 def test_candle_round_trip_keeps_every_field() -> None:
-    data = encode(CandleMessage.from_candle(CANDLE, published_at=123))
+    data = encode(CandleMessage.from_candle(CANDLE, published_us=123_456_789))
     message = decode(CandleMessage, data)
     assert message.to_candle() == CANDLE
-    assert message.published_at == 123
+    assert message.published_us == 123_456_789
+    assert message.published_at == 123_456  # whole ms, for v1 readers that know only it
     assert message.v == 1
+
+
+def test_candle_from_a_feed_without_microseconds_decodes_in_whole_ms() -> None:
+    old = (
+        b'{"v": 1, "symbol": "BTC/USDT", "timeframe": "1h", "open_time": 1700000000000, '
+        b'"open": 100, "high": 105, "low": 99, "close": 104, "volume": 12.5, '
+        b'"published_at": 1700000000123}'
+    )
+    message = decode(CandleMessage, old)
+    assert message.to_candle() == CANDLE
+    assert message.published_at_us is None
+    assert message.published_us == 1_700_000_000_123_000
+    event = MarketEvent(CANDLE, None)
+    signal = SignalMessage.from_event(event, message.published_us, produced_at=2)
+    assert decode(SignalMessage, encode(signal)).candle.published_us == 1_700_000_000_123_000
 
 
 def test_signal_round_trip_with_and_without_prediction() -> None:
     prediction = Prediction(0.7, Direction.UP, 0.4, "m", "3", "abc")
     for event in (MarketEvent(CANDLE, prediction), MarketEvent(CANDLE, None)):
-        data = encode(SignalMessage.from_event(event, published_at=1, produced_at=2))
+        data = encode(SignalMessage.from_event(event, published_us=1, produced_at=2))
         assert decode(SignalMessage, data).to_event() == event
 
 

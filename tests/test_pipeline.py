@@ -104,7 +104,7 @@ def test_synthetic_bot_trades_end_to_end(
     assert counts.signals == 1200  # the malformed signal was dead-lettered, not counted
     assert counts.equity == 600
     assert counts.fills == report["fills"]
-    assert all(s.decided_at >= s.candle_published_at for s in signals)
+    assert all(s.decided_us >= s.candle_published_us for s in signals)
 
     # The malformed candle and signal went to the dead-letter subjects; nothing crashed.
     assert asyncio.run(_dead_letters(nats_url, bot)) == {"inference": 1, "executor": 1}

@@ -489,7 +489,7 @@ async def _signals_for(
 
         await nc.subscribe(subjects.all_signals, cb=collect)
         for candle in candles:
-            message = CandleMessage.from_candle(candle, int(time.time() * 1000))
+            message = CandleMessage.from_candle(candle, time.time_ns() // 1000)
             await js.publish(subjects.candles(candle.symbol), encode(message))
         return [await asyncio.wait_for(received.get(), timeout=30) for _ in candles]
     finally:

@@ -59,9 +59,10 @@ def signal(i: int, symbol: str = "BTC/USDT") -> SignalRecord:
         model_name="btc-xgb",
         model_version="3",
         feature_hash="abc123",
-        candle_published_at=t + MINUTE + 5,
-        received_at=t + MINUTE + 9,
-        decided_at=t + MINUTE + 12,
+        # µs, with sub-millisecond parts the ledger must keep
+        candle_published_us=(t + MINUTE + 5) * 1000 + 123,
+        received_us=(t + MINUTE + 9) * 1000 + 456,
+        decided_us=(t + MINUTE + 12) * 1000 + 789,
     )
 
 
@@ -102,7 +103,7 @@ def test_migrate_is_idempotent(db_url: str) -> None:
     assert second.applied == ()
     assert first.version == second.version == 4
     assert first.timescale == second.timescale
-    assert [v for (v,) in versions] == [1, 2, 3]
+    assert [v for (v,) in versions] == [1, 2, 3, 4]
 
 
 def test_migrate_concurrent_processes_apply_once(db_url: str) -> None:
@@ -207,13 +208,15 @@ def test_write_batch_round_trip(store: Store) -> None:
     assert store.load_checkpoint("bots/other") is None
 
 
-def test_signal_latency_columns_keep_milliseconds(store: Store) -> None:
+def test_signal_latency_columns_keep_microseconds(store: Store) -> None:
     store.write_batch(BOT, signals=[signal(5)], checkpoint=Checkpoint(1, 1, {}))
-    latency_ms = store.conn.execute(
-        "SELECT extract(epoch FROM decided_at - candle_published_at) * 1000 FROM signals"
+    latency_us = store.conn.execute(
+        "SELECT extract(epoch FROM decided_at - candle_published_at) * 1000000 FROM signals"
     ).fetchone()
-    assert latency_ms is not None
-    assert float(latency_ms[0]) == 7.0
+    assert latency_us is not None
+    assert float(latency_us[0]) == 7_666.0
+    [read] = store.read_signals(BOT)
+    assert read.decided_us - read.candle_published_us == 7_666
 
 
 def test_replayed_batch_writes_nothing_twice(store: Store) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
@@ -291,11 +290,11 @@ class Executor:
                 )
                 self.status.count("dead_letters")
                 return
-            decided = time.time_ns() // 1_000_000
+            decided_us = runtime.now_us()
             pending.add(out, self.subjects, onward)
         self.processed += 1
-        published = message.candle.published_at
-        DECISION_SECONDS.labels(self.bot.key).observe(max(decided - published, 0) / 1000.0)
+        published_us = message.candle.published_us
+        DECISION_SECONDS.labels(self.bot.key).observe(max(decided_us - published_us, 0) / 1e6)
         p = event.prediction
         pending.signals.append(
             SignalRecord(
@@ -307,9 +306,9 @@ class Executor:
                 model_name="" if p is None else p.model_name,
                 model_version="" if p is None else p.model_version,
                 feature_hash="" if p is None else p.feature_hash,
-                candle_published_at=published,
-                received_at=delivery.received_ns // 1_000_000,
-                decided_at=decided,
+                candle_published_us=published_us,
+                received_us=delivery.received_ns // 1_000,
+                decided_us=decided_us,
             )
         )
 

@@ -264,13 +264,13 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
 async def _publish(
     js: JetStreamContext, subjects: Subjects, candles: list[Candle], bot: str, limit_s: float
 ) -> None:
-    published_at = runtime.now_ms()
+    published_us = runtime.now_us()
     items = []
     for candle in candles:
         # One trace per candle starts here and continues through inference and the executor.
         attributes = {"kubetrade.bot": bot, "kubetrade.symbol": candle.symbol}
         with hop(tracer, "feed.candle", None, attributes, {"Nats-Msg-Id": candle.key}) as headers:
-            message = CandleMessage.from_candle(candle, published_at)
+            message = CandleMessage.from_candle(candle, published_us)
             items.append((subjects.candles(candle.symbol), encode(message), headers))
         CANDLES_PUBLISHED.labels(bot, candle.symbol).inc()
     await publish_all(js, items, limit_s)

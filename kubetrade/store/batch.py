@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb
 from kubetrade.domain import EquityPoint, Fill, Order
 from kubetrade.store.errors import StaleCheckpointError
 from kubetrade.store.records import Checkpoint, OrderStatus, OutboxMessage, SignalRecord
-from kubetrade.store.sqltime import ts
+from kubetrade.store.sqltime import ts, ts_us
 from kubetrade.store.steps import Op, Query
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ new_signals AS (
                          model_version, feature_hash, candle_published_at, received_at,
                          decided_at)
     SELECT %(bot)s, symbol, {ts("time")}, prob_up, direction, confidence, model_name,
-           model_version, feature_hash, {ts("published")}, {ts("received")}, {ts("decided")}
+           model_version, feature_hash, {ts_us("published")}, {ts_us("received")},
+           {ts_us("decided")}
     FROM unnest(%(s_symbol)s::text[], %(s_time)s::int8[], %(s_prob_up)s::float8[],
                 %(s_direction)s::text[], %(s_confidence)s::float8[], %(s_model_name)s::text[],
                 %(s_model_version)s::text[], %(s_feature_hash)s::text[],
@@ -147,9 +148,9 @@ def write_batch_op(
         "s_model_name": [s.model_name for s in signals],
         "s_model_version": [s.model_version for s in signals],
         "s_feature_hash": [s.feature_hash for s in signals],
-        "s_published": [s.candle_published_at for s in signals],
-        "s_received": [s.received_at for s in signals],
-        "s_decided": [s.decided_at for s in signals],
+        "s_published": [s.candle_published_us for s in signals],
+        "s_received": [s.received_us for s in signals],
+        "s_decided": [s.decided_us for s in signals],
         "o_client_order_id": [o.client_order_id for o in orders],
         "o_symbol": [o.symbol for o in orders],
         "o_side": [o.side.value for o in orders],

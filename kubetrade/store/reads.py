@@ -16,7 +16,7 @@ from kubetrade.store.records import (
     SignalRecord,
     StoredOrder,
 )
-from kubetrade.store.sqltime import ms
+from kubetrade.store.sqltime import ms, us
 from kubetrade.store.steps import Execute, Op, Query
 
 Row = tuple[Any, ...]
@@ -49,8 +49,8 @@ def read_signals_op(bot: str) -> Op[list[SignalRecord]]:
     rows: list[Row] = yield Query(
         f"""
         SELECT symbol, {ms("time")}, prob_up, direction, confidence, model_name, model_version,
-               feature_hash, {ms("candle_published_at")}, {ms("received_at")},
-               {ms("decided_at")}
+               feature_hash, {us("candle_published_at")}, {us("received_at")},
+               {us("decided_at")}
         FROM signals WHERE bot = %s ORDER BY time, symbol
         """,
         (bot,),

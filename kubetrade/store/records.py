@@ -1,7 +1,8 @@
 """Row types the store reads and writes besides the domain types.
 
-Times are int milliseconds since the Unix epoch (UTC), like everywhere in the product; the
-store converts them to ``timestamptz`` inside PostgreSQL.
+Times are int milliseconds since the Unix epoch (UTC), like everywhere in the product, except
+the signal journey's wall-clock times, in microseconds (fields ending ``_us``); the store
+converts both to ``timestamptz`` (µs precision) inside PostgreSQL.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ RETAINABLE_TABLES = ("candles", "signals", "orders", "fills", "equity")
 class SignalRecord:
     """One signal as the executor processed it, with the timestamps of its journey.
 
-    ``time`` is the candle's open time. ``candle_published_at`` (feed), ``received_at`` and
-    ``decided_at`` (executor) are wall-clock times, so ``decided_at - candle_published_at`` is
-    the candle-to-decision latency a benchmark reports.
+    ``time`` is the candle's open time (ms). ``candle_published_us`` (feed), ``received_us`` and
+    ``decided_us`` (executor) are wall-clock microseconds, so ``decided_us -
+    candle_published_us`` is the candle-to-decision latency a benchmark reports; whole
+    milliseconds would be too coarse for a p50 of a few ms.
     """
 
     symbol: str
@@ -40,9 +42,9 @@ class SignalRecord:
     model_name: str
     model_version: str
     feature_hash: str
-    candle_published_at: int
-    received_at: int
-    decided_at: int
+    candle_published_us: int
+    received_us: int
+    decided_us: int
 
 
 @dataclass(frozen=True, slots=True)
