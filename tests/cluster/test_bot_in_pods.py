@@ -8,9 +8,11 @@ ServiceAccount, with the development NATS and PostgreSQL from test images built 
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -209,3 +211,333 @@ def test_the_chart_runs_the_operator_and_dev_servers_as_pods(release: Release) -
         check=False,
     ).stdout.strip()  # fmt: skip
     assert can == "no"
+
+
+# --------------------------------------------------------------------------- a replay bot
+
+BTC_CSV = Path("/work/shared/data/coinbase_btcusd_1h.csv")
+CANDLES = 2000  # the newest hours of the real file; the older ones train the model
+PACE = 3600 * 50  # 50 one-hour candles per second: the replay lasts ~40 s
+MODEL = "kt-e2e"
+QUIET = {"BENTOML_DO_NOT_TRACK": "true", "ORT_DISABLE_TELEMETRY": "1"}
+
+
+@dataclass
+class Replay:
+    """What a replay bot needs: the candle file, its URL in the cluster, the model image."""
+
+    csv: Path
+    url: str
+    sha256: str
+    model_home: Path
+    model_image: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _cli(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(
+        [sys.executable, "-m", "kubetrade", *args],
+        capture_output=True, text=True, env=env, timeout=timeout, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, f"kubetrade {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def replay(release: Release, tmp_path_factory: pytest.TempPathFactory) -> Replay:
+    """The newest CANDLES hours served from a pod; a model trained on the rest, as an image."""
+    import hashlib
+    import os
+
+    if not BTC_CSV.is_file():
+        pytest.fail(f"{BTC_CSV} is missing (the shared BTC/USD file)", pytrace=False)
+    root = tmp_path_factory.mktemp("replay")
+    lines = BTC_CSV.read_text().splitlines()
+    head, rows = lines[:2], lines[2:]  # CryptoDataDownload: a banner, the header, newest first
+    csv = root / "btc.csv"
+    csv.write_text("\n".join(head + rows[:CANDLES]) + "\n")
+    train = root / "train.csv"
+    train.write_text("\n".join(head + rows[CANDLES:]) + "\n")
+    sha = hashlib.sha256(csv.read_bytes()).hexdigest()
+
+    # the model: trained on the host, shipped as a model image (the documented route)
+    home = root / "bentoml"
+    env = {**os.environ, **QUIET, "BENTOML_HOME": str(home)}
+    t0 = time.monotonic()
+    _cli("train", "--data", str(train), "--name", MODEL, "--version", "1", "--trees", "60",
+         "--promote", env=env)  # fmt: skip
+    replay_timings = {"train": round(time.monotonic() - t0, 1)}
+    ctx = root / "model-ctx"
+    _cli("model", "image", f"{MODEL}:1", "--output", str(ctx), env=env)
+    ref = f"localhost/kubetrade-test/{MODEL}:1"
+    archive = root / "model.oci.tar"
+    replay_timings["model image build"] = round(_images.build_context(ctx, ref, archive), 1)
+    replay_timings["model image import"] = round(import_image(release.cluster, archive), 1)
+    release.timings.update(replay_timings)
+
+    # the candle file, served over HTTP by the project's image from a ConfigMap
+    cm = release.kubectl(
+        "create", "configmap", "candles", f"--from-file=btc.csv={csv}", "--dry-run=client",
+        "-o", "json", ns=BOTS_NS,
+    ).stdout  # fmt: skip
+    release.kubectl("apply", "-f", "-", input=cm, ns=BOTS_NS)
+    release.kubectl("apply", "-f", "-", input=json.dumps(_candle_server(release.cluster.image)),
+                    ns=BOTS_NS)  # fmt: skip
+    release.kubectl("rollout", "status", "deployment/candles", "--timeout=180s", ns=BOTS_NS,
+                    timeout=200)  # fmt: skip
+    return Replay(
+        csv=csv, url=f"http://candles.{BOTS_NS}.svc/btc.csv", sha256=sha, model_home=home,
+        model_image=ref, timings=replay_timings,
+    )  # fmt: skip
+
+
+def _candle_server(image: str) -> dict[str, Any]:
+    labels = {"app": "candles"}
+    pod = {
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "http",
+            "image": image,
+            "imagePullPolicy": "Never",
+            # tini forwards SIGTERM. A test helper, not a kubetrade pod: http.server logs in
+            # its own format, so it is left out of the JSON-lines check.
+            "command": ["/usr/bin/tini", "--", "python3", "-m", "http.server", "8080",
+                        "--directory", "/srv"],
+            "ports": [{"containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/btc.csv", "port": 8080},
+                               "periodSeconds": 1},
+            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"},
+                          "limits": {"memory": "128Mi"}},
+            "securityContext": {"allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]}},
+            "volumeMounts": [{"name": "srv", "mountPath": "/srv"},
+                             {"name": "tmp", "mountPath": "/tmp"}],
+        }],
+        "volumes": [{"name": "srv", "configMap": {"name": "candles"}},
+                    {"name": "tmp", "emptyDir": {}}],
+    }  # fmt: skip
+    return {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "candles"},
+             "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                      "template": {"metadata": {"labels": labels}, "spec": pod}}},
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "candles"},
+             "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]}},
+        ],
+    }  # fmt: skip
+
+
+def bot_manifest(name: str, replay: Replay, **overrides: Any) -> dict[str, Any]:
+    """A paper bot replaying the served file, loose enough to trade on the small model."""
+    spec: dict[str, Any] = {
+        "mode": "paper",
+        "symbols": ["BTC/USD"],
+        "timeframe": "1h",
+        "exchange": {"name": "replay", "uri": replay.url, "sha256": replay.sha256,
+                     "speed": PACE},
+        "model": {"name": MODEL, "version": "1", "image": replay.model_image},
+        "strategy": {"longAbove": 0.52, "exitBelow": 0.48},
+        "risk": {
+            "sizing": {"method": "fixed-fraction", "fractionPct": 20, "maxPositionPct": 25},
+            "maxHolding": "24h",
+            "breakers": {"maxDailyLossPct": 50, "maxDrawdownPct": 90,
+                         "maxConsecutiveLosses": 50},
+        },
+        **overrides,
+    }  # fmt: skip
+    return {
+        "apiVersion": "kubetrade.io/v1alpha1",
+        "kind": "TradingBot",
+        "metadata": {"name": name, "namespace": BOTS_NS},
+        "spec": spec,
+    }
+
+
+@contextlib.contextmanager
+def port_forward(cluster: Any, ns: str, target: str, port: int) -> Iterator[int]:
+    """``kubectl port-forward`` to a local port picked by kubectl; yields that port."""
+    proc = subprocess.Popen(
+        [str(cluster.controlplane_bin / "kubectl"), f"--kubeconfig={cluster.kubeconfig}",
+         "-n", ns, "port-forward", target, f"0:{port}", "--address=127.0.0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster.env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "Forwarding from 127.0.0.1:NNNNN -> 5432"
+        m = re.search(r"127\.0\.0\.1:(\d+)", line)
+        if not m:
+            proc.kill()
+            raise AssertionError(
+                f"port-forward {target}: {line}{proc.stderr.read() if proc.stderr else ''}"
+            )
+        yield int(m.group(1))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def database(release: Release) -> Iterator[str]:
+    """A URL of the dev PostgreSQL reachable from this host (through a port-forward)."""
+    raw = release.kubectl(
+        "get", "secret", "kubetrade-database", "-o", "jsonpath={.data.uri}", ns=BOTS_NS
+    ).stdout
+    uri = base64.b64decode(raw).decode()
+    with port_forward(release.cluster, SYSTEM_NS, f"svc/{RELEASE}-postgresql", 5432) as port:
+        yield re.sub(r"@[^/]+/", f"@127.0.0.1:{port}/", uri)
+
+
+def _fill_rows(csv_text: str) -> list[list[str]]:
+    """fills.csv rows without client_order_id (ids are per process, not per decision)."""
+    import csv as csvmod
+    import io
+
+    return [row[:8] for row in list(csvmod.reader(io.StringIO(csv_text)))[1:]]
+
+
+def db_fill_rows(url: str, bot_key: str) -> list[list[str]]:
+    """The bot's fills as the executor stored them, in the backtest report's CSV layout."""
+    import tempfile
+
+    from kubetrade.report import write_fills_csv
+    from kubetrade.store import Store
+
+    with Store.connect(url) as db:
+        fills = db.read_fills(bot_key)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "fills.csv"
+        write_fills_csv(fills, path)
+        return _fill_rows(path.read_text())
+
+
+def backtest_fill_rows(replay: Replay, manifest: dict[str, Any], root: Path) -> list[list[str]]:
+    """`kubetrade backtest` of the same manifest on the same file, on this host."""
+    import os
+
+    import yaml
+
+    path = root / "bot.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    env = {**os.environ, **QUIET, "BENTOML_HOME": str(replay.model_home)}
+    _cli("backtest", str(path), "--data", str(replay.csv), "--report-dir", str(root / "bt"),
+         env=env)  # fmt: skip
+    return _fill_rows((root / "bt" / "fills.csv").read_text())
+
+
+def get_bot(release: Release, name: str) -> dict[str, Any]:
+    out = release.kubectl("get", "tradingbot", name, "-o", "json", ns=BOTS_NS).stdout
+    bot: dict[str, Any] = json.loads(out)
+    return bot
+
+
+def wait_for(what: str, probe: Any, timeout: float, interval: float = 1.0) -> Any:
+    """Poll ``probe`` until it returns something truthy; fail naming ``what`` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)  # polling the API and the database, not synchronising threads
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+def bot_pods(release: Release, name: str) -> dict[str, dict[str, Any]]:
+    """Running pods of a bot by component (feed, inference, executor)."""
+    items = release.pods(BOTS_NS, f"app.kubernetes.io/instance={name}")
+    out: dict[str, dict[str, Any]] = {}
+    for p in items:
+        comp = p["metadata"]["labels"].get("app.kubernetes.io/component", "")
+        if p["metadata"].get("deletionTimestamp") is None:
+            out[comp] = p
+    return out
+
+
+@pytest.fixture(scope="module")
+def expected(replay: Replay, tmp_path_factory: pytest.TempPathFactory) -> list[list[str]]:
+    """The backtest's fills of the bot manifest (its name does not change them)."""
+    rows = backtest_fill_rows(
+        replay, bot_manifest("backtest", replay), tmp_path_factory.mktemp("bt")
+    )
+    assert len(rows) > 5, "the backtest trades too little for the comparison to mean much"
+    return rows
+
+
+def db_counts(url: str, bot_key: str) -> Any:
+    from kubetrade.store import Store
+
+    with Store.connect(url) as db:
+        return db.count_rows(bot_key), db.read_orders(bot_key)
+
+
+def apply_bot(release: Release, manifest: dict[str, Any]) -> None:
+    release.kubectl("apply", "-f", "-", input=json.dumps(manifest), ns=BOTS_NS)
+
+
+def delete_bot(release: Release, name: str) -> None:
+    release.kubectl("delete", "tradingbot", name, "--wait=true", "--timeout=120s", ns=BOTS_NS,
+                    timeout=150)  # fmt: skip
+
+
+def wait_running(release: Release, name: str, timeout: float = 300) -> dict[str, Any]:
+    def running() -> dict[str, Any] | None:
+        bot = get_bot(release, name)
+        return bot if bot.get("status", {}).get("phase") == "Running" else None
+
+    bot: dict[str, Any] = wait_for(f"{name} phase Running", running, timeout)
+    return bot
+
+
+def test_a_replay_bot_trades_in_pods_exactly_as_the_backtest(
+    release: Release, replay: Replay, expected: list[list[str]]
+) -> None:
+    name = "replay"
+    key = f"{BOTS_NS}/{name}"
+    t0 = time.monotonic()
+    apply_bot(release, bot_manifest(name, replay))
+    try:
+        wait_running(release, name)
+        release.timings["bot applied -> Running"] = round(time.monotonic() - t0, 1)
+        with database(release) as url:
+            wait_for("a first fill", lambda: db_fill_rows(url, key), 300, interval=0.5)
+            release.timings["bot applied -> first fill"] = round(time.monotonic() - t0, 1)
+            got = wait_for(
+                "every fill of the backtest",
+                lambda: (rows := db_fill_rows(url, key)) == expected and rows,
+                300,
+                interval=2,
+            )
+            counts, _ = db_counts(url, key)
+        release.timings["bot applied -> last fill"] = round(time.monotonic() - t0, 1)
+
+        def shown() -> list[str] | None:
+            table = release.kubectl("get", "tradingbots", name, ns=BOTS_NS).stdout
+            header, row = table.splitlines()[:2]
+            cols = row.split()
+            if cols[1] == "Running" and cols[5] != "<none>" and cols[6] not in ("<none>", "0"):
+                return [header, row]
+            return None
+
+        header, row = wait_for("equity and PnL in kubectl get tradingbots", shown, 60)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{_describe_failure(release, BOTS_NS)}") from None
+    assert got == expected
+    assert counts.candles == CANDLES
+    assert header.split()[:8] == [
+        "NAME", "PHASE", "MODE", "SYMBOLS", "MODEL", "EQUITY", "PNL", "AGE"
+    ]  # fmt: skip
+    cols = row.split()
+    assert float(cols[5]) > 0
+    assert float(cols[6]) != 0
+    assert get_bot(release, name)["status"]["trading"]["trades"] >= 1
+    record_peak_memory(release, BOTS_NS, f"app.kubernetes.io/instance={name}", "bot ")
+    delete_bot(release, name)
+    wait_for("the bot's pods gone", lambda: not bot_pods(release, name), 120)
