@@ -541,3 +541,38 @@ def test_a_replay_bot_trades_in_pods_exactly_as_the_backtest(
     record_peak_memory(release, BOTS_NS, f"app.kubernetes.io/instance={name}", "bot ")
     delete_bot(release, name)
     wait_for("the bot's pods gone", lambda: not bot_pods(release, name), 120)
+
+
+def test_a_force_deleted_executor_loses_and_doubles_nothing(
+    release: Release, replay: Replay, expected: list[list[str]]
+) -> None:
+    name = "crash"
+    key = f"{BOTS_NS}/{name}"
+    apply_bot(release, bot_manifest(name, replay))
+    try:
+        wait_running(release, name)
+        with database(release) as url:
+            wait_for("a first fill", lambda: db_fill_rows(url, key), 300, interval=0.5)
+            executor = bot_pods(release, name)["executor"]["metadata"]["name"]
+            release.kubectl("delete", "pod", executor, "--grace-period=0", "--force",
+                            ns=BOTS_NS)  # fmt: skip
+            counts_at_kill, _ = db_counts(url, key)
+            got = wait_for(
+                "every fill of the backtest after the executor was killed",
+                lambda: (rows := db_fill_rows(url, key)) == expected and rows,
+                300,
+                interval=2,
+            )
+            wait_for("every candle stored", lambda: db_counts(url, key)[0].candles == CANDLES, 60)
+            counts, orders = db_counts(url, key)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{_describe_failure(release, BOTS_NS)}") from None
+    # the kill happened mid-run: the replay had candles left to process
+    assert counts_at_kill.candles < CANDLES or counts_at_kill.fills < len(expected), counts_at_kill
+    replacement = bot_pods(release, name)["executor"]["metadata"]["name"]
+    assert replacement != executor
+    assert got == expected  # nothing lost
+    assert counts.fills == len(expected)  # nothing doubled
+    assert len({o.order.client_order_id for o in orders}) == len(orders) == counts.orders
+    delete_bot(release, name)
+    wait_for("the bot's pods gone", lambda: not bot_pods(release, name), 120)
