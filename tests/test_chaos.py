@@ -239,7 +239,7 @@ def test_nats_outage_past_the_limit_exits_and_within_it_rides_out(cluster: Clust
     assert 40 <= exited_after < 70
     time.sleep(max(90 - (time.monotonic() - down), 0))  # the rest of the 90 s outage
     cluster.nats = cluster.nats.restart()
-    assert cluster.exited() == {"executor": 3}, "only the executor's limit was shorter"
+    assert cluster.exited() == {"executor": EXIT_OUTAGE}, "only the executor's limit was shorter"
     cluster.expected_exits.clear()
     cluster.restart("executor")
     cluster.done()
