@@ -576,3 +576,84 @@ def test_a_force_deleted_executor_loses_and_doubles_nothing(
     assert len({o.order.client_order_id for o in orders}) == len(orders) == counts.orders
     delete_bot(release, name)
     wait_for("the bot's pods gone", lambda: not bot_pods(release, name), 120)
+
+
+# --------------------------------------------------------------------------- a bot to operate
+
+SLOW_PACE = 3600 * 5  # 5 candles/s: the replay lasts ~400 s, longer than the tests below need
+# Always long, no exit of its own (no exit signal, stop, target or time exit): a position is
+# open from the first candle on, so a kill or a flatten-on-delete always has one to close.
+ALWAYS_LONG = {
+    "strategy": {"longAbove": 0.0, "exitBelow": 0.0},
+    "risk": {
+        "sizing": {"method": "fixed-fraction", "fractionPct": 20, "maxPositionPct": 25},
+        # 100 ATRs away: never reached in 400 hours of BTC/USD
+        "stopLoss": {"atrMultiplier": 100},
+        "takeProfit": {"riskReward": 100},
+        "breakers": {"maxDailyLossPct": 50, "maxDrawdownPct": 90, "maxConsecutiveLosses": 50},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def ops_bot(release: Release, replay: Replay) -> Iterator[str]:
+    """A slower replay bot that the tests below pause, edit, roll out, kill and delete."""
+    name = "ops"
+    apply_bot(
+        release, bot_manifest(name, replay, exchange=_exchange(replay, SLOW_PACE), **ALWAYS_LONG)
+    )
+    try:
+        wait_running(release, name)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{_describe_failure(release, BOTS_NS)}") from None
+    yield name
+    release.kubectl("delete", "tradingbot", name, "--ignore-not-found", "--wait=true",
+                    "--timeout=120s", ns=BOTS_NS, timeout=150, check=False)  # fmt: skip
+
+
+def _exchange(replay: Replay, speed: int) -> dict[str, Any]:
+    return {"name": "replay", "uri": replay.url, "sha256": replay.sha256, "speed": speed}
+
+
+BENTOML_OWN_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\dT[\d:+-]+ \[(INFO|WARNING)\] \[(cli|entry_service:[\w.:-]+)\] "
+)
+
+
+def _json_lines(text: str) -> list[str]:
+    """The lines of a log that are not one JSON object each."""
+    bad = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            ok = isinstance(json.loads(line), dict)
+        except ValueError:
+            ok = False
+        if not ok:
+            bad.append(line)
+    return bad
+
+
+def test_every_kubetrade_pod_logs_json_lines(release: Release, ops_bot: str) -> None:
+    with database(release) as url:
+        wait_for("a first fill", lambda: db_fill_rows(url, f"{BOTS_NS}/{ops_bot}"), 300)
+    pods = {
+        f"{SYSTEM_NS}/{p['metadata']['name']}": p
+        for p in release.pods(SYSTEM_NS, OPERATOR_SELECTOR)
+    }
+    for p in bot_pods(release, ops_bot).values():
+        pods[f"{BOTS_NS}/{p['metadata']['name']}"] = p
+    assert len(pods) == 4, list(pods)
+    for where, pod in pods.items():
+        ns, name = where.split("/")
+        for c in pod["spec"]["containers"]:
+            text = release.kubectl("logs", name, "-c", c["name"], ns=ns).stdout
+            assert text.strip(), f"{where}/{c['name']} logged nothing"
+            bad = _json_lines(text)
+            if c["name"] == "inference":
+                # Known gap, left to serving/: `bentoml serve` configures its own log format
+                # (bentoml._internal.log) for its CLI and service-start lines. Only those are let
+                # through; every line of kubetrade's own loggers must be JSON.
+                bad = [line for line in bad if not BENTOML_OWN_LINE.match(line)]
+            assert not bad, f"{where}/{c['name']}: {len(bad)} non-JSON lines, e.g. {bad[:3]}"
