@@ -657,3 +657,133 @@ def test_every_kubetrade_pod_logs_json_lines(release: Release, ops_bot: str) -> 
                 # through; every line of kubetrade's own loggers must be JSON.
                 bad = [line for line in bad if not BENTOML_OWN_LINE.match(line)]
             assert not bad, f"{where}/{c['name']}: {len(bad)} non-JSON lines, e.g. {bad[:3]}"
+
+
+def _pod_names(release: Release, name: str) -> dict[str, str]:
+    return {c: p["metadata"]["name"] for c, p in bot_pods(release, name).items()}
+
+
+def _patch(release: Release, name: str, patch: dict[str, Any]) -> None:
+    release.kubectl("patch", "tradingbot", name, "--type=merge", "-p", json.dumps(patch),
+                    ns=BOTS_NS)  # fmt: skip
+
+
+def _settled(release: Release, name: str, before: dict[str, str], rolled: set[str]) -> Any:
+    """Pods of ``rolled`` components replaced and Ready, the others untouched; else None."""
+    now = bot_pods(release, name)
+    if set(now) != set(before):
+        return None
+    for comp, pod in now.items():
+        replaced = pod["metadata"]["name"] != before[comp]
+        ready = any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in pod.get("status", {}).get("conditions", [])
+        )
+        if replaced != (comp in rolled) or not ready:
+            return None
+    return {c: p["metadata"]["name"] for c, p in now.items()}
+
+
+def test_spec_edits_roll_only_the_pods_that_read_them(release: Release, ops_bot: str) -> None:
+    before = _pod_names(release, ops_bot)
+    # onDelete is read by the operator only: no pod restarts
+    _patch(release, ops_bot, {"spec": {"onDelete": "flatten"}})
+    gen = get_bot(release, ops_bot)["metadata"]["generation"]
+    wait_for(
+        "the edit observed",
+        lambda: get_bot(release, ops_bot)["status"].get("observedGeneration") == gen,
+        60,
+    )
+    assert _settled(release, ops_bot, before, set()), _pod_names(release, ops_bot)
+    # the strategy is read by every worker: all three roll
+    _patch(release, ops_bot, {"spec": {"strategy": {"longAbove": 0.01, "exitBelow": 0.0}}})
+    after = wait_for(
+        "feed, inference and executor rolled",
+        lambda: _settled(release, ops_bot, before, {"feed", "inference", "executor"}),
+        240,
+    )
+    wait_running(release, ops_bot)
+    before = after
+    # the same model under a new image tag: a model rollout, inference only
+    image = get_bot(release, ops_bot)["spec"]["model"]["image"]
+    assert image
+    release.cluster.ctr("images", "tag", image, f"{image}-rollout")
+    _patch(release, ops_bot, {"spec": {"model": {"image": f"{image}-rollout"}}})
+    wait_for(
+        "inference alone rolled",
+        lambda: _settled(release, ops_bot, before, {"inference"}),
+        240,
+    )
+    model = wait_running(release, ops_bot)["status"]["model"]
+    assert model["transition"] == "UpToDate", model
+
+
+def _open_positions(release: Release, name: str) -> int:
+    trading = get_bot(release, name).get("status", {}).get("trading") or {}
+    return int(trading.get("openPositions") or 0)
+
+
+def _reasons(url: str, key: str) -> list[str]:
+    return [row[7] for row in db_fill_rows(url, key)]
+
+
+KILL = "kubetrade.io/kill-switch"
+
+
+def test_the_kill_switch_flattens_and_halts(release: Release, ops_bot: str) -> None:
+    key = f"{BOTS_NS}/{ops_bot}"
+    wait_for("an open position", lambda: _open_positions(release, ops_bot) > 0, 180, 0.5)
+    release.kubectl("annotate", "tradingbot", ops_bot, f"{KILL}=flatten", ns=BOTS_NS)
+    with database(release) as url:
+        wait_for("a flatten fill", lambda: "flatten" in _reasons(url, key), 60, 0.5)
+        bot = wait_for(
+            "phase Halted with no open position",
+            lambda: (
+                (b := get_bot(release, ops_bot))["status"]["phase"] == "Halted"
+                and _open_positions(release, ops_bot) == 0
+                and b
+            ),
+            60,
+        )
+        halted = {c["type"]: c for c in bot["status"]["conditions"]}["Halted"]
+        assert halted["status"] == "True" and halted["reason"] == "KillSwitch", halted
+        fills_at_halt = len(_reasons(url, key))
+        candles_at_halt = db_counts(url, key)[0].candles
+        # halted: the replay goes on (50 more candles stored) and no order is filled
+        wait_for(
+            "50 more candles",
+            lambda: db_counts(url, key)[0].candles >= min(candles_at_halt + 50, CANDLES),
+            60,
+            0.5,
+        )
+        assert len(_reasons(url, key)) == fills_at_halt
+    release.kubectl("annotate", "tradingbot", ops_bot, f"{KILL}-", ns=BOTS_NS)
+    wait_running(release, ops_bot, 60)
+
+
+def test_deleting_a_bot_with_on_delete_flatten_flattens_before_its_pods_go(
+    release: Release, ops_bot: str
+) -> None:
+    key = f"{BOTS_NS}/{ops_bot}"
+    assert get_bot(release, ops_bot)["spec"]["onDelete"] == "flatten"
+    wait_for("an open position", lambda: _open_positions(release, ops_bot) > 0, 180, 0.5)
+    with database(release) as url:
+        flattens = _reasons(url, key).count("flatten")
+        release.kubectl("delete", "tradingbot", ops_bot, "--wait=false", ns=BOTS_NS)
+        wait_for(
+            "the bot gone",
+            lambda: (
+                not release.kubectl(
+                    "get", "tradingbot", ops_bot, "--ignore-not-found", "-o", "name", ns=BOTS_NS
+                ).stdout.strip()
+            ),
+            120,
+        )
+        assert _reasons(url, key).count("flatten") == flattens + 1
+    events = release.kubectl(
+        "get", "events", f"--field-selector=involvedObject.name={ops_bot}",
+        "-o", "jsonpath={range .items[*]}{.reason}{'\\n'}{end}", ns=BOTS_NS,
+    ).stdout.split()  # fmt: skip
+    assert {"Flattening", "Flattened"} <= set(events), events
+    assert "FinalizerTimeout" not in events, events
+    wait_for("the bot's pods gone", lambda: not bot_pods(release, ops_bot), 120)
