@@ -3,6 +3,10 @@
 The chart (real Helm, pinned in tests/cluster/helm.py) installs the operator as a pod under its
 ServiceAccount, with the development NATS and PostgreSQL from test images built here
 (tests/cluster/images.py; no registry is reachable, so the chart's image values point at them).
+A replay bot (real BTC/USD hours served from a pod, a model shipped as a model image) trades
+exactly as `kubetrade backtest`, survives a force-deleted executor, logs JSON lines, rolls the
+right pods on edits, obeys the kill switch and flattens when deleted with onDelete: flatten.
+See tests/cluster/README.md.
 """
 
 from __future__ import annotations
