@@ -102,6 +102,7 @@ image:
 ## cluster: kubelet, kube-scheduler, kube-proxy, CoreDNS beside the control plane; containerd, runc, CNI plugins, iptables, conntrack from Debian; a pause image (cached)
 cluster: controlplane
 	python3 tests/cluster/build.py node
+	python3 tests/cluster/helm.py
 
 ## test-cluster: the one-node cluster tier (the image on a real node); builds first if needed; a missing build is an error, not a skip
 test-cluster: install cluster image
