@@ -101,10 +101,7 @@ class Connectivity:
     def check(self) -> None:
         """Raise :class:`OutageError` once NATS has been unreachable longer than the limit."""
         if self.down_for() > self.limit_s:
-            raise OutageError(
-                f"NATS unreachable for {self.down_for():.0f}s, longer than the outage limit of "
-                f"{self.limit_s:.0f}s (KUBETRADE_OUTAGE_LIMIT_S): exiting so the pod is restarted"
-            )
+            raise OutageError.past_limit("NATS unreachable", self.down_for(), self.limit_s)
 
     async def on_disconnected(self) -> None:
         """Note the outage and drop what the client had queued but not yet written.
@@ -166,10 +163,7 @@ async def with_retry(
                 return await call()
     except RetryError as error:
         last = error.last_attempt.exception()
-        raise OutageError(
-            f"{what} kept failing for {limit_s:.0f}s (KUBETRADE_OUTAGE_LIMIT_S): "
-            f"{type(last).__name__}: {last}"
-        ) from last
+        raise OutageError.past_limit(f"{what} kept failing", limit_s, limit_s, last) from last
     raise AssertionError("unreachable: tenacity either returns or raises")
 
 

@@ -80,6 +80,17 @@ class OutageError(KubetradeError):
     exit_code: ClassVar[int] = 7
     what: ClassVar[str] = "NATS or PostgreSQL unreachable longer than the outage limit"
 
+    @classmethod
+    def past_limit(
+        cls, what: str, down_s: float, limit_s: float, cause: BaseException | None = None
+    ) -> OutageError:
+        """The one-line error for ``what`` failing ``down_s`` seconds, past ``limit_s``."""
+        last = f": {type(cause).__name__}: {cause}" if cause is not None else ""
+        return cls(
+            f"{what} for {down_s:.0f}s, longer than the outage limit of {limit_s:.0f}s "
+            f"(KUBETRADE_OUTAGE_LIMIT_S){last}"
+        )
+
 
 BRANCHES: tuple[type[KubetradeError], ...] = (
     InvalidInputError,

@@ -298,9 +298,8 @@ class AsyncStore:
                             raise
             except RetryError as error:
                 last = error.last_attempt.exception()
-                raise OutageError(
-                    f"PostgreSQL unreachable for {self._limit_s:.0f}s, longer than the outage "
-                    f"limit (KUBETRADE_OUTAGE_LIMIT_S): {type(last).__name__}: {last}"
+                raise OutageError.past_limit(
+                    "PostgreSQL unreachable", self._limit_s, self._limit_s, last
                 ) from last
         raise AssertionError("unreachable: tenacity either returns or raises")
 
