@@ -1,0 +1,106 @@
+"""The async ccxt exchange a live executor trades through: credentials, sandbox, markets.
+
+One exchange instance per process (ccxt's own rate limiter is per instance). Credentials come
+from the files of the mounted credentials Secret (keys ``apiKey``, ``secret`` and, for exchanges
+that need one, ``password``); they are handed to ccxt and nothing else: never logged, stored or
+reported.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ccxt.async_support as ccxt_async
+
+from kubetrade.errors import ExchangeError, InvalidInputError
+from kubetrade.market.exchange import create_exchange
+
+_HOST = re.compile(r"^https?://[^/]+")
+
+# Binance answers a spot-only market load from exchangeInfo alone with these options.
+EXCHANGE_OPTIONS: dict[str, dict[str, Any]] = {
+    "binance": {
+        "fetchMarkets": {"types": ["spot"]},
+        "fetchCurrencies": False,
+        "fetchMargins": False,
+    },
+}
+
+
+@dataclass(frozen=True, repr=False)
+class Credentials:
+    """API credentials; ``repr`` and ``str`` never show them."""
+
+    api_key: str
+    secret: str
+    password: str | None = field(default=None)
+
+    def __repr__(self) -> str:
+        return "Credentials(<hidden>)"
+
+    __str__ = __repr__
+
+    @classmethod
+    def from_directory(cls, directory: Path) -> Credentials:
+        """Read a mounted Secret: one file per key (``apiKey``, ``secret``, ``password``)."""
+
+        def read(name: str) -> str | None:
+            path = directory / name
+            return path.read_text().strip() if path.is_file() else None
+
+        api_key, secret = read("apiKey"), read("secret")
+        if not api_key or not secret:
+            raise InvalidInputError(
+                f"credentials in {directory}: the Secret needs the keys apiKey and secret "
+                "(kubectl create secret generic NAME --from-literal=apiKey=... "
+                "--from-literal=secret=...)"
+            )
+        return cls(api_key=api_key, secret=secret, password=read("password"))
+
+
+def point_at(exchange: ccxt_async.Exchange, base_url: str) -> None:
+    """Send every request of ``exchange`` to ``base_url`` (``http://host:port``), keeping each
+    API's path: how tests put a local fake exchange in place of the real one."""
+    api = exchange.urls["api"]
+    for key, value in list(api.items()):
+        if isinstance(value, str):
+            api[key] = _HOST.sub(base_url, value)
+
+
+def connect_exchange(
+    name: str,
+    credentials: Credentials,
+    *,
+    sandbox: bool = False,
+    api_base: str | None = None,
+    timeout_ms: int = 10_000,
+) -> ccxt_async.Exchange:
+    """The async ccxt exchange ``name`` signed with ``credentials``.
+
+    ``sandbox`` switches to the exchange's testnet (refused for an exchange without one);
+    ``api_base`` sends every request to another host (a local fake in tests). The caller owns
+    the instance and must ``await exchange.close()``.
+    """
+    config: dict[str, Any] = {
+        "apiKey": credentials.api_key,
+        "secret": credentials.secret,
+        "timeout": timeout_ms,
+        "options": dict(EXCHANGE_OPTIONS.get(name, {})),
+    }
+    if credentials.password is not None:
+        config["password"] = credentials.password
+    exchange = create_exchange(name, config)
+    if sandbox:
+        try:
+            exchange.set_sandbox_mode(True)
+        except ccxt_async.NotSupported:
+            raise ExchangeError(
+                f"exchange {name} has no testnet in ccxt; set spec.exchange.sandbox: false "
+                "(real orders) or trade on an exchange with a sandbox"
+            ) from None
+    if api_base is not None:
+        point_at(exchange, api_base)
+    return exchange
