@@ -47,6 +47,11 @@ def source_options(function: F) -> F:
                 type=click.Path(exists=True, dir_okay=False, path_type=Path),
                 help="Candle file (CSV or Parquet: Binance, ccxt or CryptoDataDownload layout).",
             ),
+            click.option(
+                "--symbol",
+                help="With --data: the market (BASE/QUOTE) of a file without a symbol column "
+                "(a ccxt export), or the one to take from a file with several.",
+            ),
             click.option("--synthetic", is_flag=True, help="Candles from the synthetic generator."),
             click.option(
                 "--database",
@@ -210,7 +215,7 @@ def load_frames(options: dict[str, Any]) -> tuple[dict[str, pd.DataFrame], str]:
         raise click.UsageError("give exactly one of --data FILE, --synthetic or --database URL")
     timeframe = str(options["timeframe"])
     if data_file is not None:
-        return file_frames(data_file, timeframe), str(data_file)
+        return file_frames(data_file, timeframe, options["symbol"]), str(data_file)
     if database_url is not None:
         bot = options["bot_key"]
         if not bot:

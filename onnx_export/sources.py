@@ -29,11 +29,12 @@ def frames_by_symbol(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     }
 
 
-def file_frames(path: Path, timeframe: str) -> dict[str, pd.DataFrame]:
-    """Candles of a CSV or Parquet file (any layout the loaders know), per symbol."""
+def file_frames(path: Path, timeframe: str, symbol: str | None = None) -> dict[str, pd.DataFrame]:
+    """Candles of a CSV or Parquet file (any layout the loaders know), per symbol; ``symbol``
+    names the market of a file without a symbol column, or picks one from a file with several."""
     from kubetrade.market.loaders import load_candles
 
-    return frames_by_symbol(load_candles(path, timeframe=timeframe))
+    return frames_by_symbol(load_candles(path, timeframe=timeframe, symbol=symbol))
 
 
 def synthetic_frames(

@@ -107,7 +107,9 @@ def test_ccxt_csv_without_header_needs_the_symbol(tmp_path: Path, sample: pd.Dat
     path = tmp_path / "ohlcv.csv"
     sample.drop(columns="symbol").to_csv(path, header=False, index=False)
     assert detect_layout(path) == "ccxt"
-    with pytest.raises(InvalidInputError, match="pass symbol="):
+    with pytest.raises(
+        InvalidInputError, match=r"ohlcv\.csv: the file has no symbol column.*--symbol"
+    ):
         load_candles(path)
     _assert_same_candles(load_candles(path, symbol="BTC/USDT", timeframe="1h"), sample)
 
@@ -161,6 +163,102 @@ def test_cryptodatadownload_parquet(tmp_path: Path, sample: pd.DataFrame) -> Non
     path = tmp_path / "cdd.parquet"
     _cdd_table(sample).to_parquet(path)
     _assert_same_candles(load_candles(path, layout="cryptodatadownload"), sample)
+
+
+def test_ccxt_export_without_symbol_column_takes_the_bots_single_symbol(
+    tmp_path: Path, sample: pd.DataFrame
+) -> None:
+    """What ``fetch_ohlcv`` gives, saved with its header and no symbol column, in CSV and
+    Parquet: a one-symbol bot replays it as its own market; train names it with --symbol."""
+    from kubetrade.market.sources import replay_frame
+    from kubetrade.onnx_export.sources import file_frames
+
+    table = sample.drop(columns="symbol").rename(columns={"open_time": "timestamp"})
+    bot = _replay_bot(["BTC/USDT"])
+    for path in (tmp_path / "fetch_ohlcv.csv", tmp_path / "fetch_ohlcv.parquet"):
+        if path.suffix == ".csv":
+            table.to_csv(path, index=False)
+        else:
+            table.to_parquet(path)
+        _assert_same_candles(replay_frame(bot, str(path)), sample)
+        _assert_same_candles(file_frames(path, "1h", "BTC/USDT")["BTC/USDT"], sample)
+        with pytest.raises(InvalidInputError, match=rf"{path.name}: the file has no symbol"):
+            replay_frame(_replay_bot(["BTC/USDT", "ETH/USDT"]), str(path))
+
+
+def _replay_bot(symbols: list[str]) -> Any:
+    from kubetrade.spec import parse_bot
+
+    return parse_bot(
+        {
+            "apiVersion": "kubetrade.io/v1alpha1",
+            "kind": "TradingBot",
+            "metadata": {"name": "files", "namespace": "t"},
+            "spec": {
+                "symbols": symbols,
+                "timeframe": "1h",
+                "exchange": {"name": "replay", "uri": "unused.csv"},
+                "model": {"name": "m", "version": "latest"},
+                "strategy": {"longAbove": 0.6, "exitBelow": 0.5},
+            },
+        },
+        "<test bot>",
+    )
+
+
+BANNER = "Timestamps are UTC timezone,https://www.CryptoDataDownload.com\n"
+
+
+def test_cryptodatadownload_old_layout_volumefrom_volumeto(
+    tmp_path: Path, sample: pd.DataFrame
+) -> None:
+    """``Date,Symbol,Open,High,Low,Close,VolumeFrom,VolumeTo``: VolumeFrom is the base volume."""
+    old = _cdd_table(sample).rename(columns={"volume_btc": "VolumeFrom", "volume": "VolumeTo"})
+    old.columns = [c[0].upper() + c[1:] for c in old.columns]
+    path = tmp_path / "Coinbase_BTCUSD_1h.csv"
+    path.write_text(BANNER + old.to_csv(index=False))
+    loaded = load_candles_with_report(path)
+    assert loaded.layout == "cryptodatadownload"
+    _assert_same_candles(loaded.frame, sample)
+
+
+def test_cryptodatadownload_unix_seconds_then_ms_volume_base_quote_either_order(
+    tmp_path: Path, sample: pd.DataFrame
+) -> None:
+    """``Unix Timestamp`` (seconds in older rows, ms in newer ones, as in the vendor's files),
+    ``Volume BTC``/``Volume USDT``; newest first, and the same rows oldest first."""
+    table = _cdd_table(sample).rename(columns={"volume_btc": "Volume BTC", "volume": "Volume USDT"})
+    unix = (sample["open_time"].to_numpy() // 1000)[::-1].astype(np.int64)
+    unix[: len(unix) // 2] *= 1000  # the newer half in ms
+    table.insert(0, "Unix Timestamp", unix)
+    table = table.drop(columns="date")
+    for name, rows in (("newest_first.csv", table), ("oldest_first.csv", table.iloc[::-1])):
+        path = tmp_path / name
+        path.write_text(BANNER + rows.to_csv(index=False))
+        loaded = load_candles_with_report(path)
+        assert loaded.report.unsorted_fixed == 0, name
+        _assert_same_candles(loaded.frame, sample)
+        parquet = path.with_suffix(".parquet")
+        rows.to_parquet(parquet)
+        _assert_same_candles(load_candles(parquet), sample)
+
+
+def test_cryptodatadownload_refusals_name_the_file_the_column_and_the_row(
+    tmp_path: Path, sample: pd.DataFrame
+) -> None:
+    table = _cdd_table(sample)
+    table.loc[3, "date"] = "yesterday"
+    path = tmp_path / "bad_date.csv"
+    path.write_text(BANNER + table.to_csv(index=False))
+    with pytest.raises(
+        InvalidInputError, match=r"bad_date\.csv: column 'date', data row 4, holds 'yesterday'"
+    ):
+        load_candles(path)
+    quote_only = _cdd_table(sample).rename(columns={"volume_btc": "volume_eth"})
+    path = tmp_path / "no_base_volume.csv"
+    path.write_text(BANNER + quote_only.to_csv(index=False))
+    with pytest.raises(InvalidInputError, match=r"no_base_volume\.csv: no base-currency volume"):
+        load_candles(path)
 
 
 def test_layout_errors_name_the_file_and_the_fix(tmp_path: Path, sample: pd.DataFrame) -> None:

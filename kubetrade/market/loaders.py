@@ -9,9 +9,15 @@ is no header):
   read from the archive's file name (``BTCUSDT-1h-2024-01.csv``) when not given.
 - ``ccxt``: ``fetch_ohlcv`` rows ``timestamp, open, high, low, close, volume``, optionally with
   that header and an optional ``symbol`` column.
-- ``cryptodatadownload``: a banner line, then ``[unix,] date, symbol, open, high, low, close,
-  volume_<base>, volume[_<quote>]``, newest row first, dates like ``2019-10-17 09-AM``. The
-  base-currency volume column is used as volume.
+- ``cryptodatadownload``: a banner line, then ``[unix,] date, symbol, open, high, low, close``
+  and the volumes, in any of the vendor's layouts over the years: ``volume_<base>,
+  volume[_<quote>]``, ``Volume <BASE>, Volume <QUOTE>`` or the older ``VolumeFrom, VolumeTo``
+  (``Unix Timestamp`` for ``unix``); dates like ``2019-10-17 09-AM`` or ISO; unix times in
+  s or ms (some files switch unit part-way, so each row's unit is read from its magnitude);
+  newest row first or oldest first (detected). The base-currency volume is used as volume.
+
+A file without a symbol column (a ccxt export) names its market through ``symbol`` or
+``default_symbol`` (the bot's single symbol); the command line's ``--symbol`` passes it.
 
 Every load is cleaned (``kubetrade.market.clean``); the report is logged and returned by
 ``load_candles_with_report``.
@@ -66,7 +72,13 @@ BINANCE_COLUMNS = (
 CCXT_COLUMNS = ("timestamp", "open", "high", "low", "close", "volume")
 # Binance archive names: BTCUSDT-1h-2024-01.csv, BTCUSDT-15m-2024-01-31.zip.csv, ...
 _BINANCE_NAME = re.compile(r"^([A-Za-z0-9]+)-(\d+[mhdw])-\d{4}")
-_CDD_DATE_FORMATS = ("%Y-%m-%d %I-%p", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d")
+_CDD_DATE_FORMATS = (
+    "%Y-%m-%d %I-%p",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%d %H:%M",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%d",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +98,22 @@ def load_candles(
     timeframe: str | None = None,
     layout: str = "auto",
     max_damage: float = 0.05,
+    default_symbol: str | None = None,
 ) -> pd.DataFrame:
     """Read a CSV or Parquet candle file into a cleaned candle frame (see ``frame``).
 
     ``symbol`` names the market when the file has no symbol column, or selects one when it has
-    several; ``timeframe`` is inferred from the median spacing when not given, and checked
+    several; ``default_symbol`` names it only when the file has no symbol column (a bot's single
+    symbol). ``timeframe`` is inferred from the median spacing when not given, and checked
     against the data when given. See ``load_candles_with_report`` for the cleaning report.
     """
     return load_candles_with_report(
-        path, symbol=symbol, timeframe=timeframe, layout=layout, max_damage=max_damage
+        path,
+        symbol=symbol,
+        timeframe=timeframe,
+        layout=layout,
+        max_damage=max_damage,
+        default_symbol=default_symbol,
     ).frame
 
 
@@ -105,6 +124,7 @@ def load_candles_with_report(
     timeframe: str | None = None,
     layout: str = "auto",
     max_damage: float = 0.05,
+    default_symbol: str | None = None,
 ) -> LoadedCandles:
     """``load_candles`` that also returns the timeframe, the layout and the cleaning report."""
     file = Path(path)
@@ -114,7 +134,7 @@ def load_candles_with_report(
     table, found = _read_table(file, _check_layout(layout))
     try:
         raw = _PARSERS[found](table, str(file))
-        raw = _apply_symbol(raw, symbol, file, found)
+        raw = _apply_symbol(raw, symbol, default_symbol, file, found)
     except CandleDataError:
         raise
     except InvalidInputError as error:  # e.g. a symbol that is no market: name the file
@@ -224,7 +244,7 @@ def _is_header(line: str) -> bool:
 
 def _layout_from_columns(columns: list[str], file: Path) -> Layout:
     names = set(columns)
-    if ("date" in names or "unix" in names) and "symbol" in names:
+    if names & {"date", "unix", "unix timestamp"} and "symbol" in names:
         return "cryptodatadownload"
     if "timestamp" in names:
         return "ccxt"
@@ -291,21 +311,45 @@ def _parse_ccxt(table: pd.DataFrame, file: str) -> pd.DataFrame:
 
 
 def _parse_cryptodatadownload(table: pd.DataFrame, file: str) -> pd.DataFrame:
+    table = table.rename(columns={"unix timestamp": "unix"})
     if "unix" in table.columns:
-        times = to_epoch_ms(_numeric(table, "unix", file), where=f"{file} [unix]")
-    else:
+        times = _mixed_unit_ms(_numeric(table, "unix", file), f"{file} [unix]")
+    elif "date" in table.columns:
         times = _parse_dates(table["date"].astype(str), file)
+    else:
+        raise CandleDataError(f"{file}: no 'unix' or 'date' column among {list(table.columns)}")
     symbols = table["symbol"].astype(str).unique().tolist()
-    bases = {base_currency(s) for s in symbols}
+    try:
+        bases = {base_currency(s) for s in symbols}
+    except InvalidInputError as error:
+        raise CandleDataError(f"{file}: column 'symbol': {error}") from None
     if len(bases) != 1:
-        raise CandleDataError(f"{file}: expected one market, found symbols {symbols}")
+        raise CandleDataError(
+            f"{file}: column 'symbol' holds several markets {symbols}; split the file per market"
+        )
     volume = _base_volume_column(list(table.columns), bases.pop(), file)
-    # Vendor files list the newest candle first; restore time order so that only genuinely
-    # misplaced rows are reported as unsorted by the cleaner.
-    return _frame(table, times, volume, file).iloc[::-1].reset_index(drop=True)
+    frame = _frame(table, times, volume, file)
+    # Vendor files list the newest candle first (older exports oldest first): restore time
+    # order so that only genuinely misplaced rows are reported as unsorted by the cleaner.
+    if len(frame) > 1 and times[0] > times[-1]:
+        frame = frame.iloc[::-1]
+    return frame.reset_index(drop=True)
+
+
+def _mixed_unit_ms(values: pd.Series, where: str) -> npt.NDArray[np.int64]:
+    """Epoch times whose unit (s, ms or µs) is read per row from its magnitude: some
+    CryptoDataDownload files switch from seconds to milliseconds part-way."""
+    raw = values.to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(raw)):
+        row = int(np.flatnonzero(~np.isfinite(raw))[0])
+        raise CandleDataError(f"{where}: data row {row + 1} has no time; fill it in or drop it")
+    scale = np.where(raw >= 1e14, 1e-3, np.where(raw >= 1e11, 1.0, 1e3))
+    millis: npt.NDArray[np.int64] = np.floor(raw * scale).astype(np.int64)
+    return millis
 
 
 def _parse_dates(dates: pd.Series, file: str) -> npt.NDArray[np.int64]:
+    best: pd.Series | None = None
     for fmt in _CDD_DATE_FORMATS:
         parsed = pd.to_datetime(dates, format=fmt, utc=True, errors="coerce")
         if not parsed.isna().any():
@@ -314,22 +358,28 @@ def _parse_dates(dates: pd.Series, file: str) -> npt.NDArray[np.int64]:
                 parsed.dt.as_unit("ms").astype("int64").to_numpy(dtype=np.int64)
             )
             return millis
+        if best is None or parsed.notna().sum() > best.notna().sum():
+            best = parsed
+    row = int(np.flatnonzero(best.isna().to_numpy())[0]) if best is not None else 0
     raise CandleDataError(
-        f"{file}: dates such as {dates.iloc[0]!r} match none of the formats "
-        f"{list(_CDD_DATE_FORMATS)}; convert the file or use a unix column"
+        f"{file}: column 'date', data row {row + 1}, holds {dates.iloc[row]!r}, which matches "
+        f"none of the formats {list(_CDD_DATE_FORMATS)}; fix that row or use a unix column"
     )
 
 
 def _base_volume_column(columns: list[str], base: str, file: str) -> str:
-    """The volume column in the base currency: ``volume_btc`` / ``volume btc`` for BTC/..."""
-    wanted = {f"volume_{base.lower()}", f"volume {base.lower()}"}
-    for column in columns:
-        if column in wanted:
-            return column
+    """The volume column in the base currency: ``volume_btc``, ``volume btc`` (``Volume BTC``)
+    or the older ``volumefrom`` / ``volume from``; a lone ``volume`` column is taken as is."""
+    wanted = [f"volume_{base.lower()}", f"volume {base.lower()}", "volumefrom", "volume from"]
+    for name in wanted:
+        if name in columns:
+            return name
     volumes = [c for c in columns if c.startswith("volume")]
+    if volumes == ["volume"]:
+        return "volume"
     raise CandleDataError(
         f"{file}: no base-currency volume column for {base} among {volumes}; expected one of "
-        f"{sorted(wanted)}"
+        f"{wanted}; rename the column holding the volume in {base}"
     )
 
 
@@ -341,15 +391,19 @@ _PARSERS = {
 
 
 def _apply_symbol(
-    raw: pd.DataFrame, symbol: str | None, file: Path, layout: Layout
+    raw: pd.DataFrame, symbol: str | None, default: str | None, file: Path, layout: Layout
 ) -> pd.DataFrame:
-    """Name the market (argument, then file name) or select it from a multi-symbol file."""
+    """Name the market (``symbol``, the archive's file name, then ``default``) or select
+    ``symbol`` from a file with a symbol column."""
     present = sorted(s for s in raw["symbol"].unique().tolist() if s)
     if not present:
-        name = symbol or (_symbol_from_name(file) if layout == "binance" else None)
+        named = _symbol_from_name(file) if layout == "binance" else None
+        name = symbol or named or default
         if name is None:
             raise CandleDataError(
-                f"{file}: the file has no symbol column; pass symbol='BASE/QUOTE'"
+                f"{file}: the file has no symbol column, so its market is unknown; name it "
+                "with --symbol BASE/QUOTE (train, validate), replay it with a bot that trades "
+                "one symbol, or add a symbol column"
             )
         return raw.assign(symbol=normalize_symbol(name))
     if symbol is None:

@@ -29,7 +29,8 @@ class SourceError(InvalidInputError):
 def replay_frame(bot: TradingBot, path: str) -> pd.DataFrame:
     """The replay file's candles for the bot's symbols and timeframe, in stream order."""
     spec = bot.spec
-    frame = load_candles(path)
+    # A file without a symbol column (a ccxt export) holds the market of a one-symbol bot.
+    frame = load_candles(path, default_symbol=spec.symbols[0] if len(spec.symbols) == 1 else None)
     available = list(dict.fromkeys(frame["symbol"]))
     if set(spec.symbols) <= set(available):
         frame = frame[frame["symbol"].isin(spec.symbols)]
