@@ -459,16 +459,16 @@ async def publish_started(
     futures: list[asyncio.Future[Any]] = []
     generation = None if link is None else link.generation
     try:
-        for subject, data, headers in items:
-            if link is not None and link.generation != generation:
-                # Reconnected meanwhile: what went before may be lost, so nothing may follow
-                # it on the new connection before the whole tail is re-sent in order.
-                raise nats.errors.ConnectionReconnectingError
-            futures.append(
-                await js.publish_async(
-                    subject, data, headers=headers, wait_stall=PUBLISH_ACK_TIMEOUT_S
-                )
-            )
+        # One deadline for the whole batch, not nats-py's ``wait_stall``: that wraps every
+        # publish in ``asyncio.wait_for``, a task and a trip through the event loop per
+        # message, so the flusher wrote each message with its own syscall (10x slower).
+        async with asyncio.timeout(PUBLISH_ACK_TIMEOUT_S):
+            for subject, data, headers in items:
+                if link is not None and link.generation != generation:
+                    # Reconnected meanwhile: what went before may be lost, so nothing may
+                    # follow it on the new connection before the whole tail is re-sent in order.
+                    raise nats.errors.ConnectionReconnectingError
+                futures.append(await js.publish_async(subject, data, headers=headers))
     except TRANSIENT as error:
         log.debug("publish failed at once; confirm re-sends", extra={"error": str(error)})
         failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
