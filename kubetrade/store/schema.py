@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kubetrade.store.journal import MIGRATION_SQL as JOURNAL_SQL
+
 BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version integer PRIMARY KEY,
@@ -231,4 +233,6 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX outbox_bot_id_idx ON outbox (bot, id)",
         ),
     ),
+    # Live trading's order journal and account baselines (see kubetrade.store.journal).
+    Migration(5, "live order journal", common=JOURNAL_SQL),
 )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -37,6 +37,12 @@ from kubetrade.settings import DEFAULT_OUTAGE_LIMIT_S
 from kubetrade.store.batch import write_batch_op
 from kubetrade.store.candles import write_candles_op
 from kubetrade.store.driver import arun, run
+from kubetrade.store.journal import (
+    journal_intent_op,
+    journal_update_op,
+    read_journal_op,
+    record_baseline_op,
+)
 from kubetrade.store.migrate import migrate_op
 from kubetrade.store.reads import (
     clear_outbox_op,
@@ -62,6 +68,7 @@ from kubetrade.store.records import (
     StoredOrder,
 )
 from kubetrade.store.steps import Op, T
+from kubetrade.trading.order_state import LiveOrder
 
 log = logging.getLogger(__name__)
 
@@ -346,6 +353,22 @@ class AsyncStore:
     async def clear_outbox(self, bot: str, msg_ids: Sequence[str]) -> int:
         """See :meth:`Store.clear_outbox`."""
         return await self._run(lambda: clear_outbox_op(bot, msg_ids))
+
+    async def journal_intent(self, bot: str, order: LiveOrder) -> bool:
+        """Commit a live order's intent before it is sent; False if its client id is known."""
+        return await self._run(lambda: journal_intent_op(bot, order))
+
+    async def journal_update(self, bot: str, order: LiveOrder) -> None:
+        """Commit what became of a journaled live order."""
+        await self._run(lambda: journal_update_op(bot, order))
+
+    async def read_journal(self, bot: str) -> list[LiveOrder]:
+        """Every journaled live order of ``bot``, oldest first."""
+        return await self._run(lambda: read_journal_op(bot))
+
+    async def record_baseline(self, bot: str, balances: Mapping[str, float]) -> dict[str, float]:
+        """The bot's account baseline: ``balances`` the first time, the recorded one after."""
+        return await self._run(lambda: record_baseline_op(bot, balances))
 
     async def last_candle_time(self, bot: str, symbol: str, timeframe: str) -> int | None:
         """See :meth:`Store.last_candle_time`."""

@@ -177,9 +177,13 @@ def validate_order(
 
 
 def check_order(
-    markets: Mapping[str, MarketRules] | None, order: Order, kind: OrderType = OrderType.MARKET
+    markets: Mapping[str, MarketRules] | None,
+    order: Order,
+    kind: OrderType = OrderType.MARKET,
+    price: float | None = None,
 ) -> Order | Refusal:
-    """``order`` with its quantity as the exchange will take it, or why it is refused.
+    """``order`` with its quantity as the exchange will take it, or why it is refused
+    (``price``: a limit order's price).
 
     Without markets (a paper bot whose exchange rules are unknown) every order passes as it is.
     """
@@ -196,6 +200,7 @@ def check_order(
         kind=kind,
         amount=order.quantity,
         reference_price=order.reference_price,
+        price=price,
     )
     if isinstance(verdict, Rejection):
         return Refusal(verdict.code, f"{order.client_order_id}: {verdict.message}")
