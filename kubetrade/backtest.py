@@ -33,10 +33,11 @@ class BacktestResult:
 
 
 def run_backtest(
-    bot: TradingBot, candles: Iterable[Candle], predictor: Predictor
+    bot: TradingBot, candles: Iterable[Candle], predictor: Predictor | None
 ) -> BacktestResult:
-    """Replay ``candles`` (time, then spec symbol order) through features, model and engine."""
-    pipeline = SignalPipeline(predictor)
+    """Replay ``candles`` (time, then spec symbol order) through features, model (None for a
+    rule-only bot) and engine."""
+    pipeline = SignalPipeline.for_bot(bot, predictor)
     engine = TradingEngine(bot)
     result = BacktestResult()
     batch: list[Candle] = []

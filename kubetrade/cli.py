@@ -90,6 +90,21 @@ def check(manifest: Path) -> None:
 
 
 @main.command()
+def strategies() -> None:
+    """List the strategies spec.strategy.type can name: the built-ins and those installed
+    packages register (entry-point group kubetrade.strategies)."""
+    from rich.table import Table
+
+    from kubetrade.strategies import available
+
+    table = Table("type", "from", "model", "what it does")
+    for info in available():
+        model = "needs one" if info.needs_model else "none"
+        table.add_row(info.name, info.source, model, info.problem or info.summary)
+    Console(soft_wrap=True).print(table)
+
+
+@main.command()
 @MANIFEST
 @DATA
 @report_dir_option("reports/run")
@@ -149,7 +164,8 @@ def backtest(manifest: Path, data_file: Path | None, report_dir: Path) -> None:
     from kubetrade.report import build_report, write_report
 
     bot = load_bot(manifest)
-    predictor = OnnxPredictor.load(bot.spec.model.name, bot.spec.model.version)
+    model = bot.spec.model
+    predictor = None if model is None else OnnxPredictor.load(model.name, model.version)
     candles = load_source_candles(bot, str(data_file) if data_file else None)
     result = run_backtest(bot, candles, predictor)
     report = build_report(

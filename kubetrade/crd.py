@@ -36,6 +36,7 @@ from kubetrade.spec import (
     TradingBotSpec,
     TradingBotStatus,
 )
+from kubetrade.strategies.builtin import BUILTINS
 
 Schema = dict[str, Any]
 
@@ -60,12 +61,18 @@ _FIELD_SCHEMA: dict[str, Schema] = {
     "spec.timeframe": {"enum": list(TIMEFRAME_MS)},
     "spec.risk.maxHolding": {"pattern": DURATION.pattern, "minLength": 1},
     "spec.risk.breakers.consecutiveLossCooldown": {"pattern": DURATION.pattern, "minLength": 1},
+    # A strategy's parameters are validated by the strategy (built-in or from an installed
+    # package, which the API server cannot know): kept as given.
+    "spec.strategy.params": {"x-kubernetes-preserve-unknown-fields": True},
     # Conditions merge by type, as in every built-in Kubernetes status.
     "status.conditions": {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
 }
 
 # Readers of the YAML (and of `kubectl explain`) look for the type and description first.
 _KEY_ORDER = ("type", "description", "nullable", "default", "enum", "format")
+
+_MODEL_STRATEGIES = [name for name, kind in BUILTINS.items() if kind.needs_model]
+_RULE_STRATEGIES = [name for name, kind in BUILTINS.items() if not kind.needs_model]
 
 # The spec's model validators as CEL rules, by path. Fields with a default are always present
 # (the API server applies defaults before it validates); optional ones are guarded by has().
@@ -97,6 +104,18 @@ _RULES: dict[str, list[Schema]] = {
             "message": "live mode needs liveConfirmed: true (it sends real orders)",
             "fieldPath": ".liveConfirmed",
         },
+        # The built-ins only: whether an installed strategy needs a model, the model knows.
+        {
+            "rule": f"has(self.model) || !(self.strategy.type in {_MODEL_STRATEGIES})",
+            "message": "the strategy needs a model: set spec.model",
+            "fieldPath": ".model",
+            "reason": "FieldValueRequired",
+        },
+        {
+            "rule": f"!has(self.model) || !(self.strategy.type in {_RULE_STRATEGIES})",
+            "message": "the strategy uses no model: remove spec.model (or use hybrid)",
+            "fieldPath": ".model",
+        },
     ],
     "spec.exchange": [
         {
@@ -113,6 +132,12 @@ _RULES: dict[str, list[Schema]] = {
         },
     ],
     "spec.strategy": [
+        {
+            "rule": "self.type != 'threshold' || !has(self.params)",
+            "message": "the threshold strategy takes its parameters as fields of strategy "
+            "(longAbove, exitBelow, ...), not params",
+            "fieldPath": ".params",
+        },
         {
             "rule": "self.exitBelow <= self.longAbove",
             "message": "exitBelow must not exceed longAbove",
@@ -188,7 +213,7 @@ def _convert(node: Schema, defs: Mapping[str, Schema], where: str) -> Schema:
             out["items"] = _convert(value, defs, f"{where}.items")
         else:
             out[key] = value
-    if node.get("additionalProperties") not in (None, False):
+    if node.get("additionalProperties") not in (None, False, True):
         out["additionalProperties"] = _convert(node["additionalProperties"], defs, where)
     if "type" not in out:
         raise SchemaConversionError(f"{where or '(root)'}: a structural schema needs a type")

@@ -6,6 +6,7 @@ ordering, hashing and idempotency keys never depend on float rounding or time zo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -79,10 +80,14 @@ class Prediction:
 
 @dataclass(frozen=True, slots=True)
 class MarketEvent:
-    """What the executor acts on: a closed candle and, once the model is warm, its prediction."""
+    """What the executor acts on: a closed candle and, once the model is warm, its prediction;
+    once the strategy's features are warm, their values on this candle and on the one before
+    (a rule strategy's inputs; None for a strategy that reads no features)."""
 
     candle: Candle
     prediction: Prediction | None
+    features: Mapping[str, float] | None = None
+    previous_features: Mapping[str, float] | None = None
 
 
 class Side(StrEnum):

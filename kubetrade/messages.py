@@ -7,7 +7,7 @@ of a crash. Adding an optional field is compatible; anything else needs a new ``
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -27,6 +27,15 @@ from kubetrade.errors import InvalidInputError
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Price = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+def _shallow(value: Any) -> dict[str, Any]:
+    """A dataclass's fields as a dict, one level deep.
+
+    ``dataclasses.asdict`` deep-copies every value (tens of µs per candle on the hot path);
+    the fields here are immutable scalars, so a shallow view is the same and cheap.
+    """
+    return {f.name: getattr(value, f.name) for f in fields(value)}
 
 
 class MessageError(InvalidInputError):
@@ -60,7 +69,7 @@ class CandleMessage(_Message):
     def from_candle(cls, candle: Candle, published_us: int) -> CandleMessage:
         """Wrap a domain candle published at ``published_us`` (wall-clock µs)."""
         return cls(
-            **asdict(candle), published_at=published_us // 1000, published_at_us=published_us
+            **_shallow(candle), published_at=published_us // 1000, published_at_us=published_us
         )
 
     @property
@@ -70,7 +79,16 @@ class CandleMessage(_Message):
 
     def to_candle(self) -> Candle:
         """The domain candle."""
-        return Candle(**self.model_dump(exclude={"v", "published_at", "published_at_us"}))
+        return Candle(
+            self.symbol,
+            self.timeframe,
+            self.open_time,
+            self.open,
+            self.high,
+            self.low,
+            self.close,
+            self.volume,
+        )
 
 
 class PredictionBody(BaseModel):
@@ -87,28 +105,39 @@ class PredictionBody(BaseModel):
 
 
 class SignalMessage(_Message):
-    """A candle with the model's prediction (``None`` while the model is warming up)."""
+    """A candle with the model's prediction (``None`` without a model or while it warms up) and
+    the strategy's features on this candle and the one before (``None`` for a strategy that
+    reads none, or while they warm up)."""
 
     candle: CandleMessage
     prediction: PredictionBody | None
     produced_at: int
+    # Optional, so v1 messages without them still decode (a threshold bot's signals).
+    features: dict[str, Finite] | None = None
+    previous_features: dict[str, Finite] | None = None
 
     @classmethod
     def from_event(cls, event: MarketEvent, published_us: int, produced_at: int) -> SignalMessage:
         """Wrap what the inference pipeline produced for one candle (published at µs)."""
         p = event.prediction
-        body = None if p is None else PredictionBody(**asdict(p))
+        body = None if p is None else PredictionBody(**_shallow(p))
         return cls(
             candle=CandleMessage.from_candle(event.candle, published_us),
             prediction=body,
             produced_at=produced_at,
+            features=None if event.features is None else dict(event.features),
+            previous_features=(
+                None if event.previous_features is None else dict(event.previous_features)
+            ),
         )
 
     def to_event(self) -> MarketEvent:
         """The domain event the executor acts on."""
         p = self.prediction
-        prediction = None if p is None else Prediction(**p.model_dump())
-        return MarketEvent(self.candle.to_candle(), prediction)
+        prediction = None if p is None else Prediction(**dict(p))
+        return MarketEvent(
+            self.candle.to_candle(), prediction, self.features, self.previous_features
+        )
 
 
 class OrderMessage(_Message):
@@ -125,7 +154,7 @@ class OrderMessage(_Message):
     @classmethod
     def from_order(cls, order: Order) -> OrderMessage:
         """Wrap a domain order."""
-        return cls(**asdict(order))
+        return cls(**_shallow(order))
 
 
 class FillMessage(_Message):
@@ -144,7 +173,7 @@ class FillMessage(_Message):
     @classmethod
     def from_fill(cls, fill: Fill) -> FillMessage:
         """Wrap a domain fill."""
-        return cls(**asdict(fill))
+        return cls(**_shallow(fill))
 
 
 class StatusMessage(_Message):

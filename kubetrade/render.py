@@ -262,7 +262,8 @@ def _env(bot: TradingBot, platform: Platform, component: str) -> list[Object]:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = _value(
             "OTEL_EXPORTER_OTLP_ENDPOINT", platform.otlp_endpoint
         )
-    if component == "inference" and bot.spec.model.image:
+    model = bot.spec.model
+    if component == "inference" and model is not None and model.image:
         # The model comes from its image into inference's own (writable) store on /tmp.
         env[ENV_MODEL_IMPORT_DIR] = _value(ENV_MODEL_IMPORT_DIR, POD_MODELS_DIR)
     elif component == "inference" and platform.model_store:
@@ -392,6 +393,7 @@ def _deployment(bot: TradingBot, platform: Platform, component: str, hashed_spec
         component == "inference"
         and platform.model_store
         and platform.model_store_claim
+        and bot.spec.model is not None
         and not bot.spec.model.image
     ):
         mounts.append(
@@ -407,7 +409,8 @@ def _deployment(bot: TradingBot, platform: Platform, component: str, hashed_spec
             }
         )
     init_containers: list[Object] = []
-    model_image = bot.spec.model.image
+    # A rule-only bot has no model (inference computes its strategy's features alone).
+    model_image = None if bot.spec.model is None else bot.spec.model.image
     if component == "inference" and model_image:
         # The modelcar pattern: the model image's init container copies /models into an
         # emptyDir that inference imports into its own store at start (modelstore/modelcar.py).

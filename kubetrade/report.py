@@ -55,7 +55,10 @@ def build_report(
         "mode": bot.spec.mode.value,
         "symbols": list(bot.spec.symbols),
         "timeframe": bot.spec.timeframe,
-        "model": f"{bot.spec.model.name}:{bot.spec.model.version}",
+        "strategy": bot.spec.strategy.type,
+        "model": None
+        if bot.spec.model is None
+        else f"{bot.spec.model.name}:{bot.spec.model.version}",
         "start": _iso(equity[0].time) if equity else None,
         "end": _iso(equity[-1].time) if equity else None,
         "candles": candles,

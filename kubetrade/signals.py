@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
 
 from kubetrade.domain import Candle, Direction, MarketEvent, Prediction
-from kubetrade.features import FeatureEngine, FeatureSpec, check_feature_spec, default_feature_spec
+from kubetrade.features import FeatureEngine, FeatureSpec, check_computable
+from kubetrade.spec import TradingBot
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,33 +64,61 @@ def to_prediction(prob_up: float, predictor: Predictor) -> Prediction:
 
 
 class SignalPipeline:
-    """Keeps one feature engine per symbol and predicts the warm ones in a single batch."""
+    """Keeps feature engines per symbol and predicts the warm ones in a single batch.
 
-    def __init__(self, predictor: Predictor, code_spec: FeatureSpec | None = None) -> None:
-        # Refuse before the first candle: a model trained on other features must never predict.
-        check_feature_spec(predictor.feature_spec, code_spec or default_feature_spec())
-        if predictor.window < 1:
-            raise ValueError(
-                f"model {predictor.model_name}:{predictor.model_version} has window "
-                f"{predictor.window}; a model takes at least one feature row"
-            )
+    Two feature sets per symbol, each optional: the model's (its FeatureSpec, any subset of the
+    registry this code computes) and the strategy's (what a rule strategy reads, handed on with
+    every event together with the previous candle's values). A rule-only bot has no model.
+    """
+
+    def __init__(
+        self, predictor: Predictor | None, *, strategy_features: FeatureSpec | None = None
+    ) -> None:
+        if predictor is not None:
+            # Refuse before the first candle: a model whose features this code does not
+            # compute must never predict.
+            check_computable(predictor.feature_spec)
+            if predictor.window < 1:
+                raise ValueError(
+                    f"model {predictor.model_name}:{predictor.model_version} has window "
+                    f"{predictor.window}; a model takes at least one feature row"
+                )
         self.predictor = predictor
+        self.strategy_features = strategy_features
         self._engines: dict[str, FeatureEngine] = {}
         self._rows: dict[str, deque[np.ndarray]] = {}
+        self._strategy_engines: dict[str, FeatureEngine] = {}
+        self._last_values: dict[str, dict[str, float]] = {}
 
-    def _engine(self, symbol: str) -> FeatureEngine:
-        engine = self._engines.get(symbol)
-        if engine is None:
-            engine = self._engines[symbol] = FeatureEngine(self.predictor.feature_spec)
-            self._rows[symbol] = deque(maxlen=self.predictor.window)
-        return engine
+    @classmethod
+    def for_bot(cls, bot: TradingBot, predictor: Predictor | None) -> SignalPipeline:
+        """The pipeline of ``bot``: its model (None for a rule-only bot) and the features its
+        strategy reads."""
+        return cls(predictor, strategy_features=bot.spec.strategy.build().feature_spec)
+
+    @property
+    def history_needed(self) -> int:
+        """Candles per symbol a restart replays to rebuild every window."""
+        model = (
+            0
+            if self.predictor is None
+            else (self.predictor.feature_spec.warmup + self.predictor.window - 1)
+        )
+        strategy = 0 if self.strategy_features is None else self.strategy_features.warmup + 1
+        return max(model, strategy, 1)
 
     def _update(self, candle: Candle) -> np.ndarray | None:
         """The model input of this candle (a row or a window of rows), None while warming up."""
-        engine = self._engine(candle.symbol)
+        predictor = self.predictor
+        if predictor is None:
+            return None
+        engine = self._engines.get(candle.symbol)
+        if engine is None:
+            engine = self._engines[candle.symbol] = FeatureEngine(predictor.feature_spec)
+            self._rows[candle.symbol] = deque(maxlen=predictor.window)
         gaps = engine.gaps_filled
         row = engine.update(candle)
-        if self.predictor.window == 1:
+        if predictor.window == 1:
             return row
         rows = self._rows[candle.symbol]
         if engine.gaps_filled != gaps:
@@ -102,37 +131,61 @@ class SignalPipeline:
         rows.append(row)
         return np.stack(rows) if len(rows) == rows.maxlen else None
 
+    def _strategy_values(
+        self, candle: Candle
+    ) -> tuple[dict[str, float] | None, dict[str, float] | None]:
+        """The strategy's features on this candle and on the one before (None while warming)."""
+        spec = self.strategy_features
+        if spec is None:
+            return None, None
+        engine = self._strategy_engines.get(candle.symbol)
+        if engine is None:
+            engine = self._strategy_engines[candle.symbol] = FeatureEngine(spec)
+        row = engine.update(candle)
+        previous = self._last_values.get(candle.symbol)
+        if row is None:
+            return None, None
+        values = dict(zip(spec.names, row.tolist(), strict=True))
+        self._last_values[candle.symbol] = values
+        return values, previous
+
     def warm_up(self, candles: Iterable[Candle]) -> None:
         """Feed history (e.g. after a restart) through the feature engines without predicting."""
         history: dict[str, deque[Candle]] = {}
-        keep_last = self.predictor.feature_spec.warmup + self.predictor.window - 1
+        keep_last = self.history_needed
         for candle in candles:
             history.setdefault(candle.symbol, deque(maxlen=keep_last)).append(candle)
         for recent in history.values():
             for candle in recent:
                 self._update(candle)
+                self._strategy_values(candle)
 
     def process(self, candles: Sequence[Candle]) -> list[MarketEvent | Rejected]:
         """One result per candle, in input order: an event (prediction None while a symbol
-        warms up), or a rejection for a candle its symbol's engine cannot take (a duplicate,
-        out of order, or impossible prices)."""
+        warms up or without a model), or a rejection for a candle its symbol's engines cannot
+        take (a duplicate, out of order, or impossible prices)."""
         rows: list[np.ndarray] = []
         warm: list[int] = []
         results: list[MarketEvent | Rejected] = []
         for index, candle in enumerate(candles):
             try:
+                # Both engines see the same candles, so they refuse the same ones: a candle the
+                # first refuses never reaches the second, and neither moves.
                 row = self._update(candle)
+                values, previous = self._strategy_values(candle)
             except ValueError as error:
                 results.append(Rejected(candle, str(error)))
                 continue
-            results.append(MarketEvent(candle, None))
+            results.append(MarketEvent(candle, None, values, previous))
             if row is not None:
                 rows.append(row)
                 warm.append(index)
-        if rows:
+        if rows and self.predictor is not None:
             probs = self.predictor.predict_proba(np.stack(rows))
             for index, prob in zip(warm, probs, strict=True):
-                results[index] = MarketEvent(
-                    candles[index], to_prediction(float(prob), self.predictor)
+                event = results[index]
+                assert isinstance(event, MarketEvent)
+                results[index] = replace(
+                    event, prediction=to_prediction(float(prob), self.predictor)
                 )
         return results

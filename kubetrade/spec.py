@@ -12,11 +12,21 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from kubetrade.domain import TIMEFRAME_MS, HaltCause
 from kubetrade.errors import InvalidInputError
+from kubetrade.strategies import Strategy, StrategyError, make_strategy
+from kubetrade.strategies.builtin import Threshold, ThresholdParams
 from kubetrade.yaml_documents import DocumentError, read_documents
 
 API_GROUP = "kubetrade.io"
@@ -167,24 +177,87 @@ class ModelRef(_Model):
     )
 
 
-class StrategySpec(_Model):
-    """Threshold strategy on the model's probability that the price goes up."""
+class BadFieldsError(ValueError):
+    """Several bad fields found by one validator: ``(path relative to the validated object,
+    message)`` each; ``format_errors`` names each field on its own line."""
 
-    type: Literal["threshold"] = "threshold"
-    long_above: float = Field(default=0.6, ge=0, le=1)
-    exit_below: float = Field(default=0.5, ge=0, le=1)
-    allow_short: bool = False
-    short_below: float = Field(default=0.4, ge=0, le=1)
-    exit_above: float = Field(default=0.5, ge=0, le=1)
-    min_confidence: float = Field(default=0.0, ge=0, le=1)
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{path}: {message}" for path, message in problems))
+
+
+STRATEGY_TYPE = r"^[a-z][a-z0-9-]{0,62}$"
+THRESHOLD_FIELDS = set(ThresholdParams.model_fields)
+
+
+class StrategySpec(ThresholdParams):
+    """The trading rule: ``type`` picks a strategy (``kubetrade strategies``), ``params`` sets it.
+
+    The threshold strategy, the default, takes its parameters as fields of ``strategy`` itself
+    (longAbove, exitBelow, ...); every other type takes them under ``params``.
+    """
+
+    type: str = Field(
+        default="threshold",
+        max_length=63,
+        pattern=STRATEGY_TYPE,
+        description="threshold | sma-crossover | ema-crossover | momentum | bollinger-reversion "
+        "| rsi-reversion | hybrid | a strategy an installed package registers",
+    )
+    params: dict[str, Any] | None = Field(
+        default=None,
+        description="Parameters of a strategy other than threshold (whose parameters are the "
+        "fields beside type).",
+    )
+    _strategy: Strategy[Any] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
-    def _ordered(self) -> StrategySpec:
-        if self.exit_below > self.long_above:
-            raise ValueError("exitBelow must not exceed longAbove")
-        if self.allow_short and self.exit_above < self.short_below:
-            raise ValueError("exitAbove must not be below shortBelow")
+    def _builds(self) -> StrategySpec:
+        self._strategy = self._resolve()
         return self
+
+    def _resolve(self) -> Strategy[Any]:
+        """The strategy, or BadFieldsError naming every bad field."""
+        problems: list[tuple[str, str]] = []
+        if self.type != "threshold":
+            # Only a changed value is refused: the API server fills in every default, so a
+            # stored sma-crossover bot carries longAbove: 0.6 and the rest.
+            problems += [
+                (
+                    to_camel(name),
+                    f"applies to type threshold only; set the parameters of "
+                    f"{self.type} under params",
+                )
+                for name in sorted(THRESHOLD_FIELDS & self.model_fields_set)
+                if getattr(self, name) != ThresholdParams.model_fields[name].default
+            ]
+        elif self.params is not None:
+            problems.append(
+                (
+                    "params",
+                    "the threshold strategy takes its parameters as fields of strategy "
+                    "(longAbove, exitBelow, ...), not params",
+                )
+            )
+        strategy: Strategy[Any] | None = None
+        try:
+            strategy = (
+                Threshold(ThresholdParams.model_validate(self.model_dump(include=THRESHOLD_FIELDS)))
+                if self.type == "threshold"
+                else make_strategy(self.type, self.params or {})
+            )
+        except StrategyError as error:
+            problems += error.problems
+        if problems or strategy is None:
+            raise BadFieldsError(problems)
+        return strategy
+
+    def build(self) -> Strategy[Any]:
+        """The strategy this spec chooses, its parameters validated."""
+        if self._strategy is None:
+            # A copy made without validation (model_construct) resolves on first use.
+            self._strategy = self._resolve()
+        return self._strategy
 
 
 class SizingSpec(_Model):
@@ -308,7 +381,9 @@ class TradingBotSpec(_Model):
     exchange: ExchangeSpec = ExchangeSpec()
     symbols: list[str] = Field(min_length=1, max_length=100)
     timeframe: str = "1h"
-    model: ModelRef
+    model: ModelRef | None = Field(
+        default=None, description="The model; required by a strategy that needs one."
+    )
     strategy: StrategySpec = StrategySpec()
     risk: RiskSpec = RiskSpec()
     execution: ExecutionSpec = ExecutionSpec()
@@ -334,6 +409,29 @@ class TradingBotSpec(_Model):
         if value not in TIMEFRAME_MS:
             raise ValueError(f"must be one of {', '.join(TIMEFRAME_MS)}")
         return value
+
+    @model_validator(mode="after")
+    def _model_fits_strategy(self) -> TradingBotSpec:
+        strategy = self.strategy.build()
+        kind = self.strategy.type
+        problems: list[tuple[str, str]] = []
+        if strategy.needs_model and self.model is None:
+            problems.append(("model", f"required field is missing: strategy {kind} needs a model"))
+        if not strategy.needs_model:
+            if self.model is not None:
+                problems.append(
+                    ("model", f"strategy {kind} uses no model; remove spec.model (or use hybrid)")
+                )
+            if self.risk.sizing.method == "kelly":
+                problems.append(
+                    (
+                        "risk.sizing.method",
+                        f"kelly sizes by the model's probability; strategy {kind} uses no model",
+                    )
+                )
+        if problems:
+            raise BadFieldsError(problems)
+        return self
 
     @model_validator(mode="after")
     def _live_is_deliberate(self) -> TradingBotSpec:
@@ -559,6 +657,11 @@ def format_errors(error: ValidationError, root: type[BaseModel] = TradingBot) ->
             message = "must be a finite number (not .inf or .nan)"
         elif kind == "string_too_long":
             message = f"must have at most {item['ctx']['max_length']} characters"
+        elif kind == "value_error" and isinstance(item.get("ctx", {}).get("error"), BadFieldsError):
+            for where, problem in item["ctx"]["error"].problems:
+                lines.append(f"{path}.{where}" if path != "(manifest)" else where)
+                lines[-1] += f": {problem}"
+            continue
         elif kind == "value_error":
             message = str(item["ctx"]["error"]) if "ctx" in item else item["msg"]
         else:

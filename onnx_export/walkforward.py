@@ -243,7 +243,7 @@ def backtest_window(
     candles: Sequence[Candle],
 ) -> tuple[PerformanceReport, list[Fill], list[EquityPoint]]:
     """Trade ``candles`` after warming the features up on ``history`` (no trades there)."""
-    pipeline = SignalPipeline(predictor, predictor.feature_spec)
+    pipeline = SignalPipeline(predictor)
     pipeline.warm_up(history)
     engine = TradingEngine(bot)
     fills: list[Fill] = []

@@ -52,7 +52,7 @@ class BotRecord:
             key=self.key,
             generation=meta.generation,
             applied_generation=self.applied_generation,
-            model=f"{spec.model.name}:{spec.model.version}",
+            model=None if spec.model is None else f"{spec.model.name}:{spec.model.version}",
             paused=spec.paused,
             kill_switch=meta.annotations.get(KILL_SWITCH_ANNOTATION),
             reconcile_error=self.reconcile_error,

@@ -55,8 +55,8 @@ class BotState:
     key: str
     generation: int | None
     applied_generation: int | None
-    model: str
-    """``name:version`` the spec asks for."""
+    model: str | None
+    """``name:version`` the spec asks for; None when the bot's strategy uses no model."""
     paused: bool
     kill_switch: str | None
     """Value of the kill-switch annotation, None when absent."""
@@ -75,9 +75,31 @@ class EventSpec:
 @dataclass(frozen=True, slots=True)
 class _Model:
     ready: Condition
-    status: ModelStatus
+    status: ModelStatus | None
     active: str | None
     halts: bool
+
+
+def _no_model(seen: BotObservations, now: float, timeout: float, generation: int | None) -> _Model:
+    """ModelReady of a bot whose strategy uses no model: inference computes the rule's signals,
+    so the condition follows inference's heartbeat and there is no rollout to report."""
+    beat = seen.inference
+    if beat is not None and beat.age(now) <= timeout and beat.state == "running":
+        return _Model(
+            condition(MODEL_READY, True, "NoModel", beat.message, generation),
+            None,
+            "no model",
+            halts=False,
+        )
+    if beat is None:
+        reason, message = "AwaitingHeartbeat", "no status from inference yet"
+    elif beat.age(now) > timeout:
+        reason, message = "HeartbeatLost", f"no status from inference within {timeout:g}s"
+    else:
+        reason, message = "InferenceFailed", f"inference is {beat.state}: {beat.message}"
+    return _Model(
+        condition(MODEL_READY, False, reason, message, generation), None, None, halts=False
+    )
 
 
 def model_matches(target: str, served: str) -> bool:
@@ -259,14 +281,18 @@ def compute_status(
     gen = state.applied_generation
     feed = _component("feed", seen.feed, now, heartbeat_timeout, gen)
     executor = _component("executor", seen.executor, now, heartbeat_timeout, gen)
-    model = _model(
-        state.model,
-        seen,
-        now,
-        heartbeat_timeout,
-        gen,
-        previous.model if previous else None,
-        wall,
+    model = (
+        _no_model(seen, now, heartbeat_timeout, gen)
+        if state.model is None
+        else _model(
+            state.model,
+            seen,
+            now,
+            heartbeat_timeout,
+            gen,
+            previous.model if previous else None,
+            wall,
+        )
     )
     halted = _halted(state, seen.executor, model)
     trading = seen.executor.trading if seen.executor else None

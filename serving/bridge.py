@@ -5,7 +5,9 @@ loop. Every candle yields a signal: with a prediction once the symbol's features
 without one before, so the executor sees every candle in stream order and can run its exits.
 A model whose FeatureSpec does not match this code never predicts: the bridge reports the
 mismatch in its status (naming both feature lists) and consumes nothing, so candles wait in
-the stream for a good model.
+the stream for a good model. A strategy that reads features (a rule, or a hybrid's rule) gets
+them on every signal once warm; a rule-only bot has no model, and the bridge computes the
+features alone.
 """
 
 from __future__ import annotations
@@ -98,8 +100,12 @@ class BridgeHandle:
             self.thread.join(timeout)
 
 
-def start_bridge(predictor: Predictor, settings: WorkerSettings | None = None) -> BridgeHandle:
-    """Start the bridge on a daemon thread; configuration comes from the pod's environment."""
+def start_bridge(
+    predictor: Predictor | None, settings: WorkerSettings | None = None
+) -> BridgeHandle:
+    """Start the bridge on a daemon thread; configuration comes from the pod's environment.
+    ``predictor`` is None for a bot whose strategy uses no model: the bridge then computes the
+    strategy's features alone."""
     settings = settings or WorkerSettings.from_env("inference")
     status = WorkerStatus("inference", settings.bot.key)
     tracer = setup_tracing("kubetrade-inference", settings.bot.key, install=False).get_tracer(
@@ -132,7 +138,7 @@ def start_bridge(predictor: Predictor, settings: WorkerSettings | None = None) -
 
 
 async def _serve(
-    predictor: Predictor,
+    predictor: Predictor | None,
     settings: WorkerSettings,
     status: WorkerStatus,
     stop: asyncio.Event,
@@ -151,7 +157,7 @@ async def _serve(
     watchdog: asyncio.Task[None] | None = None
     try:
         try:
-            pipeline = SignalPipeline(predictor)
+            pipeline = SignalPipeline.for_bot(bot, predictor)
         except FeatureMismatchError as error:
             status.state, status.message = "degraded", str(error)
             log.error("model refused: feature mismatch", extra={"error": str(error)})
@@ -173,12 +179,16 @@ async def _serve(
             pipeline.warm_up(admission.replayed(history, now_ms()))
             log.info("windows rebuilt from the stream", extra={"through_seq": resumed})
         status.state = "running"
-        status.message = f"serving {predictor.model_name}:{predictor.model_version}"
+        status.message = (
+            f"computing {bot.spec.strategy.type} signals (no model)"
+            if predictor is None
+            else f"serving {predictor.model_name}:{predictor.model_version}"
+        )
         durable = subjects.durable("inference")
         watchdog = asyncio.create_task(
             watch_forever(vitals, status, lambda: consumer_pending(js, subjects.stream, durable))
         )
-        log.info("bridge running", extra={"model": predictor.model_name})
+        log.info("bridge running", extra={"signals": status.message})
         # Batches whose signals are sent but not yet stored: a batch is acknowledged to the
         # candle stream only once the signal stream holds all of its signals. After a failed
         # send or a reconnect, every unsettled batch is confirmed (re-sent in order) before
@@ -260,6 +270,9 @@ async def _handle(
     with PREDICT_SECONDS.labels(bot).time():
         results = pipeline.process(candles)
     produced = now_ms()
+    # The signal's message id names what produced it, so a new model's signals are not taken
+    # for duplicates of the old one's.
+    version = "no-model" if pipeline.predictor is None else pipeline.predictor.model_version
     outgoing = []
     predicted = 0
     for event, (message, delivery) in zip(results, sources, strict=True):
@@ -272,10 +285,10 @@ async def _handle(
         attributes = {
             "kubetrade.bot": bot,
             "kubetrade.symbol": event.candle.symbol,
-            "kubetrade.model_version": pipeline.predictor.model_version,
+            "kubetrade.model_version": version,
             "kubetrade.warm": event.prediction is not None,
         }
-        msg_id = f"{event.candle.key}:{pipeline.predictor.model_version}"
+        msg_id = f"{event.candle.key}:{version}"
         with hop(
             tracer, "inference.signal", delivery.msg.headers, attributes, {"Nats-Msg-Id": msg_id}
         ) as headers:

@@ -18,8 +18,10 @@ and NATS share the one model in memory. SIGTERM or SIGINT to the arbiter stops b
 
 The model is named by ``KUBETRADE_MODEL_NAME``/``KUBETRADE_MODEL_VERSION`` or, without them,
 by ``spec.model`` of the bot in ``KUBETRADE_SPEC``. A model that cannot be loaded, or whose
-FeatureSpec differs from this code's, leaves the service up (``/livez`` ok) but not ready:
-``/readyz`` answers 503 with the reason, naming both feature lists on a mismatch.
+FeatureSpec this code does not compute, leaves the service up (``/livez`` ok) but not ready:
+``/readyz`` answers 503 with the reason, naming both feature lists on a mismatch. A bot whose
+strategy uses no model (a rule) loads none: the bridge computes the strategy's features, and
+``/predict`` and ``/signal`` answer 503.
 
 This module is imported by the arbiter too: heavy imports (numpy, onnxruntime, the feature
 code) happen inside the worker only, in ``InferenceService.__init__``.
@@ -104,8 +106,9 @@ class ModelChoice:
     version: str
 
 
-def model_choice(env: Mapping[str, str]) -> ModelChoice:
-    """The model named by KUBETRADE_MODEL_NAME/VERSION, else by the bot spec's ``spec.model``."""
+def model_choice(env: Mapping[str, str]) -> ModelChoice | None:
+    """The model named by KUBETRADE_MODEL_NAME/VERSION, else by the bot spec's ``spec.model``;
+    None for a bot whose strategy uses no model."""
     name = env.get(ENV_MODEL_NAME)
     if name:
         return ModelChoice(name, env.get(ENV_MODEL_VERSION) or "latest")
@@ -126,7 +129,7 @@ def model_choice(env: Mapping[str, str]) -> ModelChoice:
             f"{ENV_SPEC} is not a valid TradingBot ({error.error_count()} problems, first: "
             f"{error.errors()[0]['msg']}); set it from the rendered ConfigMap"
         ) from None
-    return ModelChoice(model.name, model.version)
+    return None if model is None else ModelChoice(model.name, model.version)
 
 
 def serve_command(env: Mapping[str, str] | None = None) -> list[str]:
@@ -194,26 +197,34 @@ class InferenceService:
         self.not_ready_reason: str | None = None
         self.bridge: BridgeHandle | None = None
         self._batcher: Batcher | None = None
+        self.uses_model = True
         self._load(os.environ)
-        if self.predictor is not None and os.environ.get(ENV_NATS_URL):
+        serves = self.predictor is not None or not self.uses_model
+        if serves and os.environ.get(ENV_NATS_URL):
             from kubetrade.serving.bridge import start_bridge
 
             self.bridge = start_bridge(self.predictor)
             log.info("nats bridge started", extra={"nats_url": os.environ[ENV_NATS_URL]})
 
     def _load(self, env: Mapping[str, str]) -> None:
-        from kubetrade.features import FeatureMismatchError, default_feature_spec
+        from kubetrade.features import FeatureMismatchError
         from kubetrade.modelstore.modelcar import ENV_MODEL_IMPORT_DIR, import_models
         from kubetrade.modelstore.predictor import OnnxPredictor
 
         started = time.perf_counter()
         try:
             choice = model_choice(env)
+            if choice is None:
+                # A rule-only bot: the bridge computes the strategy's features, no model loads.
+                self.uses_model = False
+                MODEL_READY.set(0)
+                log.info("inference ready without a model: the bot's strategy uses none")
+                return
             if env.get(ENV_MODEL_IMPORT_DIR):
                 # A model image's files, copied here by the init container (modelcar).
                 import_models(Path(env[ENV_MODEL_IMPORT_DIR]))
             self.predictor = OnnxPredictor.load(choice.name, choice.version)
-            self.predictor.check(default_feature_spec())
+            self.predictor.check_computable()
         except FeatureMismatchError as error:
             self.not_ready_reason = f"model feature mismatch: {error}"
         except KubetradeError as error:
@@ -268,7 +279,10 @@ class InferenceService:
         # Only the model decides: a reconnecting NATS bridge does not stop HTTP predictions.
         if self.not_ready_reason or self.predictor is None or self._batcher is None:
             REQUESTS.labels(endpoint, "not_ready").inc()
-            return _error(503, self.not_ready_reason or "model not loaded")
+            reason = self.not_ready_reason or (
+                "model not loaded" if self.uses_model else "this bot's strategy uses no model"
+            )
+            return _error(503, reason)
         return self.predictor, self._batcher
 
     # _bentoml_sdk ships no py.typed, so mypy sees its decorators as untyped.

@@ -50,6 +50,13 @@ def manifest(**spec: Any) -> dict[str, Any]:
     }
 
 
+def rule_manifest(**spec: Any) -> dict[str, Any]:
+    """A bot whose strategy uses no model (no spec.model)."""
+    document = manifest(**spec)
+    del document["spec"]["model"]
+    return document
+
+
 # --- the checked-in file ------------------------------------------------------------------
 
 
@@ -140,6 +147,11 @@ def test_the_schema_is_structural() -> None:
         assert set(node) <= KNOWN_SCHEMA_KEYS, f"{where}: {set(node) - KNOWN_SCHEMA_KEYS}"
         for key in ("$ref", "$defs", "definitions", "title", "anyOf", "oneOf", "allOf", "not"):
             assert key not in node, f"{where} has {key}"
+        # One exception: a strategy's parameters, which the strategy validates (an installed
+        # package's strategy is unknown to the API server).
+        if where == ".spec.strategy.params":
+            assert node["x-kubernetes-preserve-unknown-fields"] is True
+            continue
         assert not node.get("x-kubernetes-preserve-unknown-fields"), where
         assert not node.get("uniqueItems"), f"{where}: uniqueItems is refused by the API server"
         if "properties" in node:
@@ -169,13 +181,13 @@ def test_descriptions_types_and_enums_come_from_the_model() -> None:
 
     assert nodes[".spec.exchange.speed"]["description"].startswith("Replay pacing")
     assert nodes[".spec.mode"]["enum"] == ["paper", "live"]
-    assert nodes[".spec.strategy.type"]["enum"] == ["threshold"]
+    assert nodes[".spec.strategy.type"]["pattern"] == "^[a-z][a-z0-9-]{0,62}$"
     assert nodes[".spec.risk.sizing.method"]["enum"] == ["kelly", "fixed-fraction", "volatility"]
     assert nodes[".spec.risk.trailingStop"]["nullable"] is True
     percent = nodes[".spec.risk.sizing.maxPositionPct"]
     assert (percent["minimum"], percent["exclusiveMinimum"], percent["maximum"]) == (0, True, 100)
     assert nodes[".spec.resources.feed.requests.*"] == {"type": "string"}
-    assert nodes[".spec"]["required"] == ["symbols", "model"]
+    assert nodes[".spec"]["required"] == ["symbols"]
     assert set(nodes[".spec"]["properties"]) == {
         f.alias or n for n, f in TradingBotSpec.model_fields.items()
     }
@@ -193,12 +205,16 @@ def test_cel_rules_mirror_the_model_validators() -> None:
         "live mode needs a real exchange, not synthetic or replay",
         "live mode needs exchange.credentialsSecret",
         "live mode needs liveConfirmed: true (it sends real orders)",
+        "the strategy needs a model: set spec.model",
+        "the strategy uses no model: remove spec.model (or use hybrid)",
     ]
     assert messages[".spec.exchange"] == [
         "exchange.name 'replay' needs exchange.uri (a CSV or Parquet file)",
         URL_NEEDS_SHA256,
     ]
     assert messages[".spec.strategy"] == [
+        "the threshold strategy takes its parameters as fields of strategy (longAbove, "
+        "exitBelow, ...), not params",
         "exitBelow must not exceed longAbove",
         "exitAbove must not be below shortBelow",
     ]
@@ -316,6 +332,16 @@ def test_defaults_applied_by_the_server_give_the_model_defaults() -> None:
     assert parse_bot(defaulted) == parse_bot(document)
 
 
+def test_a_rule_bot_read_back_with_the_servers_defaults_is_the_same_bot() -> None:
+    # The server fills in longAbove and the other threshold fields beside type: sma-crossover;
+    # only a changed threshold field is refused for another type.
+    document = rule_manifest(strategy={"type": "sma-crossover", "params": {"fast": 5}})
+    defaulted = apply_defaults(SCHEMA, copy.deepcopy(document))
+
+    assert defaulted["spec"]["strategy"]["longAbove"] == 0.6
+    assert parse_bot(defaulted) == parse_bot(document)
+
+
 ACCEPTED = {
     "minimal": {},
     "live with keys and confirmation": {
@@ -348,7 +374,8 @@ REFUSED = {
     "percent above 100": ({"risk": {"breakers": {"maxDrawdownPct": 150}}}, "maxDrawdownPct"),
     "zero trailing percent": ({"risk": {"trailingStop": {"trailPct": 0}}}, "trailPct"),
     "unknown sizing method": ({"risk": {"sizing": {"method": "martingale"}}}, "martingale"),
-    "unknown strategy type": ({"strategy": {"type": "momentum"}}, "strategy.type"),
+    "threshold with params": ({"strategy": {"params": {"fast": 3}}}, "not params"),
+    "strategy type with capitals": ({"strategy": {"type": "SMA"}}, "strategy.type"),
     "bad timeframe": ({"timeframe": "7m"}, "spec.timeframe"),
     "bad symbol": ({"symbols": ["btc-usdt"]}, "spec.symbols.0"),
     "duplicate symbols": ({"symbols": ["BTC/USDT", "BTC/USDT"]}, "duplicate entries"),
@@ -409,6 +436,29 @@ def test_what_the_model_refuses_the_crd_refuses(
     assert not _model_accepts(document)
     errors = admit(document)
     assert any(reason in e for e in errors), errors
+
+
+def test_rule_bots_need_no_model_and_model_strategies_need_one(admit: Validate) -> None:
+    rule = rule_manifest(strategy={"type": "sma-crossover", "params": {"fast": 10, "slow": 30}})
+    assert _model_accepts(rule)
+    assert admit(rule) == []
+
+    threshold_without_model = rule_manifest()
+    assert not _model_accepts(threshold_without_model)
+    assert any("needs a model" in e for e in admit(threshold_without_model))
+
+    rule_with_model = manifest(strategy={"type": "momentum"})
+    assert not _model_accepts(rule_with_model)
+    assert any("uses no model" in e for e in admit(rule_with_model))
+
+
+def test_an_unknown_strategy_type_is_refused_by_the_model_naming_the_known_ones() -> None:
+    # The CRD cannot know the strategies an installed package registers: the model (and so
+    # `kubetrade check`, run and the operator) refuses an unknown one.
+    with pytest.raises(ManifestError) as caught:
+        parse_bot(rule_manifest(strategy={"type": "martingale"}))
+    [line] = caught.value.errors
+    assert line.startswith("spec.strategy.type: unknown strategy 'martingale'; known: threshold")
 
 
 @pytest.mark.parametrize("name", ["Bad_Name", "btc.trend", "-btc", "a" * 64])

@@ -42,7 +42,8 @@ def _fill_key(fill: Fill) -> tuple[int, str, str, float, float]:
 
 
 def _backtest(bot: TradingBot, data_file: str | None = None) -> tuple[list[Fill], float]:
-    predictor = OnnxPredictor.load(bot.spec.model.name, bot.spec.model.version)
+    model = bot.spec.model
+    predictor = None if model is None else OnnxPredictor.load(model.name, model.version)
     result = run_backtest(bot, load_source_candles(bot, data_file), predictor)
     return result.fills, result.equity[-1].equity
 

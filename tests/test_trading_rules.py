@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from kubetrade.domain import Candle, Direction, OrderReason, Prediction, Side
-from kubetrade.spec import BreakerSpec, SizingSpec, StrategySpec, TrailingStopSpec
+from kubetrade.spec import BreakerSpec, SizingSpec, TrailingStopSpec
+from kubetrade.strategies import StrategyInputs
+from kubetrade.strategies.builtin import Threshold, ThresholdParams
 from kubetrade.trading.atr import AtrState, update_atr
 from kubetrade.trading.breakers import BreakerState, evaluate, record_round_trip
 from kubetrade.trading.broker import PaperBroker
@@ -14,7 +16,7 @@ from kubetrade.trading.outputs import Rejection
 from kubetrade.trading.portfolio import Portfolio, Position
 from kubetrade.trading.quantity import round_quantity
 from kubetrade.trading.sizing import Sized, SizingRequest, kelly_fraction, size_entry
-from kubetrade.trading.strategy import Intent, PositionSide, decide
+from kubetrade.trading.strategy import Intent, PositionSide
 
 
 def bar(i: int, o: float, h: float, lo: float, c: float) -> Candle:
@@ -50,6 +52,12 @@ def _prediction(p: float, confidence: float = 1.0) -> Prediction:
     return Prediction(p, Direction.UP, confidence, "m", "1", "h")
 
 
+def decide(
+    params: ThresholdParams, prediction: Prediction | None, holding: PositionSide | None
+) -> Intent:
+    return Threshold(params).decide(StrategyInputs(prediction), holding)
+
+
 @pytest.mark.parametrize(
     ("p", "holding", "intent"),
     [
@@ -66,14 +74,14 @@ def _prediction(p: float, confidence: float = 1.0) -> Prediction:
     ],
 )
 def test_threshold_strategy(p: float, holding: PositionSide | None, intent: Intent) -> None:
-    strategy = StrategySpec(allow_short=True)
+    strategy = ThresholdParams(allow_short=True)
     assert decide(strategy, _prediction(p), holding) is intent
 
 
 def test_strategy_holds_without_a_prediction_or_confidence_and_without_shorts() -> None:
-    assert decide(StrategySpec(), None, None) is Intent.HOLD
-    assert decide(StrategySpec(min_confidence=0.8), _prediction(0.9, 0.7), None) is Intent.HOLD
-    assert decide(StrategySpec(), _prediction(0.1), None) is Intent.HOLD
+    assert decide(ThresholdParams(), None, None) is Intent.HOLD
+    assert decide(ThresholdParams(min_confidence=0.8), _prediction(0.9, 0.7), None) is Intent.HOLD
+    assert decide(ThresholdParams(), _prediction(0.1), None) is Intent.HOLD
 
 
 def _request(**changes: object) -> SizingRequest:

@@ -220,6 +220,12 @@ def check_feature_spec(expected: FeatureSpec, actual: FeatureSpec) -> None:
         )
 
 
+def check_computable(spec: FeatureSpec) -> None:
+    """Raise FeatureMismatchError unless this code computes ``spec`` (any subset of the
+    registry's groups with any valid parameters); the message names both feature lists."""
+    indicators_for(spec)
+
+
 def indicators_for(spec: FeatureSpec) -> list[Indicator]:
     """Indicators computing exactly ``spec``, or FeatureMismatchError."""
     try:

@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kubetrade.errors import ModelError
-from kubetrade.features import FeatureSpec, check_feature_spec
+from kubetrade.features import FeatureSpec, check_computable, check_feature_spec
 from kubetrade.modelstore.metadata import ModelMetadata
 from kubetrade.modelstore.registry import LATEST, resolve
 from kubetrade.settings import quiet_environment
@@ -81,6 +81,10 @@ class OnnxPredictor:
             },
         )
         return predictor
+
+    def check_computable(self) -> None:
+        """Raise FeatureMismatchError unless this code computes the model's features."""
+        check_computable(self.feature_spec)
 
     def check(self, spec: FeatureSpec) -> None:
         """Raise FeatureMismatchError unless ``spec`` computes the features the model expects."""

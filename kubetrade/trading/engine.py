@@ -21,12 +21,13 @@ Events are closed candles, per symbol in time order, and within one candle time 
    trail follows the candle's extreme, and a time exit due at ``t_close`` becomes a market order
    for the next open.
 4. **Mark** ``s`` at the close; update its ATR; evaluate the breakers (trip/clear notices).
-5. **Strategy** (see ``strategy``) on the prediction, if any: an exit signal becomes a market
-   order for the next open; an entry signal passes the gates in this order: paused, kill-switch
-   halt, tripped breakers, ``minSecondsBetweenTrades``, ``maxTradesPerDay``, ATR warm-up (when a
-   stop-loss is configured), then sizing (see ``sizing``). Each refusal is an ``entry_rejected``
-   notice. A symbol with an order already waiting (e.g. a time exit) takes no new decision, and
-   a position is only opened from flat.
+5. **Strategy** (``spec.strategy``, see ``kubetrade.strategies``), once its inputs are warm (the
+   model's prediction and/or its features on this candle and the one before): an exit signal
+   becomes a market order for the next open; an entry signal passes the gates in this order:
+   paused, kill-switch halt, tripped breakers, ``minSecondsBetweenTrades``,
+   ``maxTradesPerDay``, ATR warm-up (when a stop-loss is configured), then sizing (see
+   ``sizing``). Each refusal is an ``entry_rejected`` notice. A symbol with an order already
+   waiting (e.g. a time exit) takes no new decision, and a position is only opened from flat.
 6. **Equity.** After the last symbol of ``spec.symbols`` at this candle time, one EquityPoint
    for the time (``time = t_close``), marked at each symbol's latest close; drawdown is from the
    running peak of these points. A candle that arrives late for a time already emitted still
@@ -54,11 +55,11 @@ from kubetrade.domain import (
     MarketEvent,
     Order,
     OrderReason,
-    Prediction,
     timeframe_ms,
 )
 from kubetrade.errors import InvalidInputError
 from kubetrade.spec import TradingBot
+from kubetrade.strategies import Intent, PositionSide, StrategyInputs
 from kubetrade.trading.atr import AtrState, update_atr
 from kubetrade.trading.breakers import (
     BreakerState,
@@ -102,7 +103,6 @@ from kubetrade.trading.state import (
     position_from,
     to_plain,
 )
-from kubetrade.trading.strategy import Intent, PositionSide, decide
 from kubetrade.trading.summary import TradingSummary
 
 
@@ -120,6 +120,7 @@ class TradingEngine:
         self._name = bot.metadata.name
         self._symbols = tuple(spec.symbols)
         self._timeframe_ms = timeframe_ms(spec.timeframe)
+        self._strategy = spec.strategy.build()
         self._broker = PaperBroker.from_spec(spec.execution)
         capital = spec.execution.initial_capital
         self._portfolio = Portfolio(cash=capital)
@@ -163,11 +164,13 @@ class TradingEngine:
         self._update_atr(candle)
         self._last_open[candle.symbol] = candle.open_time
         self._last_event_time = max(self._last_event_time or 0, candle.close_time)
-        if event.prediction is not None:
+        inputs = StrategyInputs(event.prediction, event.features, event.previous_features)
+        ready = self._strategy.ready(inputs)
+        if ready:
             self._last_signal_time = candle.close_time
         self._update_breakers(candle.close_time, out)
-        if event.prediction is not None:
-            self._act_on_signal(candle, event.prediction, out)
+        if ready:
+            self._act_on_signal(candle, inputs, out)
         if (
             candle.symbol == self._symbols[-1]
             and candle.open_time == self._bucket
@@ -399,14 +402,12 @@ class TradingEngine:
                 )
         self._breakers = replace(self._breakers, tripped=tripped)
 
-    def _act_on_signal(self, candle: Candle, prediction: Prediction, out: EngineOutput) -> None:
+    def _act_on_signal(self, candle: Candle, inputs: StrategyInputs, out: EngineOutput) -> None:
         symbol = candle.symbol
         if symbol in self._pending:
             return
         position = self._portfolio.positions.get(symbol)
-        intent = decide(
-            self._bot.spec.strategy, prediction, None if position is None else position.side
-        )
+        intent = self._strategy.decide(inputs, None if position is None else position.side)
         if intent is Intent.HOLD:
             return
         if position is not None:
@@ -423,7 +424,7 @@ class TradingEngine:
                 self._bot.spec.risk.sizing,
                 SizingRequest(
                     side=side,
-                    prob_up=prediction.prob_up,
+                    prob_up=None if inputs.prediction is None else inputs.prediction.prob_up,
                     price=candle.close,
                     equity=self._portfolio.equity(),
                     buying_power=self._portfolio.buying_power(self._reserved()),

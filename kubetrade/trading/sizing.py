@@ -30,7 +30,8 @@ class SizingRequest:
     """What sizing needs to know about one entry."""
 
     side: PositionSide
-    prob_up: float
+    # None when the strategy uses no model (the spec refuses kelly sizing for those).
+    prob_up: float | None
     price: float
     equity: float
     buying_power: float
@@ -54,6 +55,8 @@ def kelly_fraction(win_probability: float, payoff_ratio: float) -> float:
 def _target_notional(sizing: SizingSpec, request: SizingRequest) -> float | Rejection:
     equity = request.equity
     if sizing.method == "kelly":
+        if request.prob_up is None:
+            return Rejection("no_probability", "kelly sizing needs the model's probability")
         p = request.prob_up if request.side is PositionSide.LONG else 1 - request.prob_up
         full = kelly_fraction(p, sizing.payoff_ratio)
         if full <= 0:
