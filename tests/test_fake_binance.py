@@ -21,6 +21,7 @@ from ccxt.base.errors import (
     RequestTimeout,
 )
 
+from kubetrade.errors import InvalidInputError
 from kubetrade.live.exchange import Credentials, connect_exchange
 from tests.fake_exchanges.binance import FakeBinance, Fault
 
@@ -176,3 +177,20 @@ def test_weight_limit_trips() -> None:
         return fake.rate_limited
 
     assert run(scenario) == 1
+
+
+def test_credentials_come_from_the_environment_and_never_show() -> None:
+    environ = {"KUBETRADE_EXCHANGE_API_KEY": "key-123", "KUBETRADE_EXCHANGE_SECRET": "sec-456"}
+    credentials = Credentials.from_environment(environ)
+    assert (credentials.api_key, credentials.secret) == ("key-123", "sec-456")
+    assert "key-123" not in repr(credentials) and "sec-456" not in str(credentials)
+    with pytest.raises(InvalidInputError, match="KUBETRADE_EXCHANGE_SECRET"):
+        Credentials.from_environment({"KUBETRADE_EXCHANGE_API_KEY": "key-123"})
+
+
+def test_sandbox_uses_the_testnet() -> None:
+    client = connect_exchange("binance", Credentials("k", "s"), sandbox=True)
+    try:
+        assert "testnet.binance.vision" in client.urls["api"]["private"]
+    finally:
+        asyncio.run(client.close())

@@ -1,22 +1,26 @@
 """The async ccxt exchange a live executor trades through: credentials, sandbox, markets.
 
 One exchange instance per process (ccxt's own rate limiter is per instance). Credentials come
-from the files of the mounted credentials Secret (keys ``apiKey``, ``secret`` and, for exchanges
-that need one, ``password``); they are handed to ccxt and nothing else: never logged, stored or
-reported.
+from the bot's credentials Secret (keys ``apiKey`` and ``secret``, which the rendered executor
+pod receives as environment variables); they are handed to ccxt and nothing else: never logged,
+stored or reported, and :class:`Credentials` never shows them in a ``repr``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import ccxt.async_support as ccxt_async
 
 from kubetrade.errors import ExchangeError, InvalidInputError
 from kubetrade.market.exchange import create_exchange
+from kubetrade.render import ENV_EXCHANGE_API_KEY, ENV_EXCHANGE_SECRET
+
+# Optional third credential some exchanges need (e.g. a passphrase).
+ENV_EXCHANGE_PASSWORD = "KUBETRADE_EXCHANGE_PASSWORD"
 
 _HOST = re.compile(r"^https?://[^/]+")
 
@@ -44,21 +48,18 @@ class Credentials:
     __str__ = __repr__
 
     @classmethod
-    def from_directory(cls, directory: Path) -> Credentials:
-        """Read a mounted Secret: one file per key (``apiKey``, ``secret``, ``password``)."""
-
-        def read(name: str) -> str | None:
-            path = directory / name
-            return path.read_text().strip() if path.is_file() else None
-
-        api_key, secret = read("apiKey"), read("secret")
+    def from_environment(cls, environ: Mapping[str, str]) -> Credentials:
+        """The credentials the executor pod gets from the bot's credentials Secret (its keys
+        ``apiKey``, ``secret`` and optional ``password`` as environment variables, see
+        ``render.CREDENTIAL_KEYS``)."""
+        api_key, secret = environ.get(ENV_EXCHANGE_API_KEY), environ.get(ENV_EXCHANGE_SECRET)
         if not api_key or not secret:
             raise InvalidInputError(
-                f"credentials in {directory}: the Secret needs the keys apiKey and secret "
-                "(kubectl create secret generic NAME --from-literal=apiKey=... "
-                "--from-literal=secret=...)"
+                f"live mode needs {ENV_EXCHANGE_API_KEY} and {ENV_EXCHANGE_SECRET} from the "
+                "credentials Secret (keys apiKey and secret: kubectl create secret generic "
+                "NAME --from-literal=apiKey=... --from-literal=secret=...)"
             )
-        return cls(api_key=api_key, secret=secret, password=read("password"))
+        return cls(api_key=api_key, secret=secret, password=environ.get(ENV_EXCHANGE_PASSWORD))
 
 
 def point_at(exchange: ccxt_async.Exchange, base_url: str) -> None:
