@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kubetrade.domain import Order, OrderReason, Side
+from kubetrade.trading import TradingEngine
 from kubetrade.trading.broker import PaperBroker
-from kubetrade.trading.outputs import Rejection
+from kubetrade.trading.outputs import NoticeKind, Rejection
 from kubetrade.trading.validation import (
     MarketRules,
     OrderType,
@@ -20,6 +21,7 @@ from kubetrade.trading.validation import (
     check_order,
     validate_order,
 )
+from tests.test_trading_engine import feed, flat, make_bot
 
 BTC_USDT: dict[str, Any] = {
     "id": "BTCUSDT",
@@ -51,17 +53,20 @@ RULES = MarketRules.from_ccxt(BTC_USDT, ccxt.TICK_SIZE)
 
 
 def test_rules_from_a_ccxt_market() -> None:
-    assert MarketRules(
-        symbol="BTC/USDT",
-        amount_precision=0.00001,
-        price_precision=0.01,
-        precision_mode=ccxt.TICK_SIZE,
-        min_amount=0.00001,
-        max_amount=9000,
-        min_cost=5,
-        max_cost=9e6,
-        order_types=frozenset({OrderType.LIMIT, OrderType.MARKET}),
-    ) == RULES
+    assert (
+        MarketRules(
+            symbol="BTC/USDT",
+            amount_precision=0.00001,
+            price_precision=0.01,
+            precision_mode=ccxt.TICK_SIZE,
+            min_amount=0.00001,
+            max_amount=9000,
+            min_cost=5,
+            max_cost=9e6,
+            order_types=frozenset({OrderType.LIMIT, OrderType.MARKET}),
+        )
+        == RULES
+    )
 
 
 @settings(max_examples=300, deadline=None)
@@ -145,3 +150,23 @@ def test_paper_broker_validates_when_markets_are_known() -> None:
     missing = known.check(order(1, "ETH/USDT"))
     assert isinstance(missing, Rejection) and missing.code == "unknown_market"
     assert check_order({"BTC/USDT": RULES}, order(0.00001)) == refused
+
+
+def test_the_engine_refuses_what_the_market_refuses_and_truncates_to_the_step() -> None:
+    """Paper with markets known: an entry under the minimum notional is an order_refused
+    notice (no order, no reserved cash); a valid one is truncated to the lot step."""
+    rules = MarketRules.from_ccxt(
+        {**BTC_USDT, "limits": {**BTC_USDT["limits"], "cost": {"min": 6000, "max": None}}},
+        ccxt.TICK_SIZE,
+    )
+    small = make_bot(execution={"initialCapital": 10_000})  # 50 % = 5,000 < 6,000
+    engine = TradingEngine(small, {"BTC/USDT": rules})
+    out = feed(engine, flat(0, 60000.123), 0.7)
+    assert out.orders == []
+    [notice] = out.notices
+    assert (notice.kind, notice.code) == (NoticeKind.ORDER_REFUSED, "min_notional")
+    assert feed(engine, flat(1, 60000)).fills == [] and engine.summary().open_positions == 0
+
+    engine = TradingEngine(make_bot(execution={"initialCapital": 20_000}), {"BTC/USDT": rules})
+    [order] = feed(engine, flat(0, 60000.123), 0.7).orders
+    assert order.quantity == 0.16666  # 10,000 / 60,000.123 = 0.1666663..., truncated

@@ -26,7 +26,9 @@ Events are closed candles, per symbol in time order, and within one candle time 
    becomes a market order for the next open; an entry signal passes the gates in this order:
    paused, kill-switch halt, tripped breakers, ``minSecondsBetweenTrades``,
    ``maxTradesPerDay``, ATR warm-up (when a stop-loss is configured), then sizing (see
-   ``sizing``). Each refusal is an ``entry_rejected`` notice. A symbol with an order already
+   ``sizing``). Each refusal is an ``entry_rejected`` notice. When the exchange's markets are
+   known, the sized entry then passes the broker's check (``validation``: lot step, minimum
+   amount and notional); a refusal is an ``order_refused`` notice. A symbol with an order already
    waiting (e.g. a time exit) takes no new decision, and a position is only opened from flat.
 6. **Equity.** After the last symbol of ``spec.symbols`` at this candle time, one EquityPoint
    for the time (``time = t_close``), marked at each symbol's latest close; drawdown is from the
@@ -44,6 +46,7 @@ latest event time. Flattening orders fill at each symbol's next open.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -104,6 +107,7 @@ from kubetrade.trading.state import (
     to_plain,
 )
 from kubetrade.trading.summary import TradingSummary
+from kubetrade.trading.validation import MarketRules
 
 
 class EventError(InvalidInputError):
@@ -113,15 +117,19 @@ class EventError(InvalidInputError):
 class TradingEngine:
     """Strategy, risk, portfolio and paper broker of one bot, driven by market events."""
 
-    def __init__(self, bot: TradingBot) -> None:
-        """A fresh engine: initial capital in cash, no positions, ``spec.paused`` as given."""
+    def __init__(self, bot: TradingBot, markets: Mapping[str, MarketRules] | None = None) -> None:
+        """A fresh engine: initial capital in cash, no positions, ``spec.paused`` as given.
+
+        ``markets`` (the exchange's rules per symbol, when known) make the broker refuse the
+        orders the exchange would refuse, as the live broker does (``order_refused`` notices).
+        """
         spec = bot.spec
         self._bot = bot
         self._name = bot.metadata.name
         self._symbols = tuple(spec.symbols)
         self._timeframe_ms = timeframe_ms(spec.timeframe)
         self._strategy = spec.strategy.build()
-        self._broker = PaperBroker.from_spec(spec.execution)
+        self._broker = PaperBroker.from_spec(spec.execution, markets)
         capital = spec.execution.initial_capital
         self._portfolio = Portfolio(cash=capital)
         self._pending: dict[str, PendingOrder] = {}
@@ -453,7 +461,21 @@ class TradingEngine:
             created_at=candle.close_time,
             reference_price=candle.close,
         )
-        reserved = verdict.quantity * candle.close * self._broker.cost_factor()
+        checked = self._broker.check(order)
+        if isinstance(checked, Rejection):
+            out.notices.append(
+                Notice(
+                    NoticeKind.ORDER_REFUSED,
+                    candle.close_time,
+                    checked.code,
+                    checked.message,
+                    symbol=symbol,
+                    client_order_id=order_id,
+                )
+            )
+            return
+        order = checked
+        reserved = order.quantity * candle.close * self._broker.cost_factor()
         self._pending[symbol] = PendingOrder(order, reserved=reserved, stop_distance=distance)
         self._breakers = record_entry(self._breakers, candle.close_time)
         out.orders.append(order)
@@ -643,7 +665,12 @@ class TradingEngine:
         }
 
     @classmethod
-    def restore(cls, bot: TradingBot, snapshot: dict[str, Any]) -> TradingEngine:
+    def restore(
+        cls,
+        bot: TradingBot,
+        snapshot: dict[str, Any],
+        markets: Mapping[str, MarketRules] | None = None,
+    ) -> TradingEngine:
         """An engine for ``bot`` in the state ``snapshot`` recorded.
 
         The configuration comes from ``bot`` (a changed spec applies from here on; a changed
@@ -662,7 +689,7 @@ class TradingEngine:
             raise SnapshotError(
                 f"snapshot of bot {snapshot.get('bot')!r} cannot restore bot {bot.metadata.name!r}"
             )
-        engine = cls(bot)
+        engine = cls(bot, markets)
         try:
             engine._load(snapshot)
         except SnapshotError:

@@ -18,6 +18,7 @@ class NoticeKind(StrEnum):
 
     ENTRY_REJECTED = "entry_rejected"
     ENTRY_REDUCED = "entry_reduced"
+    ORDER_REFUSED = "order_refused"  # the exchange's market rules refuse it (see validation)
     ORDER_CANCELLED = "order_cancelled"
     BREAKER_TRIPPED = "breaker_tripped"
     BREAKER_CLEARED = "breaker_cleared"
