@@ -8,7 +8,8 @@ At start, before any new order:
 2. the account's open orders on the bot's symbols must all be journaled: an order the bot did
    not send (placed by hand, by another bot) is unexplained;
 3. the balance of each traded base asset must equal the baseline recorded when the bot was
-   first armed (what the account held apart from the bot's fills) plus the bot's own fills (net of fees charged in that asset), within one lot
+   first armed (what the account held apart from the bot's fills) plus the bot's own fills
+   (net of fees charged in that asset), within one lot
    step: a difference is an unexplained position.
 
 Anything unexplained leaves the bot disarmed (``Reconciled=False`` with the reasons): it opens
