@@ -12,8 +12,9 @@ At start, before any new order:
    (net of fees charged in that asset), within one lot
    step: a difference is an unexplained position.
 
-Anything unexplained leaves the bot disarmed (``Reconciled=False`` with the reasons): it opens
-no position until a person resolves it; commands and the kill switch still work.
+Anything unexplained makes the verdict ``reconciled=False`` with the reasons: the bot must stay
+disarmed (open no position) until a person resolves it. (The executor does not run live yet;
+this is the gate it is to pass at start.)
 """
 
 from __future__ import annotations
