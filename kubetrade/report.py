@@ -129,7 +129,9 @@ def plot_equity(equity: Sequence[EquityPoint], path: Path, title: str) -> None:
 
 def summary_table(report: dict[str, Any]) -> Table:
     """The headline figures as a rich table."""
-    table = Table(title=f"{report['bot']} ({report['mode']}, {report['model']})")
+    # A rule-only bot has no model: its strategy names what decided.
+    decided_by = report.get("model") or report.get("strategy")
+    table = Table(title=f"{report['bot']} ({report['mode']}, {decided_by})")
     table.add_column("figure")
     table.add_column("value", justify="right")
     for key in (

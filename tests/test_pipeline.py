@@ -24,7 +24,7 @@ from kubetrade.market.sources import load_source_candles
 from kubetrade.messages import ControlMessage, encode
 from kubetrade.modelstore.predictor import OnnxPredictor
 from kubetrade.runner import Progress, RunOptions, run_bot
-from kubetrade.spec import TradingBot
+from kubetrade.spec import TradingBot, parse_bot
 from kubetrade.store import Store
 from kubetrade.subjects import Subjects
 from tests.integration_support import make_bot, read_spans, start_workers, wait_for
@@ -139,6 +139,69 @@ def test_run_and_backtest_give_identical_fills_on_real_btc(
     assert len(run_fills) > 20
     assert [_fill_key(f) for f in run_fills] == [_fill_key(f) for f in backtest_fills]
     assert round(run_equity[-1].equity, 2) == round(backtest_equity, 2)
+
+
+def test_a_rule_bot_without_a_model_runs_with_the_backtests_fills(
+    nats_url: str, db_url: str, tmp_path: Path
+) -> None:
+    """An SMA-crossover bot has no model: inference loads none and computes the averages, and
+    the run's fills are the backtest's, to the cent."""
+    document = make_bot(
+        "sma", {"name": "synthetic", "seed": 5, "limit": 700}, ["BTC/USDT", "ETH/USDT"], "unused"
+    ).model_dump(by_alias=True, exclude_none=True, exclude={"status"})
+    del document["spec"]["model"]
+    document["spec"]["strategy"] = {"type": "sma-crossover", "params": {"fast": 10, "slow": 30}}
+    bot = parse_bot(document)
+    options = RunOptions(
+        report_dir=tmp_path / "report", nats_url=nats_url, database_url=db_url, timeout_s=240
+    )
+    run_bot(bot, options)
+    with Store.connect(db_url) as db:
+        run_fills = db.read_fills(bot.key)
+        run_equity = db.read_equity(bot.key)
+    backtest_fills, backtest_equity = _backtest(bot)
+
+    assert len(run_fills) > 10
+    assert [_fill_key(f) for f in run_fills] == [_fill_key(f) for f in backtest_fills]
+    assert round(run_equity[-1].equity, 2) == round(backtest_equity, 2)
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["model"] is None and report["strategy"] == "sma-crossover"
+
+
+def test_a_hybrid_bot_runs_with_its_model_and_the_backtests_fills(
+    model: str, nats_url: str, db_url: str, tmp_path: Path
+) -> None:
+    """A hybrid bot: inference serves the model and computes the rule's averages; crossover
+    entries are taken only when the model agrees."""
+    bot = make_bot(
+        "hybrid",
+        {"name": "synthetic", "seed": 8, "limit": 700},
+        ["BTC/USDT"],
+        model,
+        strategy={
+            "type": "hybrid",
+            "params": {"ruleParams": {"fast": 5, "slow": 20}, "probAbove": 0.5},
+        },
+    )
+    options = RunOptions(
+        report_dir=tmp_path / "report", nats_url=nats_url, database_url=db_url, timeout_s=240
+    )
+    run_bot(bot, options)
+    with Store.connect(db_url) as db:
+        run_fills = db.read_fills(bot.key)
+    backtest_fills, _ = _backtest(bot)
+    rule_only = make_bot(
+        "rule", {"name": "synthetic", "seed": 8, "limit": 700}, ["BTC/USDT"], model
+    ).model_dump(by_alias=True, exclude_none=True, exclude={"status"})
+    del rule_only["spec"]["model"]
+    rule_only["spec"]["strategy"] = {"type": "sma-crossover", "params": {"fast": 5, "slow": 20}}
+    rule_fills, _ = _backtest(parse_bot(rule_only))
+
+    assert len(run_fills) > 4
+    assert [_fill_key(f) for f in run_fills] == [_fill_key(f) for f in backtest_fills]
+    # The model held some of the rule's entries back.
+    entries = [f for f in backtest_fills if f.reason is OrderReason.ENTRY_LONG]
+    assert 0 < len(entries) < len([f for f in rule_fills if f.reason is OrderReason.ENTRY_LONG])
 
 
 @pytest.mark.parametrize("victim", ["executor", "inference"])

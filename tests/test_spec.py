@@ -238,8 +238,13 @@ def test_the_examples_load(path: Path) -> None:
     assert bot.metadata.name == path.stem
 
 
-def test_both_examples_exist() -> None:
-    assert [p.name for p in EXAMPLES] == ["replay-paper.yaml", "synthetic-paper.yaml"]
+def test_the_examples_exist() -> None:
+    assert [p.name for p in EXAMPLES] == [
+        "hybrid.yaml",
+        "replay-paper.yaml",
+        "sma-crossover.yaml",
+        "synthetic-paper.yaml",
+    ]
 
 
 def test_dump_spec_round_trips_in_camel_case() -> None:
