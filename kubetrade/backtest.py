@@ -3,15 +3,24 @@
 Candles go through the same :class:`SignalPipeline` (features and ONNX model) and the same
 :class:`TradingEngine` (strategy, risk, paper broker) as in ``kubetrade run``, in the same
 order, so both produce identical fills on the same candles.
+
+A replay is out of sample by default: ``plan_sample`` reads the model's training period from
+its metadata, and the replay then starts just early enough for the features to be warm on the
+first candle after it, so no candle the model learned from is traded. ``kubetrade backtest`` and
+``kubetrade run`` apply the same plan (``--in-sample`` trades the whole file, and says so).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
 
-from kubetrade.domain import Candle, EquityPoint, Fill, Order
+from kubetrade.domain import Candle, EquityPoint, Fill, Order, timeframe_ms
 from kubetrade.errors import InvalidInputError
+from kubetrade.market.sources import load_source_candles
+from kubetrade.modelstore.metadata import ModelMetadata
 from kubetrade.signals import Predictor, Rejected, SignalPipeline
 from kubetrade.spec import TradingBot
 from kubetrade.trading import TradingEngine
@@ -30,6 +39,10 @@ class BacktestResult:
     orders: list[Order] = field(default_factory=list)
     fills: list[Fill] = field(default_factory=list)
     equity: list[EquityPoint] = field(default_factory=list)
+    # Open times of the first candle with a prediction (the first tradable one, after the
+    # warm-up) and of the last candle: the period a report evaluates.
+    first_signal_time: int | None = None
+    last_candle_time: int | None = None
 
 
 def run_backtest(
@@ -48,7 +61,11 @@ def run_backtest(
                 raise InvalidInputError(f"candle refused by the feature engine: {event.reason}")
             out = engine.on_event(event)
             result.candles += 1
-            result.signals += event.prediction is not None
+            if event.prediction is not None:
+                result.signals += 1
+                if result.first_signal_time is None:
+                    result.first_signal_time = event.candle.open_time
+            result.last_candle_time = event.candle.open_time
             result.orders.extend(out.orders)
             result.fills.extend(out.fills)
             result.equity.extend(out.equity)
@@ -61,3 +78,150 @@ def run_backtest(
     flush()
     result.equity.extend(engine.flush().equity)
     return result
+
+
+def iso_time(ms: int) -> str:
+    """An instant in ms as ISO 8601 UTC (``2021-06-01T00:00:00Z``)."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+class InSampleError(InvalidInputError):
+    """Every candle of a replay lies inside the model's training period."""
+
+
+@dataclass(frozen=True, slots=True)
+class SamplePlan:
+    """Which candles of a replay are traded, against the period the model learned from.
+
+    ``training`` is the model's training period ``[start, end)`` (ms UTC; None for a model whose
+    metadata does not say). Out of sample (the default) a replay trades the candles after that
+    period, or, when the file has none after it, those before it; it replays ``[replay_from,
+    replay_to)``, starting ``lead`` candles before the first candle traded so that the features
+    are warm on it (those candles feed the features and are not traded). ``resolve`` fixes the
+    window on the file's candles. ``in_sample`` (``--in-sample``) replays and trades every
+    candle.
+    """
+
+    model: str
+    training: tuple[int, int] | None
+    in_sample: bool
+    lead_ms: int = 0
+    replay_from: int | None = None
+    replay_to: int | None = None
+
+    def resolve(self, first: int, last: int, source: str) -> SamplePlan:
+        """The plan for candles opening from ``first`` to ``last``; InSampleError when all of
+        them lie inside the training period."""
+        if self.in_sample or self.training is None:
+            return self
+        start, end = self.training
+        if last >= end:
+            return replace(self, replay_from=end - self.lead_ms, replay_to=None)
+        if first + self.lead_ms < start:
+            # No candle after the period, but some before it, past the warm-up.
+            return replace(self, replay_from=None, replay_to=start)
+        raise InSampleError(
+            f"{source}: every candle ({iso_time(first)} to {iso_time(last)}) lies inside the "
+            f"training period of model {self.model} ({self.period_text()}); replay candles from "
+            f"{iso_time(end)} on, or pass --in-sample to trade them knowing the figures are "
+            "in-sample"
+        )
+
+    def select(self, candles: Sequence[Candle], source: str) -> list[Candle]:
+        """The candles to replay (``resolve`` on their first and last open times)."""
+        if not candles:
+            return []
+        plan = self.resolve(candles[0].open_time, candles[-1].open_time, source)
+        low = plan.replay_from if plan.replay_from is not None else candles[0].open_time
+        high = plan.replay_to if plan.replay_to is not None else candles[-1].open_time + 1
+        return [c for c in candles if low <= c.open_time < high]
+
+    def period_text(self) -> str:
+        """The model's training period as text."""
+        if self.training is None:
+            return "unknown"
+        return f"{iso_time(self.training[0])} to {iso_time(self.training[1])}"
+
+    def overlaps(self, first: int, last: int) -> bool:
+        """Whether candles opening from ``first`` to ``last`` reach into the training period."""
+        return self.training is not None and first < self.training[1] and last >= self.training[0]
+
+    def facts(self, first: int | None, last: int | None) -> dict[str, Any]:
+        """The report's first fields: in or out of sample, the headline saying so, the period
+        evaluated (the candles traded, ``first`` to ``last`` open times) and the model's."""
+        inside = first is not None and last is not None and self.overlaps(first, last)
+        sample = "in-sample" if inside else "out-of-sample"
+        evaluated = (
+            f"{iso_time(first)} to {iso_time(last)}"
+            if first is not None and last is not None
+            else "no candles"
+        )
+        if inside:
+            headline = (
+                f"IN-SAMPLE: the candles evaluated ({evaluated}) overlap the training period of "
+                f"model {self.model} ({self.period_text()}); these figures describe data the "
+                "model learned from, not how it trades on new data"
+            )
+        elif self.training is None:
+            headline = (
+                f"out-of-sample unknown: model {self.model} does not record its training "
+                f"period; evaluated {evaluated}"
+            )
+        else:
+            headline = (
+                f"out-of-sample: evaluated {evaluated}, outside the training period of model "
+                f"{self.model} ({self.period_text()})"
+            )
+        return {
+            "sample": sample,
+            "headline": headline,
+            "evaluated_period": {
+                "start": None if first is None else iso_time(first),
+                "end": None if last is None else iso_time(last),
+            },
+            "model_training_period": None
+            if self.training is None
+            else {"start": iso_time(self.training[0]), "end": iso_time(self.training[1])},
+        }
+
+
+def plan_sample(
+    model: str, metadata: ModelMetadata | None, timeframe: str, *, in_sample: bool = False
+) -> SamplePlan:
+    """The sample plan of a replay of ``timeframe`` candles through the model ``metadata``
+    describes (None: a bot without a model, which has nothing to be in-sample of)."""
+    if metadata is None:
+        return SamplePlan(model, None, in_sample)
+    lead_ms = metadata.first_prediction_lead * timeframe_ms(timeframe)
+    return SamplePlan(model, metadata.training_period(), in_sample, lead_ms)
+
+
+def replays_file(bot: TradingBot, data_file: str | None) -> bool:
+    """Whether the bot's candles come from a file (``--data``, or a replay ``exchange.uri``)."""
+    return data_file is not None or bot.spec.exchange.name == "replay"
+
+
+def bot_sample_plan(
+    bot: TradingBot, metadata: ModelMetadata | None, data_file: str | None, in_sample: bool
+) -> SamplePlan | None:
+    """The sample plan of a backtest or local run of ``bot``, resolved on its replay file's
+    candles (None unless it replays a file: the synthetic market and a live exchange never
+    replay what a model trained on)."""
+    if not replays_file(bot, data_file):
+        return None
+    model = bot.spec.model
+    name = "none" if model is None else f"{model.name}:{model.version}"
+    sample = plan_sample(name, metadata, bot.spec.timeframe, in_sample=in_sample)
+    candles = load_source_candles(bot, data_file)
+    if not candles:
+        return sample
+    source = data_file or str(bot.spec.exchange.uri)
+    return sample.resolve(candles[0].open_time, candles[-1].open_time, source)
+
+
+def registered_metadata(bot: TradingBot) -> ModelMetadata | None:
+    """The metadata of the bot's model in the local model store (None: a bot without one)."""
+    from kubetrade.modelstore.registry import resolve
+
+    model = bot.spec.model
+    return None if model is None else resolve(model.name, model.version).metadata

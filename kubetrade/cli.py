@@ -39,6 +39,14 @@ DATA = click.option(
 )
 
 
+IN_SAMPLE = click.option(
+    "--in-sample",
+    is_flag=True,
+    help="Also trade the candles inside the model's training period (the figures are then "
+    "in-sample, and the report says so first). By default a replay starts after it.",
+)
+
+
 def report_dir_option(default: str) -> Callable[[FC], FC]:
     """``--report-dir`` with the command's own default directory."""
     return click.option(
@@ -107,6 +115,7 @@ def strategies() -> None:
 @main.command()
 @MANIFEST
 @DATA
+@IN_SAMPLE
 @report_dir_option("reports/run")
 @click.option("--nats-url", help="Use this NATS server instead of an embedded one.")
 @click.option("--database-url", help="Use this PostgreSQL/TimescaleDB instead of an embedded one.")
@@ -126,6 +135,7 @@ def strategies() -> None:
 def run(
     manifest: Path,
     data_file: Path | None,
+    in_sample: bool,
     report_dir: Path,
     nats_url: str | None,
     database_url: str | None,
@@ -133,10 +143,14 @@ def run(
     trace_file: Path | None,
 ) -> None:
     """Run a bot on this machine: feed, inference and executor as local processes."""
+    from kubetrade.backtest import bot_sample_plan, registered_metadata, replays_file
     from kubetrade.runner import RunOptions, run_bot
 
     bot = load_bot(manifest)
+    source = str(data_file) if data_file else None
+    metadata = registered_metadata(bot) if replays_file(bot, source) else None
     options = RunOptions(
+        sample=bot_sample_plan(bot, metadata, source, in_sample),
         data_file=data_file,
         report_dir=report_dir,
         nats_url=nats_url,
@@ -155,10 +169,12 @@ def run(
 @main.command()
 @MANIFEST
 @DATA
+@IN_SAMPLE
 @report_dir_option("reports/backtest")
-def backtest(manifest: Path, data_file: Path | None, report_dir: Path) -> None:
-    """Backtest a bot in-process with the same features, model, strategy, risk and broker."""
-    from kubetrade.backtest import run_backtest
+def backtest(manifest: Path, data_file: Path | None, in_sample: bool, report_dir: Path) -> None:
+    """Backtest a bot in-process with the same features, model, strategy, risk and broker;
+    out of sample unless --in-sample."""
+    from kubetrade.backtest import bot_sample_plan, run_backtest
     from kubetrade.market.sources import load_source_candles
     from kubetrade.modelstore.predictor import OnnxPredictor
     from kubetrade.report import build_report, write_report
@@ -166,7 +182,12 @@ def backtest(manifest: Path, data_file: Path | None, report_dir: Path) -> None:
     bot = load_bot(manifest)
     model = bot.spec.model
     predictor = None if model is None else OnnxPredictor.load(model.name, model.version)
-    candles = load_source_candles(bot, str(data_file) if data_file else None)
+    source = str(data_file) if data_file else None
+    metadata = None if predictor is None else predictor.metadata
+    sample = bot_sample_plan(bot, metadata, source, in_sample)
+    candles = load_source_candles(bot, source)
+    if sample is not None:
+        candles = sample.select(candles, source or str(bot.spec.exchange.uri))
     result = run_backtest(bot, candles, predictor)
     report = build_report(
         bot,
@@ -175,6 +196,9 @@ def backtest(manifest: Path, data_file: Path | None, report_dir: Path) -> None:
         orders=len(result.orders),
         fills=result.fills,
         equity=result.equity,
+        sample=sample,
+        first_signal_time=result.first_signal_time,
+        last_candle_time=result.last_candle_time,
     )
     write_report(report, result.fills, result.equity, report_dir, Console())
 

@@ -17,7 +17,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kubetrade.domain import EquityPoint, Fill
+from kubetrade.backtest import SamplePlan
+from kubetrade.domain import EquityPoint, Fill, timeframe_ms
 from kubetrade.spec import TradingBot
 from kubetrade.store import Store
 from kubetrade.trading.performance import performance_report
@@ -46,11 +47,23 @@ def build_report(
     orders: int,
     fills: Sequence[Fill],
     equity: Sequence[EquityPoint],
+    sample: SamplePlan | None = None,
+    first_signal_time: int | None = None,
+    last_candle_time: int | None = None,
 ) -> dict[str, Any]:
-    """The report's figures as a JSON-ready dict."""
+    """The report's figures as a JSON-ready dict.
+
+    The period starts at the first tradable candle (``first_signal_time``, the first with a
+    prediction): the equity points of the feature warm-up before it are left out of every
+    figure. With a ``sample`` plan the report opens with whether the period is in or out of
+    sample, the period evaluated and the model's training period.
+    """
     initial = bot.spec.execution.initial_capital
+    equity = evaluated_equity(equity, first_signal_time, bot.spec.timeframe)
     perf = performance_report(equity, fills, initial, bot.spec.timeframe)
+    facts = {} if sample is None else sample.facts(first_signal_time, last_candle_time)
     return {
+        **facts,
         "bot": bot.key,
         "mode": bot.spec.mode.value,
         "symbols": list(bot.spec.symbols),
@@ -77,6 +90,16 @@ def build_report(
         "exposure_pct": perf.exposure_pct,
         "fees": round(perf.fees, 2),
     }
+
+
+def evaluated_equity(
+    equity: Sequence[EquityPoint], first_signal_time: int | None, timeframe: str
+) -> list[EquityPoint]:
+    """The equity points from the first tradable candle's close on (all when unknown)."""
+    if first_signal_time is None:
+        return list(equity)
+    start = first_signal_time + timeframe_ms(timeframe)
+    return [p for p in equity if p.time >= start]
 
 
 def write_fills_csv(fills: Sequence[Fill], path: Path) -> None:
@@ -163,6 +186,10 @@ def write_report(
     write_fills_csv(fills, report_dir / "fills.csv")
     if equity:
         plot_equity(equity, report_dir / "equity.png", f"{report['bot']} equity")
+    headline = report.get("headline")
+    if headline:
+        style = "bold yellow" if report.get("sample") == "in-sample" else "green"
+        console.print(headline, style=style, markup=False, highlight=False, soft_wrap=True)
     console.print(summary_table(report))
     console.print(f"report written to {report_dir}/ (report.json, fills.csv, equity.png)")
 
@@ -173,6 +200,7 @@ def report_from_database(
     report_dir: Path,
     console: Console,
     extra: Mapping[str, Any] | None = None,
+    sample: SamplePlan | None = None,
 ) -> dict[str, Any]:
     """Build and write the report of a run from what reached the database; ``extra`` adds
     figures the ledger does not hold (whether the run is complete, worker restarts)."""
@@ -180,14 +208,18 @@ def report_from_database(
         fills = db.read_fills(bot.key)
         equity = db.read_equity(bot.key)
         counts = db.count_rows(bot.key)
-        signals = sum(1 for s in db.read_signals(bot.key) if s.prob_up is not None)
+        records = db.read_signals(bot.key)
+    predicted = [s.time for s in records if s.prob_up is not None]
     report = build_report(
         bot,
         candles=counts.candles,
-        signals=signals,
+        signals=len(predicted),
         orders=counts.orders,
         fills=fills,
         equity=equity,
+        sample=sample,
+        first_signal_time=min(predicted) if predicted else None,
+        last_candle_time=max((s.time for s in records), default=None),
     )
     report.update(extra or {})
     write_report(report, fills, equity, report_dir, console)

@@ -37,6 +37,7 @@ from tenacity import (
 )
 
 from kubetrade.admission import StatusAdmission
+from kubetrade.backtest import SamplePlan
 from kubetrade.bus import connect
 from kubetrade.embedded import embedded_servers, free_port
 from kubetrade.errors import KubetradeError
@@ -48,6 +49,8 @@ from kubetrade.settings import (
     ENV_DATA_FILE,
     ENV_HTTP_HOST,
     ENV_HTTP_PORT,
+    ENV_REPLAY_FROM,
+    ENV_REPLAY_TO,
     ENV_TRACE_FILE,
     QUIET_ENV,
 )
@@ -87,6 +90,9 @@ class RunOptions:
     timeout_s: float = 1800.0
     trace_file: Path | None = None
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    # In or out of sample (kubetrade.backtest.plan_sample): which candles of a replay file the
+    # feed replays, and what the report's first lines say. None replays every candle.
+    sample: SamplePlan | None = None
 
 
 @dataclass
@@ -321,6 +327,11 @@ def plan(
             env[ENV_DATA_FILE] = str(options.data_file.resolve())
         if options.trace_file is not None:
             env[ENV_TRACE_FILE] = str(options.trace_file.resolve())
+        sample = options.sample
+        if sample is not None and sample.replay_from is not None:
+            env[ENV_REPLAY_FROM] = str(sample.replay_from)
+        if sample is not None and sample.replay_to is not None:
+            env[ENV_REPLAY_TO] = str(sample.replay_to)
         overrides[component] = env
     secrets = auth.secrets if auth is not None else None
     return local_processes(objects, secrets=secrets, overrides=overrides)
@@ -405,12 +416,17 @@ def ledger_shortfall(candles: int, signals: int, expected: int) -> str | None:
     return None
 
 
-def expected_candles(bot: TradingBot, data_file: Path | None) -> int | None:
-    """How many candles the bot's source holds, or None for an endless one.
+def expected_candles(
+    bot: TradingBot, data_file: Path | None, sample: SamplePlan | None = None
+) -> int | None:
+    """How many candles the bot's source holds (of a replay file, those ``sample`` replays),
+    or None for an endless one.
 
     A replay file is read and checked here, before any server or worker starts, so a bad
-    file is refused in one line (CandleDataError, SourceError) instead of by a crashing feed.
+    file is refused in one line (CandleDataError, SourceError, InSampleError) instead of by a
+    crashing feed.
     """
+    from kubetrade.market import to_candles
     from kubetrade.market.download import replay_file
     from kubetrade.market.sources import replay_frame
 
@@ -424,7 +440,10 @@ def expected_candles(bot: TradingBot, data_file: Path | None) -> int | None:
                 f"replay file {replay} not found (relative to {Path.cwd()}); "
                 "point exchange.uri at a candle file or pass --data FILE"
             )
-        return len(replay_frame(bot, str(replay)))
+        frame = replay_frame(bot, str(replay))
+        if sample is None:
+            return len(frame)
+        return len(sample.select(to_candles(frame, spec.timeframe), str(replay)))
     if spec.exchange.name == "synthetic" and spec.exchange.limit is not None:
         return spec.exchange.limit * len(spec.symbols)
     return None
@@ -547,7 +566,7 @@ def run_bot(bot: TradingBot, options: RunOptions, console: Console | None = None
         raise RunError(
             "kubetrade run trades on paper only; live mode runs in a cluster with credentials"
         )
-    expected = expected_candles(bot, options.data_file)
+    expected = expected_candles(bot, options.data_file, options.sample)
     options.report_dir.mkdir(parents=True, exist_ok=True)
     log_dir = options.report_dir / "logs"
     work = Path(tempfile.mkdtemp(prefix="kubetrade-run-"))
@@ -605,7 +624,9 @@ def run_bot(bot: TradingBot, options: RunOptions, console: Console | None = None
                     "restarts": dict(procs.restarts),
                 }
                 # However the run ended, the ledger holds everything committed so far.
-                report_from_database(bot, db_url, options.report_dir, console, completeness)
+                report_from_database(
+                    bot, db_url, options.report_dir, console, completeness, options.sample
+                )
         except KeyboardInterrupt as error:
             # Interrupted while a server started: whatever started was stopped on the way out.
             shield()

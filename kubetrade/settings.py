@@ -23,6 +23,11 @@ ENV_COMPONENT = "KUBETRADE_COMPONENT"
 ENV_DATA_FILE = "KUBETRADE_DATA_FILE"
 ENV_LOG_LEVEL = "KUBETRADE_LOG_LEVEL"
 ENV_TRACE_FILE = "KUBETRADE_TRACE_FILE"
+# The feed replays a file's candles opening from REPLAY_FROM (ms) on and before REPLAY_TO:
+# kubetrade run sets them so that an out-of-sample run replays what the backtest does
+# (kubetrade.backtest.SamplePlan).
+ENV_REPLAY_FROM = "KUBETRADE_REPLAY_FROM"
+ENV_REPLAY_TO = "KUBETRADE_REPLAY_TO"
 # How long a worker rides out a NATS or PostgreSQL outage (reconnecting with backoff) before it
 # exits non-zero with the reason, so Kubernetes restarts it and the pod shows why.
 ENV_OUTAGE_LIMIT_S = "KUBETRADE_OUTAGE_LIMIT_S"
@@ -70,6 +75,8 @@ class WorkerSettings:
     log_level: str
     trace_file: str | None
     outage_limit_s: float = DEFAULT_OUTAGE_LIMIT_S
+    replay_from: int | None = None
+    replay_to: int | None = None
 
     @classmethod
     def from_env(cls, component: str, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -99,6 +106,11 @@ class WorkerSettings:
             raise SettingsError(
                 f"{ENV_OUTAGE_LIMIT_S}={outage!r} is not a positive number of seconds"
             )
+        replay = {name: env.get(name) or None for name in (ENV_REPLAY_FROM, ENV_REPLAY_TO)}
+        for name, value in replay.items():
+            if value is not None and not value.lstrip("-").isdigit():
+                raise SettingsError(f"{name}={value!r} is not a time in ms")
+        replay_from, replay_to = replay[ENV_REPLAY_FROM], replay[ENV_REPLAY_TO]
         return cls(
             component=component,
             bot=bot,
@@ -110,4 +122,6 @@ class WorkerSettings:
             log_level=env.get(ENV_LOG_LEVEL, "INFO"),
             trace_file=env.get(ENV_TRACE_FILE) or None,
             outage_limit_s=outage_limit_s,
+            replay_from=None if replay_from is None else int(replay_from),
+            replay_to=None if replay_to is None else int(replay_to),
         )

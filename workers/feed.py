@@ -224,7 +224,8 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
     if store is not None:
         await store.start()
     try:
-        source = after(candle_source(bot, settings.data_file), resume)
+        window = (settings.replay_from, settings.replay_to)
+        source = after(candle_source(bot, settings.data_file, window), resume)
         async for batch in paced(source, bot.spec.exchange.speed):
             if stop.is_set():
                 break

@@ -58,12 +58,23 @@ def replay_frame(bot: TradingBot, path: str) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def _finite_candles(bot: TradingBot, data_file: str | None) -> Iterator[Candle]:
+ReplayWindow = tuple[int | None, int | None]
+
+
+def _finite_candles(
+    bot: TradingBot, data_file: str | None, window: ReplayWindow = (None, None)
+) -> Iterator[Candle]:
     spec = bot.spec
     # An http(s) exchange.uri is downloaded (or found in the cache) and checked here.
     path = replay_file(spec.exchange, data_file)
     if path is not None:
-        yield from to_candles(replay_frame(bot, path), spec.timeframe)
+        frame = replay_frame(bot, path)
+        low, high = window
+        if low is not None:
+            frame = frame[frame["open_time"] >= low]
+        if high is not None:
+            frame = frame[frame["open_time"] < high]
+        yield from to_candles(frame, spec.timeframe)
         return
     if spec.exchange.name == "synthetic":
         yield from iter_candles(
@@ -89,13 +100,17 @@ def load_source_candles(bot: TradingBot, data_file: str | None = None) -> list[C
     return list(_finite_candles(bot, data_file))
 
 
-async def candle_source(bot: TradingBot, data_file: str | None = None) -> AsyncIterator[Candle]:
-    """Stream the bot's candles: a file or the synthetic market, or a live exchange via ccxt."""
+async def candle_source(
+    bot: TradingBot, data_file: str | None = None, window: ReplayWindow = (None, None)
+) -> AsyncIterator[Candle]:
+    """Stream the bot's candles: a file or the synthetic market, or a live exchange via ccxt.
+    ``window`` (open times in ms, ``[from, to)``, either end open) keeps a replay file's
+    candles inside it (see ``kubetrade.backtest.SamplePlan``)."""
     spec = bot.spec
     if data_file is not None or not spec.exchange.is_exchange:
         # A download must not block the event loop (the health server shares it).
         data_file = await asyncio.to_thread(replay_file, spec.exchange, data_file)
-        for candle in _finite_candles(bot, data_file):
+        for candle in _finite_candles(bot, data_file, window):
             yield candle
         return
     async for candle in _exchange_candles(bot):

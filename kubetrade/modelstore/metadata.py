@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kubetrade.domain import timeframe_ms
 from kubetrade.errors import ModelError
 from kubetrade.features import FeatureSpec
 
@@ -92,6 +93,29 @@ class ModelMetadata(BaseModel):
         """The ONNX input shape: ``[batch, features]`` or ``[batch, window, features]``."""
         width = len(self.feature_names)
         return ["batch", width] if self.window == 1 else ["batch", self.window, width]
+
+    @property
+    def first_prediction_lead(self) -> int:
+        """Candles per symbol before the first one the model predicts on: the features'
+        warm-up (the first row comes on the ``warmup``-th candle) and the rest of a window."""
+        return max(self.warmup - 1, 0) + self.window - 1
+
+    def training_period(self) -> tuple[int, int]:
+        """The candles the model learned from, as ``[start, end)`` open times in ms UTC.
+
+        It runs from the first training row's candle to the first candle of the held-out
+        tail. Training rows whose label reached into the tail were purged, so no candle from
+        ``end`` on was ever a training row or a training label; ``end`` is pushed past the last
+        training row's label horizon as well (an embargo of the horizon), for metadata whose
+        tail started earlier.
+        """
+        training = self.training
+        start = training.train_start_time or training.first_open_time
+        end = training.test_start_time
+        if training.train_end_time is not None:
+            step = timeframe_ms(training.timeframe)
+            end = max(end, training.train_end_time + (self.label.horizon + 1) * step)
+        return start, end
 
     def spec(self) -> FeatureSpec:
         """The FeatureSpec the model was trained with."""
