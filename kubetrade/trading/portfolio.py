@@ -92,6 +92,45 @@ class Portfolio:
         self.trades += 1
         return ClosedTrade(position, fill_pnl, fill_pnl - position.entry_fee)
 
+    def add(self, symbol: str, quantity: float, price: float, fee: float) -> float:
+        """Book another entry fill into an open position (a partial fill of the same order);
+        the entry price becomes the volume-weighted average. Returns the fill's realized PnL."""
+        position = self.positions[symbol]
+        self.cash += -position.side.sign * quantity * price - fee
+        self.realized_pnl -= fee
+        total = position.quantity + quantity
+        position.entry_price = (position.entry_price * position.quantity + price * quantity) / total
+        position.quantity = total
+        position.entry_fee += fee
+        return 0.0 - fee
+
+    def reduce(
+        self, symbol: str, quantity: float, price: float, fee: float, *, close: bool
+    ) -> ClosedTrade:
+        """Book an exit fill of ``quantity`` (at most the position) at ``price``.
+
+        With ``close`` the position ends here: what is left of it (dust below the exchange's
+        lot step, which cannot be sold) is written off at its entry price, so that
+        ``equity == initial capital + realized + unrealized`` still holds. Without, the
+        position keeps the rest, with its share of the entry fee.
+        """
+        position = self.positions[symbol]
+        sold = min(quantity, position.quantity)
+        self.cash += position.side.sign * sold * price - fee
+        fill_pnl = position.side.sign * (price - position.entry_price) * sold - fee
+        entry_fee = position.entry_fee * (sold / position.quantity)
+        if close:
+            dust = position.quantity - sold
+            fill_pnl -= position.side.sign * dust * position.entry_price
+            entry_fee = position.entry_fee
+            del self.positions[symbol]
+            self.trades += 1
+        else:
+            position.quantity -= sold
+            position.entry_fee -= entry_fee
+        self.realized_pnl += fill_pnl
+        return ClosedTrade(position, fill_pnl, fill_pnl - entry_fee)
+
     def _mark_of(self, position: Position) -> float:
         return self.marks.get(position.symbol, position.entry_price)
 
