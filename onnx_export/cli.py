@@ -27,6 +27,8 @@ from kubetrade.onnx_export.display import (
     train_summary,
 )
 from kubetrade.onnx_export.options import (
+    feature_options,
+    feature_spec_of,
     label_options,
     label_spec,
     load_frames,
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 
 @click.command()
 @source_options
+@feature_options
 @label_options
 @model_options
 @click.option("--name", help="Model name in the registry.")
@@ -80,6 +83,7 @@ def train(**options: Any) -> None:
         raise click.UsageError("--no-register needs --checkpoint DIR (or nothing is kept)")
     if not options["no_register"] and not name:
         raise click.UsageError("give --name NAME to register the model")
+    features = feature_spec_of(options)  # a bad --features fails before any candle loads
     started = time.perf_counter()
     with spinner() as progress:
         task = progress.add_task("loading candles")
@@ -92,6 +96,7 @@ def train(**options: Any) -> None:
             label=label_spec(options),
             model=model_config(options),
             test_fraction=float(options["test_fraction"]),
+            feature_spec=features,
         )
         fitted = fit_checkpoint(
             frames, config, lambda step: progress.update(task, description=step)
@@ -135,6 +140,7 @@ def export(checkpoint: Path, name: str, version: str | None, promote: bool) -> N
 
 @click.command()
 @source_options
+@feature_options
 @label_options
 @model_options
 @click.option(
@@ -204,6 +210,7 @@ def validate(**options: Any) -> None:
         step=options["step_size"],
         mode=options["mode"],
         label=label_spec(options),
+        feature_spec=feature_spec_of(options),
     )
     first = min(int(f["open_time"].iloc[0]) for f in frames.values())
     last = max(int(f["open_time"].iloc[-1]) for f in frames.values())

@@ -17,6 +17,7 @@ import pandas as pd
 from kubetrade.onnx_export.sources import database_frames, file_frames, synthetic_frames
 
 if TYPE_CHECKING:
+    from kubetrade.features import FeatureSpec
     from kubetrade.onnx_export.dataset import LabelSpec
     from kubetrade.onnx_export.models.base import ModelConfig
 
@@ -83,6 +84,28 @@ def source_options(function: F) -> F:
         ],
         function,
     )
+
+
+def feature_options(function: F) -> F:
+    """--features: which registry features the model is trained on."""
+    return click.option(
+        "--features",
+        "features",
+        metavar="FILE|LIST",
+        help="Features to train on (default: every registry group with its defaults): a list "
+        "such as 'sma(window=30),rsi(windows=[14]),log_return' or a YAML/JSON file of one. "
+        "The model carries the choice; inference computes exactly those features.",
+    )(function)
+
+
+def feature_spec_of(options: dict[str, Any]) -> FeatureSpec | None:
+    """The FeatureSpec ``--features`` names, None for the default set."""
+    value = options.get("features")
+    if not value:
+        return None
+    from kubetrade.features.choice import feature_choice
+
+    return feature_choice(str(value))
 
 
 def label_options(function: F) -> F:

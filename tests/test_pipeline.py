@@ -204,6 +204,50 @@ def test_a_hybrid_bot_runs_with_its_model_and_the_backtests_fills(
     assert 0 < len(entries) < len([f for f in rule_fills if f.reason is OrderReason.ENTRY_LONG])
 
 
+@pytest.fixture(scope="module")
+def custom_features_model(model: str) -> str:
+    """A model trained on a feature list other than the default (in the `model` store)."""
+    from kubetrade.features.choice import parse_feature_list
+    from kubetrade.market import generate
+    from kubetrade.onnx_export.pipeline import TrainConfig, train_and_register
+
+    spec = parse_feature_list("sma(window=30),rsi(windows=[14]),log_return(windows=[1, 4])")
+    assert spec.hash != default_feature_spec().hash
+    train_and_register(
+        {"BTC/USDT": generate(["BTC/USDT"], "1h", 4000, seed=98)},
+        TrainConfig(name="itest-custom", timeframe="1h", source="seed 98", feature_spec=spec),
+    )
+    return "itest-custom"
+
+
+def test_a_model_on_a_non_default_feature_list_serves_with_the_backtests_fills(
+    custom_features_model: str, nats_url: str, db_url: str, tmp_path: Path
+) -> None:
+    """Inference computes whatever features the model carries (here 4 of them, one an SMA(30)
+    the defaults lack), in the run as in the backtest."""
+    bot = make_bot(
+        "custom",
+        {"name": "synthetic", "seed": 12, "limit": 600},
+        ["BTC/USDT", "ETH/USDT"],
+        custom_features_model,
+    )
+    options = RunOptions(
+        report_dir=tmp_path / "report", nats_url=nats_url, database_url=db_url, timeout_s=240
+    )
+    run_bot(bot, options)
+    with Store.connect(db_url) as db:
+        run_fills = db.read_fills(bot.key)
+        signals = db.read_signals(bot.key)
+    backtest_fills, _ = _backtest(bot)
+
+    assert len(run_fills) > 4
+    assert [_fill_key(f) for f in run_fills] == [_fill_key(f) for f in backtest_fills]
+    predicted = {s.feature_hash for s in signals if s.prob_up is not None}
+    model_spec = OnnxPredictor.load(custom_features_model, "latest").feature_spec
+    assert predicted == {model_spec.hash}
+    assert model_spec.names == ("log_return_1", "log_return_4", "sma_ratio_30", "rsi_14")
+
+
 @pytest.mark.parametrize("victim", ["executor", "inference"])
 def test_worker_killed_mid_run_resumes_with_identical_fills(
     victim: str, model: str, nats_url: str, db_url: str, tmp_path: Path

@@ -22,8 +22,10 @@ no state serialization, as the replay reproduces the state to the tolerance abov
 
 Layout: ``inputs`` (the two paths' inputs), ``indicator`` (the group base class), the groups by
 family (``returns``, ``trend``, ``oscillators``, ``volatility``, ``volume``, ``candle``), ``spec``
-(registry, ``FeatureSpec`` and its hash), ``compute`` (vectorized path) and ``engine``
-(incremental path). Import from this package: the names below are its public surface.
+(registry, ``FeatureSpec`` and its hash), ``choice`` (a spec from a list such as
+``sma(window=30),rsi`` or a file: ``kubetrade train --features``), ``compute`` (vectorized
+path) and ``engine`` (incremental path). Import from this package: the names below are its
+public surface.
 
 Conventions: the candle before the first one is taken to close at the first open (so the first
 candle has a return, a true range and a gap of its own; these feed only the settling part).
