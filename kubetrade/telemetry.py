@@ -66,8 +66,23 @@ def setup_logging(component: str, level: str = "INFO", stream: IO[str] | None = 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("nats", "asyncio", "aiohttp.access", "bentoml", "httpx"):
+    for noisy in ("nats", "asyncio", "aiohttp.access", "bentoml", "httpx", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+LIBRARY_LOGGERS = ("bentoml", "uvicorn", "uvicorn.error", "uvicorn.access", "circus")
+
+
+def adopt_library_loggers(names: Sequence[str] = LIBRARY_LOGGERS) -> None:
+    """Send loggers that a server library gave handlers of its own through the root's handler.
+
+    ``bentoml serve`` configures bentoml, uvicorn and circus with a text format before it
+    imports the service; after this their lines are JSON like every other line of the pod.
+    """
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
 
 
 class JsonLinesSpanExporter(SpanExporter):

@@ -41,12 +41,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 from kubetrade.settings import (
     ENV_HTTP_HOST,
     ENV_HTTP_PORT,
+    ENV_LOG_LEVEL,
     ENV_NATS_URL,
     ENV_SPEC,
     quiet_environment,
 )
+from kubetrade.telemetry import adopt_library_loggers, setup_logging
 
 quiet_environment()
+# BentoML imports this module in its arbiter and in its worker, each time after configuring
+# its own text log format: from here on every line of both processes is JSON.
+setup_logging("inference", os.environ.get(ENV_LOG_LEVEL, "INFO"))
+adopt_library_loggers()
 
 import bentoml  # noqa: E402  (after quiet_environment: BentoML reads it at import)
 from prometheus_client import Counter, Gauge  # noqa: E402

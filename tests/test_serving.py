@@ -327,6 +327,25 @@ def test_serve_command_binds_the_configured_address() -> None:
 # --- the real service -----------------------------------------------------------------------
 
 
+def test_every_log_line_of_the_service_is_json(server: Server, store: Store) -> None:
+    """BentoML's arbiter and worker configure their own text format; ours replaces it."""
+    good = {"rows": store.rows[:2].tolist(), "feature_names": store.names}
+    assert _predict(server, good).is_success
+    assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
+    assert _predict(server, {"rows": [[1.0]], "feature_names": ["x"]}).is_client_error
+    lines = [line for line in server.log.read_text().splitlines() if line.strip()]
+    assert lines, "the service logged nothing"
+    not_json = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            not_json.append(line)
+            continue
+        assert record["component"] == "inference", record
+    assert not not_json, f"{len(not_json)} of {len(lines)} lines are not JSON: {not_json[:3]}"
+
+
 def test_predict_over_http(server: Server, store: Store) -> None:
     response = _predict(server, {"rows": store.rows.tolist(), "feature_names": store.names})
     assert response.status_code == 200, response.text

@@ -619,11 +619,6 @@ def _exchange(replay: Replay, speed: int) -> dict[str, Any]:
     return {"name": "replay", "uri": replay.url, "sha256": replay.sha256, "speed": speed}
 
 
-BENTOML_OWN_LINE = re.compile(
-    r"^\d{4}-\d\d-\d\dT[\d:+-]+ \[(INFO|WARNING)\] \[(cli|entry_service:[\w.:-]+)\] "
-)
-
-
 def _json_lines(text: str) -> list[str]:
     """The lines of a log that are not one JSON object each."""
     bad = []
@@ -655,11 +650,6 @@ def test_every_kubetrade_pod_logs_json_lines(release: Release, ops_bot: str) -> 
             text = release.kubectl("logs", name, "-c", c["name"], ns=ns).stdout
             assert text.strip(), f"{where}/{c['name']} logged nothing"
             bad = _json_lines(text)
-            if c["name"] == "inference":
-                # Known gap, left to serving/: `bentoml serve` configures its own log format
-                # (bentoml._internal.log) for its CLI and service-start lines. Only those are let
-                # through; every line of kubetrade's own loggers must be JSON.
-                bad = [line for line in bad if not BENTOML_OWN_LINE.match(line)]
             assert not bad, f"{where}/{c['name']}: {len(bad)} non-JSON lines, e.g. {bad[:3]}"
 
 
