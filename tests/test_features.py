@@ -24,6 +24,7 @@ import pytest
 
 from kubetrade.domain import Candle
 from kubetrade.features import (
+    DEFAULT_GROUPS,
     REGISTRY,
     FeatureEngine,
     FeatureMismatchError,
@@ -60,8 +61,19 @@ def _stream(candles: list[Candle], spec: FeatureSpec) -> Matrix:
     return np.vstack(rows)
 
 
+# The default spec, and every registered group with its defaults (the smart-money and
+# multi-timeframe groups are chosen by name, outside the default): every agreement, warm-up and
+# no-lookahead check runs on both.
+EVERY_GROUP = feature_spec({g.key: dict(g.defaults) for g in REGISTRY})
+
+
+@pytest.fixture(scope="module", params=["default", "every group"])
+def spec(request: pytest.FixtureRequest) -> FeatureSpec:
+    return default_feature_spec() if request.param == "default" else EVERY_GROUP
+
+
 @pytest.fixture(scope="module")
-def spec() -> FeatureSpec:
+def default_spec() -> FeatureSpec:
     return default_feature_spec()
 
 
@@ -102,24 +114,27 @@ def synthetic() -> pd.DataFrame:
     return generate(["ETH/USDT"], "15m", 1500, seed=21)
 
 
-def _first_difference(a: Matrix, b: Matrix) -> str:
+def _first_difference(a: Matrix, b: Matrix, spec: FeatureSpec) -> str:
     bad = np.argwhere(~_close(a, b))
     if bad.size == 0:
         return "none"
     row, col = bad[0]
-    return f"row {row} feature {default_feature_spec().names[col]}: {a[row, col]} vs {b[row, col]}"
+    return f"row {row} feature {spec.names[col]}: {a[row, col]} vs {b[row, col]}"
 
 
-def test_at_least_40_distinct_features(spec: FeatureSpec) -> None:
+def test_at_least_40_distinct_features(default_spec: FeatureSpec) -> None:
+    spec = default_spec
     assert len(spec.names) >= 40
     assert len(set(spec.names)) == len(spec.names)
-    assert list(spec.params) == [g.key for g in REGISTRY]
+    assert list(spec.params) == [g.key for g in DEFAULT_GROUPS]
+    assert len(set(EVERY_GROUP.names)) == len(EVERY_GROUP.names)
+    assert EVERY_GROUP.names[: len(spec.names)] == spec.names  # new groups come after
 
 
 def test_paths_agree_on_every_feature(series: Series, spec: FeatureSpec) -> None:
     streamed = _stream(to_candles(series.frame, series.timeframe), spec)
     agree = _close(series.features, streamed)
-    assert agree.all(), _first_difference(series.features, streamed)
+    assert agree.all(), _first_difference(series.features, streamed, spec)
 
 
 def test_warmup_is_exact_and_every_later_value_finite(series: Series, spec: FeatureSpec) -> None:
@@ -128,7 +143,9 @@ def test_warmup_is_exact_and_every_later_value_finite(series: Series, spec: Feat
     assert int(np.flatnonzero(defined)[0]) == spec.warmup - 1
     assert np.isnan(features[: spec.warmup - 1]).all()
     assert np.isfinite(features[spec.warmup - 1 :]).all()
-    assert spec.warmup == max(g.from_params(spec.params[g.key]).warmup for g in REGISTRY)
+    assert spec.warmup == max(
+        g.from_params(spec.params[g.key]).warmup for g in REGISTRY if g.key in spec.params
+    )
 
 
 def test_warm_rows_depend_only_on_the_last_warmup_candles(
@@ -183,7 +200,7 @@ def test_features_are_scale_free(synthetic: pd.DataFrame, spec: FeatureSpec) -> 
     scaled[["open", "high", "low", "close"]] *= 1000.0
     scaled["volume"] *= 0.37
     a, b = compute_features(synthetic, spec), compute_features(scaled, spec)
-    assert _close(a, b).all(), _first_difference(a, b)
+    assert _close(a, b).all(), _first_difference(a, b, spec)
 
 
 def test_engine_fills_stream_gaps_like_the_cleaner(
@@ -231,8 +248,8 @@ def test_compute_features_refuses_unusable_frames(synthetic: pd.DataFrame) -> No
         compute_features(synthetic.drop(columns="volume"))
 
 
-def test_spec_hash_is_stable_across_runs_and_processes(spec: FeatureSpec) -> None:
-    assert spec.hash == DEFAULT_HASH
+def test_spec_hash_is_stable_across_runs_and_processes(default_spec: FeatureSpec) -> None:
+    assert default_spec.hash == DEFAULT_HASH
     code = "from kubetrade.features import default_feature_spec as d; print(d().hash)"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     other = subprocess.run(
@@ -241,7 +258,8 @@ def test_spec_hash_is_stable_across_runs_and_processes(spec: FeatureSpec) -> Non
     assert other.stdout.strip() == DEFAULT_HASH
 
 
-def test_spec_travels_as_json_and_refuses_a_tampered_hash(spec: FeatureSpec) -> None:
+def test_spec_travels_as_json_and_refuses_a_tampered_hash(default_spec: FeatureSpec) -> None:
+    spec = default_spec
     data = json.loads(json.dumps(spec.to_dict()))
     restored = FeatureSpec.from_dict(data)
     assert restored == spec and restored.hash == spec.hash and restored.warmup == spec.warmup
@@ -266,7 +284,10 @@ def test_custom_spec_computes_only_its_groups(synthetic: pd.DataFrame) -> None:
         feature_spec({"adx": {}})
 
 
-def test_mismatch_error_names_both_lists_and_the_first_difference(spec: FeatureSpec) -> None:
+def test_mismatch_error_names_both_lists_and_the_first_difference(
+    default_spec: FeatureSpec,
+) -> None:
+    spec = default_spec
     params = {k: dict(v) for k, v in spec.params.items()}
     params["rsi"] = {"windows": (7, 21)}
     model = feature_spec(params)

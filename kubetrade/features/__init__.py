@@ -40,10 +40,13 @@ from kubetrade.features.compute import compute_features
 from kubetrade.features.engine import FeatureEngine
 from kubetrade.features.indicator import GroupParams, Indicator, ParamValue
 from kubetrade.features.inputs import Array, Bars, Tick
+from kubetrade.features.mtf import HigherTimeframe
 from kubetrade.features.oscillators import CommodityChannel, Rsi, Stochastic, WilliamsR
 from kubetrade.features.returns import Efficiency, LogReturns, RateOfChange, RealizedVolatility
 from kubetrade.features.series import SETTLE_TOLERANCE
+from kubetrade.features.smc import SmartMoney
 from kubetrade.features.spec import (
+    DEFAULT_GROUPS,
     FEATURE_VERSION,
     REGISTRY,
     FeatureMismatchError,
@@ -58,6 +61,7 @@ from kubetrade.features.volatility import AverageTrueRange, Bollinger, Channel
 from kubetrade.features.volume import VolumeFlow, VolumeStats, VwapDistance
 
 __all__ = [
+    "DEFAULT_GROUPS",
     "FEATURE_VERSION",
     "REGISTRY",
     "SETTLE_TOLERANCE",
@@ -76,6 +80,7 @@ __all__ = [
     "FeatureMismatchError",
     "FeatureSpec",
     "GroupParams",
+    "HigherTimeframe",
     "Indicator",
     "LogReturns",
     "Macd",
@@ -84,6 +89,7 @@ __all__ = [
     "RealizedVolatility",
     "Rsi",
     "SmaRatio",
+    "SmartMoney",
     "Stochastic",
     "Tick",
     "VolumeFlow",

@@ -59,7 +59,7 @@ class FeatureEngine:
         """Consume one closed candle; its feature row once warm, else None."""
         if self._seen == 0:
             self._symbol, self._timeframe = candle.symbol, candle.timeframe
-            self._step = timeframe_ms(candle.timeframe)
+            self._step = self._tick.step = timeframe_ms(candle.timeframe)
             self._check_values(candle)
         else:
             self._check_next(candle)

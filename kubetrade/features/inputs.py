@@ -63,9 +63,11 @@ class Bars:
 class Tick:
     """The current candle and its derived values (the incremental input), reused per candle."""
 
-    __slots__ = ("c", "h", "l", "o", "pc", "ph", "pl", "r1", "t", "tr", "v")
+    __slots__ = ("c", "h", "l", "o", "pc", "ph", "pl", "r1", "step", "t", "tr", "v")
 
     def __init__(self) -> None:
         self.t = 0
+        # The candles' spacing in ms (their timeframe), set by the engine before the first.
+        self.step = 0
         self.o = self.h = self.l = self.c = self.v = NAN
         self.pc = self.ph = self.pl = self.r1 = self.tr = NAN

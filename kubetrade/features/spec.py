@@ -14,8 +14,10 @@ from typing import Any
 from kubetrade.errors import ModelError
 from kubetrade.features.candle import Calendar, CandleShape
 from kubetrade.features.indicator import GroupParams, Indicator
+from kubetrade.features.mtf import HigherTimeframe
 from kubetrade.features.oscillators import CommodityChannel, Rsi, Stochastic, WilliamsR
 from kubetrade.features.returns import Efficiency, LogReturns, RateOfChange, RealizedVolatility
+from kubetrade.features.smc import SmartMoney
 from kubetrade.features.trend import DirectionalMovement, EmaRatio, Macd, SmaRatio
 from kubetrade.features.volatility import AverageTrueRange, Bollinger, Channel
 from kubetrade.features.volume import VolumeFlow, VolumeStats, VwapDistance
@@ -27,8 +29,9 @@ class FeatureMismatchError(ModelError):
     """The features a model expects differ from the features this code computes."""
 
 
-# The order of this registry is the order of the feature columns.
-REGISTRY: tuple[type[Indicator], ...] = (
+# The groups of the default spec (every model trained without --features): their order, names
+# and parameters are what existing models were trained on.
+DEFAULT_GROUPS: tuple[type[Indicator], ...] = (
     LogReturns,
     RealizedVolatility,
     SmaRatio,
@@ -50,6 +53,10 @@ REGISTRY: tuple[type[Indicator], ...] = (
     Efficiency,
     Calendar,
 )
+
+# Every group a spec may name; the order of this registry is the order of the feature columns.
+# Groups after the defaults are chosen by name (``kubetrade train --features``).
+REGISTRY: tuple[type[Indicator], ...] = (*DEFAULT_GROUPS, SmartMoney, HigherTimeframe)
 
 
 _BY_KEY = {group.key: group for group in REGISTRY}
@@ -155,12 +162,13 @@ def build_indicators(params: Mapping[str, Mapping[str, Any]]) -> list[Indicator]
 
 
 def feature_spec(params: Mapping[str, Mapping[str, Any]] | None = None) -> FeatureSpec:
-    """The spec of the given groups' parameters (default: every group with its defaults).
+    """The spec of the given groups' parameters (default: the default groups with their
+    defaults).
 
     Names, order and warm-up follow from the code; raises ValueError for an unknown group or
     a bad parameter, naming it.
     """
-    chosen = params if params is not None else {g.key: dict(g.defaults) for g in REGISTRY}
+    chosen = params if params is not None else {g.key: dict(g.defaults) for g in DEFAULT_GROUPS}
     indicators = build_indicators(chosen)
     return FeatureSpec(
         names=tuple(n for i in indicators for n in i.names),
@@ -171,7 +179,7 @@ def feature_spec(params: Mapping[str, Mapping[str, Any]] | None = None) -> Featu
 
 
 def default_feature_spec() -> FeatureSpec:
-    """Every registered feature group with its default parameters."""
+    """The default groups (``DEFAULT_GROUPS``) with their default parameters."""
     return feature_spec()
 
 
