@@ -24,6 +24,7 @@ from kubetrade.modelstore.metadata import ModelMetadata
 from kubetrade.signals import Predictor, Rejected, SignalPipeline
 from kubetrade.spec import TradingBot
 from kubetrade.trading import TradingEngine
+from kubetrade.trading.outputs import HaltEvent, halt_events
 
 # The bridge predicts in micro-batches of whatever is queued; tree ensembles give the same
 # probability for a row whatever its batch, so the batch size here only sets speed.
@@ -43,6 +44,8 @@ class BacktestResult:
     # warm-up) and of the last candle: the period a report evaluates.
     first_signal_time: int | None = None
     last_candle_time: int | None = None
+    # Breaker trips and clears (and kills and resets) with their figures, as the ledger has them.
+    halts: list[HaltEvent] = field(default_factory=list)
 
 
 def run_backtest(
@@ -69,6 +72,7 @@ def run_backtest(
             result.orders.extend(out.orders)
             result.fills.extend(out.fills)
             result.equity.extend(out.equity)
+            result.halts.extend(halt_events(out.notices))
         batch.clear()
 
     for candle in candles:

@@ -199,6 +199,7 @@ def backtest(manifest: Path, data_file: Path | None, in_sample: bool, report_dir
         sample=sample,
         first_signal_time=result.first_signal_time,
         last_candle_time=result.last_candle_time,
+        halts=result.halts,
     )
     write_report(report, result.fills, result.equity, report_dir, Console())
 

@@ -61,6 +61,7 @@ _FIELD_SCHEMA: dict[str, Schema] = {
     "spec.timeframe": {"enum": list(TIMEFRAME_MS)},
     "spec.risk.maxHolding": {"pattern": DURATION.pattern, "minLength": 1},
     "spec.risk.breakers.consecutiveLossCooldown": {"pattern": DURATION.pattern, "minLength": 1},
+    "spec.risk.breakers.drawdownCooldown": {"pattern": DURATION.pattern, "minLength": 1},
     # A strategy's parameters are validated by the strategy (built-in or from an installed
     # package, which the API server cannot know): kept as given.
     "spec.strategy.params": {"x-kubernetes-preserve-unknown-fields": True},

@@ -21,6 +21,7 @@ from kubetrade.backtest import SamplePlan
 from kubetrade.domain import EquityPoint, Fill, timeframe_ms
 from kubetrade.spec import TradingBot
 from kubetrade.store import Store
+from kubetrade.trading.outputs import HaltEvent, ledger_order
 from kubetrade.trading.performance import performance_report
 
 
@@ -50,13 +51,15 @@ def build_report(
     sample: SamplePlan | None = None,
     first_signal_time: int | None = None,
     last_candle_time: int | None = None,
+    halts: Sequence[HaltEvent] = (),
 ) -> dict[str, Any]:
     """The report's figures as a JSON-ready dict.
 
     The period starts at the first tradable candle (``first_signal_time``, the first with a
     prediction): the equity points of the feature warm-up before it are left out of every
     figure. With a ``sample`` plan the report opens with whether the period is in or out of
-    sample, the period evaluated and the model's training period.
+    sample, the period evaluated and the model's training period. ``halts`` lists every breaker
+    trip and clear, kill and reset, with its figures, in the ledger's order.
     """
     initial = bot.spec.execution.initial_capital
     equity = evaluated_equity(equity, first_signal_time, bot.spec.timeframe)
@@ -89,6 +92,9 @@ def build_report(
         "profit_factor": perf.profit_factor,
         "exposure_pct": perf.exposure_pct,
         "fees": round(perf.fees, 2),
+        "halts": [
+            {**event.to_dict(), "time": _iso(event.time)} for event in ledger_order(list(halts))
+        ],
     }
 
 
@@ -164,6 +170,11 @@ def summary_table(report: dict[str, Any]) -> Table:
         value = report.get(key)
         text = f"{value:,.4f}".rstrip("0").rstrip(".") if isinstance(value, float) else str(value)
         table.add_row(key, text)
+    halts = report.get("halts") or []
+    trips = [h for h in halts if h["kind"] in ("breaker_tripped", "halted")]
+    if trips:
+        causes = ", ".join(sorted({h["cause"] for h in trips}))
+        table.add_row("halts", f"{len(trips)} ({causes}; see report.json halts)")
     if report.get("complete") is False:
         table.caption = f"INCOMPLETE RUN: {report.get('incomplete_reason')}"
         table.caption_style = "bold yellow"
@@ -209,6 +220,7 @@ def report_from_database(
         equity = db.read_equity(bot.key)
         counts = db.count_rows(bot.key)
         records = db.read_signals(bot.key)
+        halts = db.read_halts(bot.key)
     predicted = [s.time for s in records if s.prob_up is not None]
     report = build_report(
         bot,
@@ -220,6 +232,7 @@ def report_from_database(
         sample=sample,
         first_signal_time=min(predicted) if predicted else None,
         last_candle_time=max((s.time for s in records), default=None),
+        halts=halts,
     )
     report.update(extra or {})
     write_report(report, fills, equity, report_dir, console)

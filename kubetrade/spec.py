@@ -312,13 +312,21 @@ class BreakerSpec(_Model):
         max_length=32,
         description="How long entries stay halted after the loss streak.",
     )
+    drawdown_cooldown: str | None = Field(
+        default=None,
+        max_length=32,
+        description="After the drawdown breaker trips, entries stay halted this long; then the "
+        "peak re-bases to current equity (a new high-water mark) and the drawdown is measured "
+        "from there. Unset: only a reset clears it.",
+    )
     min_seconds_between_trades: int | None = Field(default=0, ge=0, le=366 * 86400)
     max_trades_per_day: int | None = Field(default=None, ge=1, le=1_000_000)
 
-    @field_validator("consecutive_loss_cooldown")
+    @field_validator("consecutive_loss_cooldown", "drawdown_cooldown")
     @classmethod
-    def _duration(cls, value: str) -> str:
-        parse_duration(value)
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
         return value
 
 
@@ -508,6 +516,9 @@ class TradingSummary(_Model):
     halt_reason: str | None = None
     halt_causes: list[HaltCause] | None = Field(
         default=None, description="Why entries are halted: the kill first, then each breaker."
+    )
+    halted_since: str | None = Field(
+        default=None, description="When the oldest halt still in force began (ISO 8601 UTC)."
     )
 
 

@@ -65,6 +65,7 @@ from kubetrade.store import AsyncStore, Checkpoint, OutboxMessage, SignalRecord
 from kubetrade.subjects import Subjects
 from kubetrade.telemetry import hop
 from kubetrade.trading import ControlCommand, EngineOutput, EventError, TradingEngine
+from kubetrade.trading.outputs import HaltEvent, halt_events
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("kubetrade.executor")
@@ -80,6 +81,7 @@ class Pending:
     orders: list[Order] = field(default_factory=list)
     fills: list[Fill] = field(default_factory=list)
     equity: list[EquityPoint] = field(default_factory=list)
+    halts: list[HaltEvent] = field(default_factory=list)
     outgoing: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
     controls: list[Msg] = field(default_factory=list)  # answered once committed
 
@@ -89,6 +91,7 @@ class Pending:
         self.orders.extend(out.orders)
         self.fills.extend(out.fills)
         self.equity.extend(out.equity)
+        self.halts.extend(halt_events(out.notices))
         for order in out.orders:
             data = encode(OrderMessage.from_order(order))
             self.outgoing.append(
@@ -100,7 +103,9 @@ class Pending:
             self.outgoing.append((subjects.fills, data, {**headers, "Nats-Msg-Id": msg_id}))
 
     def __bool__(self) -> bool:
-        return bool(self.signals or self.orders or self.fills or self.equity or self.controls)
+        return bool(
+            self.signals or self.orders or self.fills or self.equity or self.halts or self.controls
+        )
 
     def outbox(self) -> list[OutboxMessage]:
         """The order and fill messages as outbox rows."""
@@ -228,6 +233,7 @@ class Executor:
                     equity=pending.equity,
                     checkpoint=item.checkpoint,
                     outbox=pending.outbox(),
+                    halts=pending.halts,
                 )
         await BatchConsumer.ack_through(item.batch)
         for msg in pending.controls:

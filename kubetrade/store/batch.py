@@ -25,6 +25,7 @@ from kubetrade.store.errors import StaleCheckpointError
 from kubetrade.store.records import Checkpoint, OrderStatus, OutboxMessage, SignalRecord
 from kubetrade.store.sqltime import ts, ts_us
 from kubetrade.store.steps import Op, Query
+from kubetrade.trading.outputs import HaltEvent
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,15 @@ new_equity AS (
         unrealized_pnl = EXCLUDED.unrealized_pnl, open_positions = EXCLUDED.open_positions,
         drawdown_pct = EXCLUDED.drawdown_pct
 ),
+new_halts AS (
+    INSERT INTO halts (bot, time, kind, cause, message, figures)
+    SELECT %(bot)s, {ts("time")}, kind, cause, message, figures::jsonb
+    FROM unnest(%(h_time)s::int8[], %(h_kind)s::text[], %(h_cause)s::text[],
+                %(h_message)s::text[], %(h_figures)s::text[])
+         AS r (time, kind, cause, message, figures)
+    WHERE EXISTS (SELECT FROM checkpoint)
+    ON CONFLICT DO NOTHING
+),
 new_outbox AS (
     INSERT INTO outbox (bot, msg_id, subject, data, headers)
     SELECT %(bot)s, msg_id, subject, data, headers::jsonb
@@ -130,6 +140,7 @@ def write_batch_op(
     equity: Sequence[EquityPoint],
     checkpoint: Checkpoint,
     outbox: Sequence[OutboxMessage] = (),
+    halts: Sequence[HaltEvent] = (),
 ) -> Op[None]:
     """Write one executor batch and move its checkpoint atomically (one statement)."""
     # One point per time: ON CONFLICT DO UPDATE may not touch a row twice in a statement, and
@@ -178,6 +189,11 @@ def write_batch_op(
         "x_subject": [m.subject for m in outbox],
         "x_data": [m.data for m in outbox],
         "x_headers": [json.dumps(m.headers) for m in outbox],
+        "h_time": [h.time for h in halts],
+        "h_kind": [h.kind for h in halts],
+        "h_cause": [h.cause for h in halts],
+        "h_message": [h.message for h in halts],
+        "h_figures": [json.dumps(dict(h.figures)) for h in halts],
     }
     rows = yield Query(_WRITE_BATCH, params)
     if rows[0][0] == 0:

@@ -18,6 +18,7 @@ from kubetrade.store.records import (
 )
 from kubetrade.store.sqltime import ms, us
 from kubetrade.store.steps import Execute, Op, Query
+from kubetrade.trading.outputs import HaltEvent
 
 Row = tuple[Any, ...]
 
@@ -108,6 +109,21 @@ def read_fills_op(bot: str) -> Op[list[Fill]]:
             realized_pnl=realized_pnl,
         )
         for cid, symbol, side, quantity, price, fee, time, reason, realized_pnl in rows
+    ]
+
+
+def read_halts_op(bot: str) -> Op[list[HaltEvent]]:
+    """The bot's halt events (breaker trips and clears, kills and resets) in time order."""
+    rows: list[Row] = yield Query(
+        f"""
+        SELECT {ms("time")}, kind, cause, message, figures
+        FROM halts WHERE bot = %s ORDER BY time, kind COLLATE "C", cause COLLATE "C"
+        """,
+        (bot,),
+    )
+    return [
+        HaltEvent(time, kind, cause, message, {str(k): float(v) for k, v in figures.items()})
+        for time, kind, cause, message, figures in rows
     ]
 
 

@@ -235,4 +235,22 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # Live trading's order journal and account baselines (see kubetrade.store.journal).
     Migration(5, "live order journal", common=JOURNAL_SQL),
+    # Halt events: every breaker trip and clear, kill and reset, with the figures at the time.
+    Migration(
+        6,
+        "halts",
+        common=(
+            """
+            CREATE TABLE halts (
+                bot text NOT NULL,
+                time timestamptz NOT NULL,
+                kind text NOT NULL,
+                cause text NOT NULL,
+                message text NOT NULL,
+                figures jsonb NOT NULL,
+                PRIMARY KEY (bot, time, kind, cause)
+            )
+            """,
+        ),
+    ),
 )

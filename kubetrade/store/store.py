@@ -52,6 +52,7 @@ from kubetrade.store.reads import (
     read_equity_buckets_op,
     read_equity_op,
     read_fills_op,
+    read_halts_op,
     read_orders_op,
     read_outbox_op,
     read_signals_op,
@@ -69,6 +70,7 @@ from kubetrade.store.records import (
 )
 from kubetrade.store.steps import Op, T
 from kubetrade.trading.order_state import LiveOrder
+from kubetrade.trading.outputs import HaltEvent
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +151,7 @@ class Store:
         fills: Sequence[Fill] = (),
         equity: Sequence[EquityPoint] = (),
         outbox: Sequence[OutboxMessage] = (),
+        halts: Sequence[HaltEvent] = (),
     ) -> None:
         """Write an executor batch and its checkpoint in one transaction (all or nothing).
 
@@ -164,6 +167,7 @@ class Store:
                 equity=equity,
                 checkpoint=checkpoint,
                 outbox=outbox,
+                halts=halts,
             )
         )
 
@@ -198,6 +202,10 @@ class Store:
     def read_equity(self, bot: str) -> list[EquityPoint]:
         """The bot's equity curve in time order."""
         return self._run(read_equity_op(bot))
+
+    def read_halts(self, bot: str) -> list[HaltEvent]:
+        """The bot's halt events (breaker trips and clears, kills and resets) in time order."""
+        return self._run(read_halts_op(bot))
 
     def read_equity_buckets(self, bot: str, period: EquityPeriod) -> list[EquityBucket]:
         """The bot's ``"hourly"`` or ``"daily"`` equity roll-up, oldest first."""
@@ -328,6 +336,7 @@ class AsyncStore:
         fills: Sequence[Fill] = (),
         equity: Sequence[EquityPoint] = (),
         outbox: Sequence[OutboxMessage] = (),
+        halts: Sequence[HaltEvent] = (),
     ) -> None:
         """See :meth:`Store.write_batch`."""
         await self._run(
@@ -339,6 +348,7 @@ class AsyncStore:
                 equity=equity,
                 checkpoint=checkpoint,
                 outbox=outbox,
+                halts=halts,
             )
         )
 

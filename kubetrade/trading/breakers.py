@@ -7,8 +7,11 @@ Breakers (each blocks new entries while tripped; exits keep running):
   account equity when the first candle of that day arrives (marked at the previous closes). It
   clears by itself when the next day starts, or if equity recovers above the limit.
 - ``drawdown``: equity is ``maxDrawdownPct`` or more below its peak. The peak is the highest
-  equity point (one per candle time, see ``engine``). It clears if equity recovers, or on
-  ``reset``, which re-bases the peak to current equity.
+  equity point (one per candle time, see ``engine``). It clears if equity recovers; once
+  ``drawdownCooldown`` has passed since it tripped, when the peak re-bases to current equity (a
+  new high-water mark the drawdown is measured from); or on ``reset``, which re-bases the peak
+  and the day to current equity. Without ``drawdownCooldown`` only recovery or a reset clears
+  it, in a backtest as live.
 - ``consecutive_losses``: ``maxConsecutiveLosses`` losing round trips in a row (net of fees;
   a round trip with net PnL >= 0 ends the streak). Entries stay blocked for
   ``consecutiveLossCooldown`` from the fill that completed the streak; the streak then starts
@@ -20,7 +23,9 @@ Throttles (a rejection, not a breaker state):
 - ``max_trades_per_day``: entry decisions in the current UTC day.
 
 Breakers are evaluated after every candle is marked to market, so a trip or a clear is reported
-on the candle where it happens, whether or not a signal asked for an entry.
+on the candle where it happens, whether or not a signal asked for an entry. Every trip and clear
+is a notice carrying ``halt_figures`` (equity, peak, drawdown, the day's starting equity and
+loss); the executor records them in the ledger's ``halts`` and a backtest in its report.
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ class BreakerState:
     entries_today: int = 0
     last_entry_time: int | None = None
     tripped: dict[str, str] = field(default_factory=dict)
+    # When each tripped breaker tripped (ms): the drawdown cooldown runs from there.
+    tripped_at: dict[str, int] = field(default_factory=dict)
 
 
 def utc_day(time_ms: int) -> int:
@@ -119,6 +126,27 @@ def evaluate(spec: BreakerSpec, state: BreakerState, equity: float, now: int) ->
     return tripped
 
 
+def drawdown_cooldown_over(spec: BreakerSpec, state: BreakerState, now: int) -> bool:
+    """Whether the tripped drawdown breaker has waited out ``drawdownCooldown`` at ``now``."""
+    since = state.tripped_at.get(Breaker.DRAWDOWN.value)
+    if spec.drawdown_cooldown is None or since is None:
+        return False
+    return now - since >= parse_duration(spec.drawdown_cooldown) * 1000
+
+
+def halt_figures(state: BreakerState, equity: float) -> dict[str, float]:
+    """The figures a halt event records: equity, the peak and drawdown the drawdown breaker
+    sees, the day's starting equity and the day's loss."""
+    day_start = state.day_start_equity
+    return {
+        "equity": equity,
+        "peak_equity": state.peak_equity,
+        "drawdown_pct": drawdown_pct(state, equity),
+        "day_start_equity": day_start,
+        "daily_loss_pct": (day_start - equity) / day_start * 100 if day_start > 0 else 0.0,
+    }
+
+
 def record_round_trip(
     spec: BreakerSpec, state: BreakerState, net_pnl: float, time: int
 ) -> BreakerState:
@@ -164,4 +192,5 @@ def rebase(state: BreakerState, equity: float) -> BreakerState:
         loss_streak=0,
         cooldown_until=None,
         tripped={},
+        tripped_at={},
     )

@@ -65,11 +65,14 @@ from kubetrade.spec import TradingBot
 from kubetrade.strategies import Intent, PositionSide, StrategyInputs
 from kubetrade.trading.atr import AtrState, update_atr
 from kubetrade.trading.breakers import (
+    Breaker,
     BreakerState,
     breaker_causes,
+    drawdown_cooldown_over,
     drawdown_pct,
     entry_throttle,
     evaluate,
+    halt_figures,
     observe_equity_point,
     rebase,
     record_entry,
@@ -139,6 +142,7 @@ class TradingEngine:
         self._paused = spec.paused
         self._kill_reason: str | None = None
         self._kill_cause: HaltCause | None = None
+        self._kill_time: int | None = None
         self._bucket: int | None = None
         self._bucket_emitted = False
         self._last_event_time: int | None = None
@@ -396,19 +400,40 @@ class TradingEngine:
     # -- risk and strategy --------------------------------------------------------------------
 
     def _update_breakers(self, now: int, out: EngineOutput) -> None:
-        previous = self._breakers.tripped
-        tripped = evaluate(
-            self._bot.spec.risk.breakers, self._breakers, self._portfolio.equity(), now
-        )
+        spec = self._bot.spec.risk.breakers
+        state = self._breakers
+        previous = state.tripped
+        equity = self._portfolio.equity()
+        cooled = drawdown_cooldown_over(spec, state, now)
+        if cooled:
+            # The drawdown cooldown is over: current equity is the new high-water mark.
+            state = replace(state, peak_equity=equity)
+        tripped = evaluate(spec, state, equity, now)
+        figures = halt_figures(state, equity)
         for name, message in tripped.items():
             if name not in previous:
-                out.notices.append(Notice(NoticeKind.BREAKER_TRIPPED, now, name, message))
+                out.notices.append(
+                    Notice(NoticeKind.BREAKER_TRIPPED, now, name, message, figures=figures)
+                )
         for name in previous:
             if name not in tripped:
-                out.notices.append(
-                    Notice(NoticeKind.BREAKER_CLEARED, now, name, f"{name} breaker cleared")
+                why = (
+                    f"drawdownCooldown {spec.drawdown_cooldown} over: the peak re-based to "
+                    f"equity {equity:.2f}, the drawdown is measured from this new high-water mark"
+                    if cooled and name == Breaker.DRAWDOWN
+                    else "its condition no longer holds"
                 )
-        self._breakers = replace(self._breakers, tripped=tripped)
+                out.notices.append(
+                    Notice(
+                        NoticeKind.BREAKER_CLEARED,
+                        now,
+                        name,
+                        f"{name} breaker cleared: {why}",
+                        figures=figures,
+                    )
+                )
+        tripped_at = {name: state.tripped_at.get(name, now) for name in tripped}
+        self._breakers = replace(state, tripped=tripped, tripped_at=tripped_at)
 
     def _act_on_signal(self, candle: Candle, inputs: StrategyInputs, out: EngineOutput) -> None:
         symbol = candle.symbol
@@ -568,7 +593,7 @@ class TradingEngine:
             out.orders.append(order)
         if self._kill_reason is None:
             # The first kill stands: a later one neither renames nor re-attributes it.
-            self._kill_reason, self._kill_cause = reason, cause
+            self._kill_reason, self._kill_cause, self._kill_time = reason, cause, now
             out.notices.append(
                 Notice(
                     NoticeKind.HALTED,
@@ -576,6 +601,7 @@ class TradingEngine:
                     "kill_switch",
                     f"kill switch: {reason}; open positions flatten at their next open, "
                     "entries halted until reset",
+                    figures=halt_figures(self._breakers, self._portfolio.equity()),
                 )
             )
 
@@ -583,7 +609,7 @@ class TradingEngine:
         cleared = ([f"kill switch ({self._kill_reason})"] if self._kill_reason else []) + list(
             self._breakers.tripped
         )
-        self._kill_reason, self._kill_cause = None, None
+        self._kill_reason, self._kill_cause, self._kill_time = None, None, None
         equity = self._portfolio.equity()
         self._breakers = rebase(self._breakers, equity)
         what = ", ".join(cleared) if cleared else "nothing was halted"
@@ -594,6 +620,7 @@ class TradingEngine:
                 "reset",
                 f"reset ({reason or 'by operator'}): cleared {what}; peak and day equity "
                 f"re-based to {equity:.2f}",
+                figures=halt_figures(self._breakers, equity),
             )
         )
 
@@ -638,6 +665,13 @@ class TradingEngine:
             last_event_time=self._last_event_time,
             last_signal_time=self._last_signal_time,
             drawdown_pct=drawdown_pct(self._breakers, portfolio.equity()),
+            halted_since=min(
+                [
+                    *([self._kill_time] if self._kill_time is not None else []),
+                    *self._breakers.tripped_at.values(),
+                ],
+                default=None,
+            ),
         )
 
     def snapshot(self) -> dict[str, Any]:
@@ -658,6 +692,7 @@ class TradingEngine:
             "paused": self._paused,
             "kill_reason": self._kill_reason,
             "kill_cause": self._kill_cause,
+            "kill_time": self._kill_time,
             "bucket": self._bucket,
             "bucket_emitted": self._bucket_emitted,
             "last_event_time": self._last_event_time,
@@ -733,6 +768,8 @@ class TradingEngine:
         # Snapshots from before kill_cause existed: a kill of unknown origin counts as manual.
         cause = snapshot.get("kill_cause") or (None if kill_reason is None else "manual")
         self._kill_cause = None if cause is None else HaltCause(cause)
+        kill_time = snapshot.get("kill_time")
+        self._kill_time = None if kill_time is None else int(kill_time)
         bucket = snapshot["bucket"]
         self._bucket = None if bucket is None else int(bucket)
         self._bucket_emitted = bool(snapshot["bucket_emitted"])

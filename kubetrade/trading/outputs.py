@@ -7,6 +7,7 @@ pause). Rejections are notices, never exceptions: a trading decision that says "
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -34,7 +35,9 @@ class Notice:
     """One event worth telling the operator about.
 
     ``code`` is machine-readable (e.g. ``max_trades_per_day``, ``drawdown``); ``message`` is for
-    people. ``time`` is the candle time the engine was at (ms), 0 before the first event.
+    people. ``time`` is the candle time the engine was at (ms), 0 before the first event. A
+    halt or its clearing (``HALT_KINDS``) carries ``figures``: equity, peak, drawdown, day (see
+    ``breakers.halt_figures``).
     """
 
     kind: NoticeKind
@@ -43,6 +46,58 @@ class Notice:
     message: str
     symbol: str | None = None
     client_order_id: str | None = None
+    figures: Mapping[str, float] | None = None
+
+
+# The notices that are halt events: a breaker or the kill switch halting entries, and clearing.
+HALT_KINDS = frozenset(
+    {
+        NoticeKind.BREAKER_TRIPPED,
+        NoticeKind.BREAKER_CLEARED,
+        NoticeKind.HALTED,
+        NoticeKind.HALT_CLEARED,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HaltEvent:
+    """A halt or its clearing as the ledger and reports record it: when (candle time, ms),
+    ``kind`` (a ``HALT_KINDS`` notice kind), ``cause`` (the breaker, ``kill_switch`` or
+    ``reset``), the sentence, and the figures at that moment."""
+
+    time: int
+    kind: str
+    cause: str
+    message: str
+    figures: Mapping[str, float]
+
+    @classmethod
+    def from_notice(cls, notice: Notice) -> HaltEvent:
+        """The halt event of a ``HALT_KINDS`` notice."""
+        return cls(
+            notice.time, notice.kind.value, notice.code, notice.message, dict(notice.figures or {})
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form (time as ms)."""
+        return {
+            "time": self.time,
+            "kind": self.kind,
+            "cause": self.cause,
+            "message": self.message,
+            "figures": dict(self.figures),
+        }
+
+
+def halt_events(notices: list[Notice]) -> list[HaltEvent]:
+    """The halt events among ``notices``, in order."""
+    return [HaltEvent.from_notice(n) for n in notices if n.kind in HALT_KINDS]
+
+
+def ledger_order(events: list[HaltEvent]) -> list[HaltEvent]:
+    """``events`` in the order the ledger returns them: time, then kind and cause."""
+    return sorted(events, key=lambda e: (e.time, e.kind, e.cause))
 
 
 @dataclass(frozen=True, slots=True)

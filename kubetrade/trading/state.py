@@ -123,4 +123,6 @@ def breakers_from(data: dict[str, Any]) -> BreakerState:
         entries_today=int(data["entries_today"]),
         last_entry_time=_optional_int(data["last_entry_time"]),
         tripped={str(k): str(v) for k, v in dict(data["tripped"]).items()},
+        # Snapshots from before halt events: a breaker tripped then counts from now on.
+        tripped_at={str(k): int(v) for k, v in dict(data.get("tripped_at") or {}).items()},
     )

@@ -22,6 +22,7 @@ class TradingSummary:
     ``halt_reason`` says why. ``last_event_time`` is the close time of the latest candle
     processed and ``last_signal_time`` that of the latest candle that carried a prediction.
     ``drawdown_pct`` is how far equity is below its peak, as the drawdown breaker sees it.
+    ``halted_since`` is when the oldest halt still in force began (ms), None when not halted.
     """
 
     equity: float
@@ -39,6 +40,7 @@ class TradingSummary:
     halt_causes: tuple[HaltCause, ...] = ()
     """Why entries are halted, the kill first, then each tripped breaker."""
     drawdown_pct: float = 0.0
+    halted_since: int | None = None
 
     def to_status(self) -> StatusTradingSummary:
         """The ``status.trading`` block of the TradingBot resource."""
@@ -53,4 +55,5 @@ class TradingSummary:
             else iso_time(self.last_signal_time),
             halt_reason=self.halt_reason,
             halt_causes=list(self.halt_causes) or None,
+            halted_since=None if self.halted_since is None else iso_time(self.halted_since),
         )
