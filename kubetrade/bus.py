@@ -308,7 +308,7 @@ class BatchConsumer:
 
         async def enqueue(msg: Msg) -> None:
             if incarnation == self._incarnation:  # not a late message of a replaced consumer
-                self._queue.put_nowait(Delivery(msg, msg.metadata.sequence.stream, time.time_ns()))
+                self._queue.put_nowait(Delivery(msg, stream_sequence(msg), time.time_ns()))
 
         config = ConsumerConfig(
             durable_name=self._durable,
@@ -424,9 +424,25 @@ async def dead_letter(
 
 def _stream_sequence(msg: Msg) -> int | None:
     try:
-        return int(msg.metadata.sequence.stream)
+        return stream_sequence(msg)
     except nats.errors.Error:  # a core NATS message (the control subject) has no sequence
         return None
+
+
+def stream_sequence(msg: Msg) -> int:
+    """The stream sequence of a JetStream delivery, read from its reply subject.
+
+    The same number as ``msg.metadata.sequence.stream``, without building the whole metadata
+    (a datetime and three objects per message, a fifth of a busy consumer's time).
+    """
+    tokens = (msg.reply or "").split(".")
+    if tokens[:2] == ["$JS", "ACK"]:
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>... or, with a domain and account,
+        # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>...
+        index = 5 if len(tokens) == 9 else Msg.Ack.StreamSeq
+        if len(tokens) > index and tokens[index].isdigit():
+            return int(tokens[index])
+    return int(msg.metadata.sequence.stream)  # raises nats' own error for anything else
 
 
 @dataclass
