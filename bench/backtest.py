@@ -1,0 +1,144 @@
+"""Backtest speed beside a peer: the SMA(10/30) crossover on the same candles in kubetrade and in
+backtesting.py, candles per second of each and their ratio, in one run.
+
+kubetrade runs its event-driven engine twice: with the peer's conventions (docs/
+backtest-conventions.md: next-open fills, fee both sides, all equity, no stops or breakers),
+and with full risk (ATR stop-loss, take-profit, trailing stop, time exit, every breaker). The
+time is the backtest alone (features, strategy, risk, broker, equity points), not making the
+candles; backtesting.py's includes its indicators.
+
+    .venv/bin/python bench/backtest.py                   # 1,000,000 candles
+    .venv/bin/python bench/backtest.py --candles 100000  # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kubetrade.backtest import run_backtest
+from kubetrade.market import generate, to_candles
+from kubetrade.spec import TradingBot, parse_bot
+
+FAST, SLOW = 10, 30
+CAPITAL = 1e9
+FEE = 0.001
+
+
+def candles_frame(n: int) -> pd.DataFrame:
+    """``n`` generated hourly candles, each opening at the previous close."""
+    frame = generate(["BTC/USDT"], "1h", n, seed=1, start_price=100.0)
+    opens = np.concatenate((frame["open"].to_numpy()[:1], frame["close"].to_numpy()[:-1]))
+    frame["open"] = opens
+    frame["high"] = np.maximum(frame["high"], opens)
+    frame["low"] = np.minimum(frame["low"], opens)
+    return frame
+
+
+def bot(full_risk: bool) -> TradingBot:
+    """The crossover bot: the peer's conventions, or with every risk rule on."""
+    risk: dict[str, Any] = {
+        "sizing": {"method": "fixed-fraction", "fractionPct": 100, "maxPositionPct": 100},
+        "stopLoss": None,
+        "takeProfit": None,
+        "breakers": {
+            "maxDailyLossPct": None,
+            "maxDrawdownPct": None,
+            "maxConsecutiveLosses": None,
+        },
+    }
+    if full_risk:
+        risk = {
+            "sizing": {"method": "volatility", "riskPerTradePct": 1, "maxPositionPct": 100},
+            "stopLoss": {"atrMultiplier": 3, "atrPeriod": 14},
+            "takeProfit": {"riskReward": 3},
+            "trailingStop": {"activationPct": 2, "trailPct": 1},
+            "maxHolding": "7d",
+            "breakers": {
+                # Loose enough to keep trading through a million candles, on to be evaluated.
+                "maxDailyLossPct": 50,
+                "maxDrawdownPct": 99,
+                "maxConsecutiveLosses": 10_000,
+                "maxTradesPerDay": 1_000,
+            },
+        }
+    return parse_bot(
+        {
+            "metadata": {"name": "bench"},
+            "spec": {
+                "symbols": ["BTC/USDT"],
+                "timeframe": "1h",
+                "strategy": {"type": "sma-crossover", "params": {"fast": FAST, "slow": SLOW}},
+                "risk": risk,
+                "execution": {"initialCapital": CAPITAL, "feeRate": FEE, "slippageBps": 0},
+            },
+        }
+    )
+
+
+def kubetrade_rate(frame: pd.DataFrame, full_risk: bool) -> tuple[float, int]:
+    """Candles per second of ``kubetrade backtest``'s core, and the fills it made."""
+    candles = to_candles(frame, "1h")
+    start = time.perf_counter()
+    result = run_backtest(bot(full_risk), candles, None)
+    return len(candles) / (time.perf_counter() - start), len(result.fills)
+
+
+def peer_rate(frame: pd.DataFrame) -> tuple[float, int]:
+    """Candles per second of backtesting.py's SmaCross (long only), and its trades."""
+    import backtesting
+    from backtesting.lib import crossover
+
+    class SmaCross(backtesting.Strategy):  # type: ignore[misc]
+        def init(self) -> None:
+            close = pd.Series(self.data.Close)
+            self.fast = self.I(lambda: close.rolling(FAST).mean().to_numpy())
+            self.slow = self.I(lambda: close.rolling(SLOW).mean().to_numpy())
+
+        def next(self) -> None:
+            if crossover(self.fast, self.slow):
+                self.buy(size=1 - 1e-12)
+            elif crossover(self.slow, self.fast) and self.position:
+                self.position.close()
+
+    data = pd.DataFrame(
+        {
+            "Open": frame["open"].to_numpy(),
+            "High": frame["high"].to_numpy(),
+            "Low": frame["low"].to_numpy(),
+            "Close": frame["close"].to_numpy(),
+            "Volume": frame["volume"].to_numpy(),
+        },
+        index=pd.to_datetime(frame["open_time"], unit="ms"),
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stats = backtesting.Backtest(data, SmaCross, cash=CAPITAL, commission=FEE).run()
+    return len(frame) / (time.perf_counter() - start), int(stats["# Trades"])
+
+
+def main() -> None:
+    """Print the three rates and kubetrade's ratios to backtesting.py."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candles", type=int, default=1_000_000)
+    args = parser.parse_args()
+    frame = candles_frame(args.candles)
+    print(f"SMA({FAST}/{SLOW}) crossover on {len(frame):,} generated 1h candles")
+    peer, trades = peer_rate(frame)
+    print(f"  backtesting.py                 {peer:>12,.0f} candles/s   {trades:,} trades")
+    for label, full_risk in (("peer conventions", False), ("full risk", True)):
+        rate, fills = kubetrade_rate(frame, full_risk)
+        print(
+            f"  kubetrade, {label:<19} {rate:>12,.0f} candles/s   {fills:,} fills   "
+            f"{rate / peer:.2f}x backtesting.py"
+        )
+
+
+if __name__ == "__main__":
+    main()
