@@ -777,5 +777,9 @@ def load_bots(path: str | Path) -> list[TradingBot]:
 
 
 def dump_spec(bot: TradingBot) -> str:
-    """The bot as compact JSON (camelCase), the form handed to workers."""
-    return bot.model_dump_json(by_alias=True, exclude={"status"}, exclude_none=True)
+    """The bot as compact JSON (camelCase), the form handed to workers.
+
+    Nulls are kept: a breaker switched off with ``null`` must stay off in the workers, not
+    come back with its default when they parse the spec again.
+    """
+    return bot.model_dump_json(by_alias=True, exclude={"status"})

@@ -258,6 +258,15 @@ def test_dump_spec_round_trips_in_camel_case() -> None:
     assert TradingBot.model_validate_json(text) == bot
 
 
+def test_dump_spec_keeps_a_breaker_switched_off() -> None:
+    """``kubetrade run`` and the pods read the spec from dump_spec: a null must stay null, or
+    they trade with the default breaker the backtest does not have."""
+    risk = {"breakers": {"maxDrawdownPct": None, "maxConsecutiveLosses": None}}
+    bot = parse_bot(manifest(risk=risk))
+    breakers = TradingBot.model_validate_json(dump_spec(bot)).spec.risk.breakers
+    assert (breakers.max_drawdown_pct, breakers.max_consecutive_losses) == (None, None)
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"), [("30m", 1800), ("24h", 86400), ("1d12h", 129600), ("90s", 90)]
 )
