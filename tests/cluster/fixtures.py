@@ -79,17 +79,13 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    reason = _missing_reason()
-    if reason:
-        if os.environ.get(REQUIRE_ENV, "") not in ("", "0"):
-            pytest.fail(f"{REQUIRE_ENV} is set but {reason}", pytrace=False)
-        _skip_reasons.append(reason)
-        pytest.skip(f"SKIPPED LOUDLY: {reason}")
+@contextlib.contextmanager
+def session_cluster(workdir: Path) -> Iterator[Any]:
+    """The tier's cluster on the persistent containerd store, with the project image's facts.
+
+    The ``cluster`` fixture is this; bench/cluster.py uses it outside pytest.
+    """
     info = _build.image_info() or {}
-    workdir = tmp_path_factory.mktemp("cluster", numbered=True)
-    t0 = time.monotonic()
     with _cluster.one_node_cluster(
         _build.cp_build.bin_dir(),
         _build.cp_build.node_dir(),
@@ -105,6 +101,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         c.image = info.get("image", _build.image_ref())
         c.image_info = info
         c.versions = _build.cp_build.versions()
+        yield c
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    reason = _missing_reason()
+    if reason:
+        if os.environ.get(REQUIRE_ENV, "") not in ("", "0"):
+            pytest.fail(f"{REQUIRE_ENV} is set but {reason}", pytrace=False)
+        _skip_reasons.append(reason)
+        pytest.skip(f"SKIPPED LOUDLY: {reason}")
+    workdir = tmp_path_factory.mktemp("cluster", numbered=True)
+    t0 = time.monotonic()
+    with session_cluster(workdir) as c:
         _timings.update({"workdir": str(workdir), "start": c.timings})
         try:
             yield c

@@ -112,6 +112,16 @@ def _describe_failure(rel: Release, ns: str) -> str:
 @pytest.fixture(scope="module")
 def release(cluster: Any) -> Iterator[Release]:
     """`helm install` of the chart with dev NATS and PostgreSQL; the operator Ready."""
+    with installed_release(cluster) as rel:
+        yield rel
+
+
+@contextlib.contextmanager
+def installed_release(cluster: Any) -> Iterator[Release]:
+    """The ``release`` fixture: install, yield, record peak memory and figures, uninstall.
+
+    bench/cluster.py uses it outside pytest.
+    """
     helm = _helm.build()
     built = _images.build_all()
     rel = Release(cluster, helm, built)
@@ -250,18 +260,22 @@ def _cli(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.Co
 @pytest.fixture(scope="module")
 def replay(release: Release, tmp_path_factory: pytest.TempPathFactory) -> Replay:
     """The newest CANDLES hours served from a pod; a model trained on the rest, as an image."""
+    return make_replay(release, tmp_path_factory.mktemp("replay"))
+
+
+def make_replay(release: Release, root: Path, candles: int = CANDLES) -> Replay:
+    """The ``replay`` fixture with ``candles`` newest hours (bench/cluster.py uses fewer)."""
     import hashlib
     import os
 
     if not BTC_CSV.is_file():
         pytest.fail(f"{BTC_CSV} is missing (the shared BTC/USD file)", pytrace=False)
-    root = tmp_path_factory.mktemp("replay")
     lines = BTC_CSV.read_text().splitlines()
     head, rows = lines[:2], lines[2:]  # CryptoDataDownload: a banner, the header, newest first
     csv = root / "btc.csv"
-    csv.write_text("\n".join(head + rows[:CANDLES]) + "\n")
+    csv.write_text("\n".join(head + rows[:candles]) + "\n")
     train = root / "train.csv"
-    train.write_text("\n".join(head + rows[CANDLES:]) + "\n")
+    train.write_text("\n".join(head + rows[candles:]) + "\n")
     sha = hashlib.sha256(csv.read_bytes()).hexdigest()
 
     # the model: trained on the host, shipped as a model image (the documented route)
