@@ -1,0 +1,106 @@
+"""``kubetrade run`` ≡ ``kubetrade backtest`` for research runs: out of sample by default, with
+halts that trip and reset, and shorts, on the real BTC/USD history.
+
+A model is trained on the file's first 80 %; the run replays only what the sample plan selects
+(the feed gets the window through its environment) and must give the backtest's fills to the
+cent, the same final equity and the same halt events (the ledger's against the backtest's).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kubetrade.backtest import bot_sample_plan, registered_metadata, run_backtest
+from kubetrade.market import load_candles
+from kubetrade.market.sources import load_source_candles
+from kubetrade.modelstore.predictor import OnnxPredictor
+from kubetrade.report import build_report
+from kubetrade.runner import RunOptions, run_bot
+from kubetrade.store import Store
+from tests.integration_support import make_bot
+
+pytestmark = pytest.mark.integration
+
+NAME = "parity-oos"
+
+
+def test_run_and_backtest_agree_out_of_sample_with_halts_and_shorts(
+    model: str, nats_url: str, db_url: str, tmp_path: Path, btc_csv: Path
+) -> None:
+    from kubetrade.onnx_export.models.boosted import XGBoostParams
+    from kubetrade.onnx_export.pipeline import TrainConfig, train_and_register
+
+    frames = {"BTC/USD": load_candles(btc_csv)}
+    config = TrainConfig(
+        name=NAME, timeframe="1h", source=str(btc_csv), model=XGBoostParams(n_estimators=30)
+    )
+    train_and_register(frames, config)
+    bot = make_bot(
+        "oos-halts",
+        {"name": "replay", "uri": str(btc_csv)},
+        ["BTC/USD"],
+        NAME,
+        strategy={
+            "longAbove": 0.52,
+            "exitBelow": 0.5,
+            "allowShort": True,
+            "shortBelow": 0.48,
+            "exitAbove": 0.5,
+        },
+        risk={
+            "sizing": {"method": "fixed-fraction", "fractionPct": 50, "maxPositionPct": 60},
+            "maxHolding": "24h",
+            "breakers": {
+                "maxDrawdownPct": 3,
+                "drawdownCooldown": "3d",
+                "maxDailyLossPct": 2,
+                "maxConsecutiveLosses": None,
+            },
+        },
+    )
+    sample = bot_sample_plan(bot, registered_metadata(bot), None, in_sample=False)
+    assert sample is not None and sample.replay_from is not None
+
+    report_dir = tmp_path / "run"
+    options = RunOptions(
+        report_dir=report_dir, nats_url=nats_url, database_url=db_url, timeout_s=300, sample=sample
+    )
+    run_bot(bot, options)
+    run_report = json.loads((report_dir / "report.json").read_text())
+    with Store.connect(db_url) as db:
+        run_fills = db.read_fills(bot.key)
+        run_equity = db.read_equity(bot.key)
+
+    predictor = OnnxPredictor.load(NAME)
+    candles = sample.select(load_source_candles(bot), str(btc_csv))
+    result = run_backtest(bot, candles, predictor)
+    backtest_report = build_report(
+        bot,
+        candles=result.candles,
+        signals=result.signals,
+        orders=len(result.orders),
+        fills=result.fills,
+        equity=result.equity,
+        sample=sample,
+        first_signal_time=result.first_signal_time,
+        last_candle_time=result.last_candle_time,
+        halts=result.halts,
+    )
+
+    def key(fill: object) -> tuple[object, ...]:
+        return tuple(getattr(fill, f) for f in ("time", "symbol", "side", "price", "quantity"))
+
+    assert [key(f) for f in run_fills] == [key(f) for f in result.fills]
+    assert round(run_equity[-1].equity, 2) == round(result.equity[-1].equity, 2)
+    assert any(f.reason.value == "entry_short" for f in result.fills), "no short was taken"
+    kinds = [(h["kind"], h["cause"]) for h in backtest_report["halts"]]
+    assert ("breaker_tripped", "drawdown") in kinds
+    assert ("breaker_cleared", "drawdown") in kinds
+    assert run_report["halts"] == backtest_report["halts"]
+    for field in ("sample", "headline", "evaluated_period", "model_training_period", "start"):
+        assert run_report[field] == backtest_report[field], field
+    assert run_report["sample"] == "out-of-sample"
+    assert run_report["evaluated_period"]["start"] == run_report["model_training_period"]["end"]
