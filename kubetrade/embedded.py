@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetrade.natsauth import NatsUser, server_config
+from kubetrade.runtime import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,12 @@ def start_nats(
         config.touch(mode=0o600)
         config.write_text(server_config(users or [], tls))
         command += ["--config", str(config)]
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=die_with_parent,  # noqa: PLW1509 (a C call only)
+    )
     server = EmbeddedNats(process, f"nats://127.0.0.1:{port}", store_dir)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -45,6 +45,7 @@ from kubetrade.messages import MessageError, StatusMessage, decode
 from kubetrade.natsauth import LocalAuth, process_credentials
 from kubetrade.processes import LocalProcess, local_processes
 from kubetrade.render import NatsAuth, Platform, render
+from kubetrade.runtime import die_with_parent
 from kubetrade.settings import (
     ENV_DATA_FILE,
     ENV_HTTP_HOST,
@@ -179,7 +180,12 @@ class LocalProcesses:
         env = {**os.environ, **QUIET_ENV, **process.env}
         out = open(self.log_dir / f"{process.component}.log", "ab")  # noqa: SIM115 - closed by the child
         self.running[process.component] = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 (a C call only)
         )
         out.close()
         self._trees[process.component] = []

@@ -209,6 +209,34 @@ def test_sigterm_stops_every_process_and_still_reports(model: str, tmp_path: Pat
     assert report["incomplete_reason"] == "stopped by SIGTERM"
 
 
+def test_a_run_killed_with_sigkill_leaves_no_worker_or_nats_server(
+    model: str, tmp_path: Path
+) -> None:
+    """``kill -9`` (or the OOM killer) gives the run no chance to clean up: the kernel stops
+    what it started (parent-death signal), so no orphan keeps trading."""
+    manifest = _manifest(
+        tmp_path, "orphans", ["BTC/USDT"], {"name": "synthetic", "speed": 3600 * 200}, model
+    )
+    report_dir = tmp_path / "report"
+    runner = _start_run(manifest, report_dir)
+    try:
+        _wait_for_log(runner, report_dir / "logs" / "feed.log", "feed started", 120)
+        started = psutil.Process(runner.pid).children(recursive=True)
+        names = [" ".join(p.cmdline()[-3:]) for p in started]
+        assert len(started) >= 4, names  # nats-server, feed, bentoml (+ its worker), executor
+        runner.kill()
+        runner.wait(timeout=10)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    _, alive = psutil.wait_procs(started, timeout=30)
+    survivors = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    for p in survivors:  # a failed test must not leave them running either
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    assert not survivors, f"left running: {[p.cmdline() for p in survivors]}"
+
+
 def test_a_worker_that_keeps_crashing_uses_up_its_restarts(tmp_path: Path) -> None:
     """A real process that always exits 3: restarted with backoff, then the run gives up."""
     procs = LocalProcesses(tmp_path, RestartPolicy(max_restarts=2, initial_s=0.05, max_s=0.1))
