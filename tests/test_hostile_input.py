@@ -12,6 +12,7 @@ import contextlib
 import copy
 import json
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -307,7 +308,9 @@ def test_a_bad_candle_file_is_refused_in_one_line_naming_it(name: str, tmp_path:
     path = tmp_path / name
     path.write_bytes(CANDLE_FILES[name])
 
-    with pytest.raises(CandleDataError) as caught:
+    # Refused before any arithmetic on it: no overflow or invalid-value warning on the way.
+    with warnings.catch_warnings(), pytest.raises(CandleDataError) as caught:
+        warnings.simplefilter("error", RuntimeWarning)
         load_candles(path, symbol="BTC/USDT")
 
     message = str(caught.value)

@@ -29,6 +29,8 @@ PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
 # Any epoch timestamp after 1973 in ms exceeds 1e11, and in µs exceeds 1e14 (until year 5138).
 _MS_FLOOR = 100_000_000_000
 _US_FLOOR = 100_000_000_000_000
+# 9999-12-31 in µs: anything larger is not a time this code can hold (int64 ms overflows).
+_US_CEILING = 253_402_300_800_000_000
 
 
 def to_epoch_ms(values: npt.ArrayLike, *, where: str) -> npt.NDArray[np.int64]:
@@ -45,6 +47,12 @@ def to_epoch_ms(values: npt.ArrayLike, *, where: str) -> npt.NDArray[np.int64]:
         bad = int(np.flatnonzero(~np.isfinite(raw))[0])
         raise CandleDataError(f"{where}: timestamp at row {bad} is missing or not a number")
     low, high = float(raw.min()), float(raw.max())
+    if low < 0 or high >= _US_CEILING:
+        bad = int(np.flatnonzero((raw < 0) | (raw >= _US_CEILING))[0])
+        raise CandleDataError(
+            f"{where}: timestamp {raw[bad]:.6g} at row {bad} is not an epoch time in seconds, "
+            "milliseconds or microseconds between 1970 and 9999"
+        )
     if low >= _US_FLOOR:
         return (raw // 1000).astype(np.int64)
     if low >= _MS_FLOOR and high < _US_FLOOR:
