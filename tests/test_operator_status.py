@@ -130,6 +130,26 @@ def test_all_workers_running_make_the_bot_ready_with_its_figures() -> None:
     assert (status.model.active, status.model.transition) == ("btc-xgb:2", "UpToDate")
 
 
+def test_a_rule_bot_without_a_model_is_ready_once_inference_computes_its_signals() -> None:
+    rule = state(model=None)
+    seen = heard(
+        ("feed", "running", "", None, NOW - 1),
+        ("inference", "running", "computing sma-crossover signals (no model)", None, NOW - 1),
+        ("executor", "running", "", dict(TRADING), NOW - 1),
+    )
+
+    status = status_of(rule, seen)
+
+    assert status.phase is Phase.RUNNING
+    assert conditions(status)["ModelReady"] == ("True", "NoModel")
+    assert conditions(status)["Ready"] == ("True", "AllComponentsReady")
+    assert status.model is None  # no rollout to report
+    waiting = status_of(rule, heard(("feed", "running", "", None, NOW - 1)))
+    assert conditions(waiting)["ModelReady"] == ("False", "AwaitingHeartbeat")
+    failed = heard(("inference", "failed", "bridge stopped: boom", None, NOW - 1))
+    assert conditions(status_of(rule, failed))["ModelReady"] == ("False", "InferenceFailed")
+
+
 def test_observed_generation_is_the_applied_one_not_the_latest() -> None:
     status = status_of(state(generation=4, applied_generation=3), running())
 

@@ -300,6 +300,21 @@ def test_default_platform() -> None:
     assert "BENTOML_HOME" not in env_entries(found["inference"])
 
 
+def test_a_rule_bot_renders_the_same_three_workloads_without_a_model() -> None:
+    document = make_bot().model_dump(by_alias=True, exclude_none=True, exclude={"status"})
+    del document["spec"]["model"]
+    document["spec"]["strategy"] = {"type": "sma-crossover", "params": {"fast": 5, "slow": 20}}
+    rule = parse_bot(document)
+    platform = Platform(model_store="/models", model_store_claim="kubetrade-models")
+
+    found = deployments(render(rule, platform))
+
+    assert set(found) == {"feed", "inference", "executor"}
+    inference = found["inference"]["spec"]["template"]["spec"]
+    assert "initContainers" not in inference  # no model image to copy
+    assert all(v["name"] != "model-store" for v in inference["volumes"])  # no model store
+
+
 def test_a_model_store_claim_needs_a_mount_path() -> None:
     with pytest.raises(ValueError, match=r"needs Platform\.model_store"):
         Platform(model_store_claim="kubetrade-models")
