@@ -20,6 +20,11 @@ SIGNALS_PROCESSED = Counter(
 )
 ORDERS = Counter("kubetrade_orders_total", "Orders decided", ["bot", "side", "reason"])
 FILLS = Counter("kubetrade_fills_total", "Fills", ["bot", "side", "reason"])
+ORDERS_REFUSED = Counter(
+    "kubetrade_orders_refused_total",
+    "Orders refused before or by the exchange (its market rules, funds, never received)",
+    ["bot", "reason"],
+)
 DEAD_LETTERS = Counter(
     "kubetrade_dead_letters_total",
     "Messages that could not be decoded and went to the dead-letter subject",

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +44,7 @@ from kubetrade.errors import KubetradeError
 from kubetrade.messages import MessageError, StatusMessage, decode
 from kubetrade.natsauth import LocalAuth, process_credentials
 from kubetrade.processes import LocalProcess, local_processes
-from kubetrade.render import NatsAuth, Platform, render
+from kubetrade.render import CREDENTIAL_KEYS, NatsAuth, Platform, render
 from kubetrade.runtime import die_with_parent
 from kubetrade.settings import (
     ENV_DATA_FILE,
@@ -105,9 +105,12 @@ class Progress:
     unconfirmed: str | None = None
 
     def done(self) -> bool:
-        """True when the feed finished and the executor processed every candle it published."""
+        """True when the feed finished, the executor processed every candle it published and
+        (live) no order of it is still working on the exchange."""
         feed, executor = self.statuses.get("feed"), self.statuses.get("executor")
         if feed is None or executor is None or feed.state != "finished":
+            return False
+        if executor.counters.get("orders_working", 0):
             return False
         return executor.counters.get("processed", 0) >= feed.counters.get("candles", 0)
 
@@ -177,7 +180,9 @@ class LocalProcesses:
         command = list(process.command)
         if command[0] == "kubetrade":
             command = LOCAL_ENTRY + command[1:]
-        env = {**os.environ, **QUIET_ENV, **process.env}
+        # Exchange credentials reach only the process whose rendered env names them.
+        inherited = {k: v for k, v in os.environ.items() if k not in CREDENTIAL_KEYS}
+        env = {**inherited, **QUIET_ENV, **process.env}
         out = open(self.log_dir / f"{process.component}.log", "ab")  # noqa: SIM115 - closed by the child
         self.running[process.component] = subprocess.Popen(
             command,
@@ -339,8 +344,27 @@ def plan(
         if sample is not None and sample.replay_to is not None:
             env[ENV_REPLAY_TO] = str(sample.replay_to)
         overrides[component] = env
-    secrets = auth.secrets if auth is not None else None
+    secrets = dict(auth.secrets) if auth is not None else {}
+    secrets.update(live_credentials(bot))
     return local_processes(objects, secrets=secrets, overrides=overrides)
+
+
+def live_credentials(
+    bot: TradingBot, environ: Mapping[str, str] = os.environ
+) -> dict[str, dict[str, str]]:
+    """A live bot's credentials Secret, as ``kubetrade run`` holds it: from the runner's own
+    ``KUBETRADE_EXCHANGE_API_KEY`` and ``KUBETRADE_EXCHANGE_SECRET`` (the names the executor
+    reads in a pod). Paper bots need none."""
+    secret = bot.spec.exchange.credentials_secret
+    if bot.spec.mode is not Mode.LIVE or secret is None:
+        return {}
+    missing = [name for name in CREDENTIAL_KEYS if not environ.get(name)]
+    if missing:
+        raise RunError(
+            f"bot {bot.key} trades live: set {' and '.join(missing)} to the API key and secret "
+            f"of Secret {secret} (kubetrade run passes them to the executor only)"
+        )
+    return {secret: {key: environ[name] for name, key in CREDENTIAL_KEYS.items()}}
 
 
 async def watch(
@@ -568,10 +592,7 @@ def run_bot(bot: TradingBot, options: RunOptions, console: Console | None = None
     from kubetrade.report import report_from_database
 
     console = console or Console()
-    if bot.spec.mode is Mode.LIVE:
-        raise RunError(
-            "kubetrade run trades on paper only; live mode runs in a cluster with credentials"
-        )
+    live_credentials(bot)  # a live bot without credentials is refused before anything starts
     expected = expected_candles(bot, options.data_file, options.sample)
     options.report_dir.mkdir(parents=True, exist_ok=True)
     log_dir = options.report_dir / "logs"

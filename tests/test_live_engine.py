@@ -88,8 +88,8 @@ def test_exit_fill_closes_the_position_leaving_dust_below_the_lot_step() -> None
 def test_an_order_done_unfilled_is_dropped_with_a_notice() -> None:
     engine = LiveEngine(make_bot())
     cid = entered(engine)
-    out = engine.on_order_progress(OrderProgress(cid, 0, 0, 0, 0, 3, True, "insufficient"))
-    assert [(n.kind, n.code) for n in out.notices] == [(NoticeKind.ORDER_CANCELLED, "exchange")]
+    out = engine.on_order_progress(OrderProgress(cid, 0, 0, 0, 0, 3, True, "exchange: -2010"))
+    assert [(n.kind, n.code) for n in out.notices] == [(NoticeKind.ORDER_REFUSED, "exchange")]
     assert engine.pending_orders() == [] and engine.summary().open_positions == 0
 
 

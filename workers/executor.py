@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
@@ -57,6 +59,7 @@ from kubetrade.metrics import (
     HALTED,
     OPEN_POSITIONS,
     ORDERS,
+    ORDERS_REFUSED,
     SIGNALS_PROCESSED,
 )
 from kubetrade.settings import DEFAULT_OUTAGE_LIMIT_S, SettingsError, WorkerSettings
@@ -64,8 +67,11 @@ from kubetrade.spec import TradingBot
 from kubetrade.store import AsyncStore, Checkpoint, OutboxMessage, SignalRecord
 from kubetrade.subjects import Subjects
 from kubetrade.telemetry import hop
-from kubetrade.trading import ControlCommand, EngineOutput, EventError, TradingEngine
+from kubetrade.trading import ControlCommand, EngineOutput, EventError, NoticeKind, TradingEngine
+from kubetrade.trading.live_engine import LiveEngine
 from kubetrade.trading.outputs import HaltEvent, halt_events
+from kubetrade.trading.validation import MarketRules
+from kubetrade.workers.live import LiveRouter, open_broker
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("kubetrade.executor")
@@ -84,6 +90,7 @@ class Pending:
     halts: list[HaltEvent] = field(default_factory=list)
     outgoing: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
     controls: list[Msg] = field(default_factory=list)  # answered once committed
+    refused: list[str] = field(default_factory=list)  # codes of orders refused
 
     def add(self, out: EngineOutput, subjects: Subjects, headers: dict[str, str]) -> None:
         """Collect an engine output and the order/fill messages (carrying the trace context
@@ -91,6 +98,7 @@ class Pending:
         self.orders.extend(out.orders)
         self.fills.extend(out.fills)
         self.equity.extend(out.equity)
+        self.refused.extend(n.code for n in out.notices if n.kind is NoticeKind.ORDER_REFUSED)
         self.halts.extend(halt_events(out.notices))
         for order in out.orders:
             data = encode(OrderMessage.from_order(order))
@@ -99,7 +107,8 @@ class Pending:
             )
         for fill in out.fills:
             data = encode(FillMessage.from_fill(fill))
-            msg_id = f"fill:{fill.client_order_id}"
+            # A live order can fill in parts: one message per fill time.
+            msg_id = f"fill:{fill.client_order_id}:{fill.time}"
             self.outgoing.append((subjects.fills, data, {**headers, "Nats-Msg-Id": msg_id}))
 
     def __bool__(self) -> bool:
@@ -135,14 +144,21 @@ class Executor:
         db: AsyncStore,
         js: JetStreamContext,
         outage_limit_s: float = DEFAULT_OUTAGE_LIMIT_S,
+        markets: Mapping[str, MarketRules] | None = None,
+        live: bool = False,
     ) -> None:
+        """``markets`` (the exchange's rules, when known) make the engine refuse what the
+        exchange would; ``live`` takes fills from the exchange (``LiveEngine``, see
+        :meth:`route`) instead of simulating them."""
         self.bot = bot
         self.outage_limit_s = outage_limit_s
         self.db = db
         self.js = js
         self.subjects = Subjects(bot.metadata.namespace, bot.metadata.name)
         self.status = runtime.WorkerStatus("executor", bot.key)
-        self.engine = TradingEngine(bot)
+        self.markets = markets
+        self.engine: TradingEngine = (LiveEngine if live else TradingEngine)(bot, markets)
+        self.router: LiveRouter | None = None  # set by main in live mode
         self.sequence = 0
         self.processed = 0
         self.controls: asyncio.Queue[tuple[ControlMessage, Msg]] = asyncio.Queue()
@@ -157,7 +173,7 @@ class Executor:
         """Resume from the database checkpoint, if there is one."""
         checkpoint = await self.db.load_checkpoint(self.bot.key)
         if checkpoint is not None:
-            self.engine = TradingEngine.restore(self.bot, checkpoint.state)
+            self.engine = type(self.engine).restore(self.bot, checkpoint.state, self.markets)
             self.sequence, self.processed = checkpoint.stream_seq, checkpoint.processed
             self.admission.seed(checkpoint.state.get("last_open", {}))
             log.info(
@@ -247,6 +263,18 @@ class Executor:
             )
         self._count(pending)
 
+    async def route(self) -> None:
+        """Live mode: send the engine's committed orders, book what the exchange did with them
+        and commit that with a checkpoint (see ``workers.live``)."""
+        if self.router is None:
+            return
+        out, changed = await self.router.step(runtime.now_ms())
+        if changed or out.fills or out.notices:
+            pending = Pending()
+            pending.add(out, self.subjects, {})
+            checkpoint = Checkpoint(self.sequence, self.processed, self.engine.snapshot())
+            await self.commit(Commit(pending, checkpoint, []))
+
     async def commit_forever(self, queue: asyncio.Queue[Commit]) -> None:
         """The writer: commits applied batches in the order they were applied."""
         while True:
@@ -328,6 +356,9 @@ class Executor:
             ORDERS.labels(bot, order.side.value, order.reason.value).inc()
         for fill in pending.fills:
             FILLS.labels(bot, fill.side.value, fill.reason.value).inc()
+        for code in pending.refused:
+            ORDERS_REFUSED.labels(bot, code).inc()
+        self.status.count("orders_refused", len(pending.refused))
         self._publish_summary()
 
     def _publish_summary(self) -> None:
@@ -351,9 +382,15 @@ class Executor:
             "paused": summary.paused,
         }
         self.status.halt_causes = list(summary.halt_causes)
+        disarmed = self.engine.disarmed if isinstance(self.engine, LiveEngine) else None
+        if isinstance(self.engine, LiveEngine):
+            self.status.trading["reconciled"] = disarmed is None
+            self.status.counters["orders_working"] = len(self.engine.pending_orders())
         if summary.halted:
             self.status.state, self.status.message = "halted", summary.halt_reason or "halted"
-        elif self.status.state == "halted":
+        elif disarmed is not None:
+            self.status.state, self.status.message = "degraded", f"Reconciled=False: {disarmed}"
+        elif self.status.state == "halted" or self.status.message.startswith("Reconciled=False"):
             self.status.state, self.status.message = "running", ""
 
 
@@ -368,9 +405,19 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
     link = Connectivity(limit)
     nc = await connect(settings.nats_url, f"{bot.key}/executor", link)
     js = nc.jetstream()
-    executor = Executor(bot, db, js, limit)
+    live = bot.spec.mode.value == "live"
+    broker = await open_broker(bot, db, os.environ) if live else None
+    markets = broker.markets if broker is not None else None
+    executor = Executor(bot, db, js, limit, markets, live)
     await ensure_stream(js, executor.subjects, limit)
     await executor.restore()
+    if broker is not None and isinstance(executor.engine, LiveEngine):
+        # Disarmed until the journal agrees with the exchange; then what the last run decided
+        # and did not send goes out (see workers.live).
+        executor.router = LiveRouter(broker, executor.engine, list(bot.spec.symbols))
+        await executor.router.reconcile()
+        await executor.route()
+        executor._publish_summary()
     control = await nc.subscribe(executor.subjects.control, cb=executor.on_control)
     consumer = BatchConsumer(
         js,
@@ -408,6 +455,17 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
         writer = asyncio.create_task(executor.commit_forever(commits))
         while not stop.is_set() and not writer.done():
             batch = await consumer.next_batch(BATCH_MAX, timeout=0.25)
+            if executor.router is not None:
+                # Live: one signal at a time, as in real time: its decision is committed, then
+                # its orders sent and their fills booked, before the next candle is decided.
+                chunks = [[d] for d in batch] or ([[]] if not executor.controls.empty() else [])
+                for chunk in chunks:
+                    await executor.commit(await executor.apply_batch(chunk))
+                    await executor.route()
+                if batch:
+                    vitals.progress(executor.last_candle_close_ms())
+                await executor.route()
+                continue
             if batch or not executor.controls.empty():
                 put = asyncio.ensure_future(commits.put(await executor.apply_batch(batch)))
                 if batch:
@@ -432,6 +490,8 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
         await health.stop()
         await runtime.quietly(nc.drain(), "drain NATS")
         await runtime.quietly(db.close(), "close database")
+        if broker is not None:
+            await runtime.quietly(broker.exchange.close(), "close exchange")
 
 
 def _db_connected(db: AsyncStore) -> bool:
@@ -441,9 +501,4 @@ def _db_connected(db: AsyncStore) -> bool:
 def cli() -> None:
     """Entry point: ``kubetrade worker executor``."""
     settings = runtime.prepare("executor")
-    if settings.bot.spec.mode.value == "live":
-        raise SystemExit(
-            "live order routing is not available in this build: the executor refuses live mode "
-            "rather than trade real money through an untested path; use mode: paper"
-        )
     runtime.run(lambda stop: main(settings, stop))

@@ -137,11 +137,14 @@ class LiveEngine(TradingEngine):
             del self._pending[order.symbol]
             self._booked.pop(order.client_order_id, None)
             if booked.filled <= _EPSILON:
+                # A refusal's reason leads with its code (``min_notional: ...``); an order the
+                # exchange cancelled or let expire has none.
+                code = progress.reason.split(":", 1)[0] if progress.reason else "exchange"
                 out.notices.append(
                     Notice(
-                        NoticeKind.ORDER_CANCELLED,
+                        NoticeKind.ORDER_REFUSED if progress.reason else NoticeKind.ORDER_CANCELLED,
                         progress.time,
-                        "exchange",
+                        code,
                         f"{order.client_order_id}: the exchange did not fill it"
                         + (f" ({progress.reason})" if progress.reason else ""),
                         symbol=order.symbol,

@@ -14,7 +14,9 @@ What a test controls:
 - ``prices`` (the price market orders fill at);
 - ``fill_script``: how each new order fills, consumed in order, then ``default_fill``:
   ``"full"`` (at once), ``"partial"`` (``partial_fraction`` of it at once, the rest open until
-  :meth:`FakeBinance.fill`), ``"never"`` (rests open; a market order expires unfilled);
+  :meth:`FakeBinance.fill`), ``"never"`` (rests open; a market order expires unfilled, and so
+  does the rest of a partially filled one unless ``markets_rest`` keeps it working, as a thin
+  book would);
 - ``faults``: answers injected instead of the next matching request: HTTP 429 / 418 (rate
   limit, ban), 503, or ``Fault.timeout`` which stores the order and then answers too late;
 - ``weight_limit``: request weight per minute above which requests get 429 (-1003).
@@ -78,7 +80,8 @@ class Fault:
     ``status`` with ``code``/``msg`` answers that error as JSON (``code`` None: ``msg`` as a
     plain-text body, as a load balancer's 503 is). ``timeout`` processes the request normally
     and then waits ``delay_s`` before answering, so a client with a shorter timeout gives up
-    although the order exists.
+    although the order exists. ``lost`` holds the request ``delay_s`` before carrying it out and
+    drops it if the client went away meanwhile: a request that never reached the exchange.
     """
 
     path: str = "/api/v3/order"
@@ -88,6 +91,7 @@ class Fault:
     msg: str = "Too many requests; current limit is 6000 request weight per 1 MINUTE."
     timeout: bool = False
     delay_s: float = 2.0
+    lost: bool = False
 
     @classmethod
     def rate_limited(cls, **kw: Any) -> Fault:
@@ -108,6 +112,11 @@ class Fault:
     def late(cls, delay_s: float = 2.0, **kw: Any) -> Fault:
         """The request is carried out but answered after ``delay_s``."""
         return cls(timeout=True, status=200, code=None, msg="", delay_s=delay_s, **kw)
+
+    @classmethod
+    def in_transit(cls, delay_s: float = 5.0, **kw: Any) -> Fault:
+        """The request is held ``delay_s``; carried out only if the client still waits."""
+        return cls(lost=True, status=200, code=None, msg="", delay_s=delay_s, **kw)
 
 
 def _dec(value: str | Decimal | float) -> Decimal:
@@ -142,6 +151,7 @@ class FakeBinance:
     default_fill: FillKind = "full"
     partial_fraction: Decimal = Decimal("0.5")
     weight_limit: int | None = None
+    markets_rest: bool = False
     fill_script: deque[FillKind] = field(default_factory=deque)
     faults: deque[Fault] = field(default_factory=deque)
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -199,7 +209,7 @@ class FakeBinance:
             raise KeyError(f"no open order {client_order_id}")
         remaining = _dec(order["origQty"]) - _dec(order["executedQty"])
         qty = remaining if quantity is None else min(quantity, remaining)
-        price = _dec(order["price"])
+        price = _dec(order["price"]) if order["type"] != "MARKET" else self.prices[order["symbol"]]
         self._execute(order, qty, price)
 
     def place(
@@ -240,6 +250,12 @@ class FakeBinance:
         )
         weight = WEIGHTS.get(key, 1)
         fault = self._take_fault(request.method, request.path)
+        if fault is not None and fault.lost:
+            await asyncio.sleep(fault.delay_s)
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return web.Response(status=499, text="client closed the connection")
+            fault = None
         if fault is not None and not fault.timeout:
             if fault.status in (418, 429):
                 self.rate_limited += 1
@@ -415,7 +431,7 @@ class FakeBinance:
             part = _steps(qty * self.partial_fraction, _dec(rules.step_size))
             if part > 0:
                 self._execute(order, part, price)
-        if kind == "MARKET" and order["status"] in OPEN_STATUSES:
+        if kind == "MARKET" and order["status"] in OPEN_STATUSES and not self.markets_rest:
             self._close(order, "EXPIRED", now)  # no liquidity left for the rest
         return order
 
