@@ -10,6 +10,7 @@ import base64
 import html
 import io
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,19 @@ def _chart(result: WalkForwardResult) -> bytes:
     returns = [f.trading.total_return_pct for f in folds]
     axes[1][0].bar(index, returns, color=["tab:green" if r > 0 else "tab:red" for r in returns])
     axes[1][0].set_title("Backtest return per test window (%)")
+    for curve, label, color in (
+        (result.stitched(), "strategy", "tab:blue"),
+        (result.stitched_benchmark(), "buy and hold", "tab:grey"),
+    ):
+        times = [datetime.fromtimestamp(p.time / 1000, UTC) for p in curve]
+        axes[1][1].plot(times, [p.equity for p in curve], linewidth=0.9, label=label, color=color)
     for fold in folds:
-        if fold.equity:
-            start = fold.equity[0].time
-            days = [(p.time - start) / 86_400_000 for p in fold.equity]
-            axes[1][1].plot(days, [p.equity for p in fold.equity], linewidth=0.8)
-    axes[1][1].set_title("Equity of each test window (days from its start)")
+        axes[1][1].axvline(
+            datetime.fromtimestamp(fold.fold.test_start / 1000, UTC), color="#ddd", linewidth=0.6
+        )
+    axes[1][1].legend()
+    axes[1][1].set_title("Out-of-sample equity, folds stitched (lines: fold starts)")
+    axes[1][1].tick_params(axis="x", labelrotation=30)
     for axis in axes.flat:
         axis.grid(alpha=0.3)
     for axis in (axes[0][0], axes[0][1], axes[1][0]):
@@ -91,9 +99,12 @@ def _html(document: dict[str, Any], chart: bytes) -> str:
             "MCC": f["metrics"]["mcc"],
             "log loss": f["metrics"]["log_loss"],
             "return %": f["trading"]["total_return_pct"],
+            "B&H return %": f["buy_and_hold"]["total_return_pct"],
             "Sharpe": f["trading"]["sharpe"],
             "Sortino": f["trading"]["sortino"],
             "max DD %": f["trading"]["max_drawdown_pct"],
+            "B&H max DD %": f["buy_and_hold"]["max_drawdown_pct"],
+            "B&H Sharpe": f["buy_and_hold"]["sharpe"],
             "profit factor": f["trading"]["profit_factor"],
             "trades": f["trading"]["trades"],
         }
@@ -109,6 +120,10 @@ def _html(document: dict[str, Any], chart: bytes) -> str:
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}</style>
 </head><body>
 <h1>Walk-forward validation: {kind}</h1>
+<p><b>out-of-sample</b>: each fold trades only its test window, with a model fit on the candles
+before it; test windows do not overlap, and the curve below chains them (each fold starts
+from the equity the previous one ended with), beside buy and hold of the same symbols over
+the same windows (equal weights, no costs).</p>
 <p>{aggregate["folds"]} folds, {html.escape(config["mode"])} windows: train
 {html.escape(str(config["train"]))}, test {html.escape(str(config["test"]))}, step
 {html.escape(str(config["step"]))} (timeframe {html.escape(config["timeframe"])}); label

@@ -53,12 +53,12 @@ def test_fold_sizes_in_candles_or_durations() -> None:
 
 
 def test_rolling_and_expanding_folds_tile_time() -> None:
-    rolling = WalkForwardConfig(model=TREES, timeframe="1h", train=100, test=20, step=10)
+    rolling = WalkForwardConfig(model=TREES, timeframe="1h", train=100, test=20, step=30)
     folds = plan_folds(0, 199 * HOUR, rolling)
     assert folds[0] == Fold(0, 0, 100 * HOUR, 120 * HOUR)
-    assert folds[1] == Fold(1, 10 * HOUR, 110 * HOUR, 130 * HOUR)
-    assert folds[-1].test_end == 200 * HOUR, "the last complete test window ends at the data end"
-    assert len(folds) == 9
+    assert folds[1] == Fold(1, 30 * HOUR, 130 * HOUR, 150 * HOUR)
+    assert folds[-1].test_end == 180 * HOUR, "the last complete test window"
+    assert len(folds) == 3
     assert all(f.test_start - f.train_start == 100 * HOUR for f in folds)
 
     expanding = WalkForwardConfig(
@@ -71,6 +71,55 @@ def test_rolling_and_expanding_folds_tile_time() -> None:
         plan_folds(0, 50 * HOUR, rolling)
     with pytest.raises(InvalidInputError, match="unknown walk-forward mode"):
         WalkForwardConfig(model=TREES, timeframe="1h", mode="sliding")
+
+
+def test_overlapping_test_windows_are_refused() -> None:
+    """A step shorter than the test window would count the overlap's candles in several folds
+    (compounding them into the aggregate return): refused in one line."""
+    overlapping = WalkForwardConfig(model=TREES, timeframe="1h", train=100, test=20, step=10)
+    with pytest.raises(InvalidInputError, match=r"step 10 is shorter than the test window 20"):
+        plan_folds(0, 199 * HOUR, overlapping)
+    result = CliRunner().invoke(
+        main,
+        ["validate", "--synthetic", "--candles", "900", "--train", "500", "--test", "100",
+         "--step", "50"],
+    )  # fmt: skip
+    assert result.exit_code == InvalidInputError.exit_code
+    assert "would overlap" in result.output and "Traceback" not in result.output
+
+
+def test_folds_stitch_into_one_out_of_sample_curve_beside_buy_and_hold(
+    frames: dict[str, pd.DataFrame],
+) -> None:
+    config = WalkForwardConfig(model=TREES, timeframe="1h", train=1000, test=400, step=500)
+    result = walk_forward(frames, config)
+    stitched = result.stitched()
+    assert len(stitched) == sum(len(f.equity) for f in result.folds), "every test point once"
+    times = [p.time for p in stitched]
+    assert times == sorted(set(times)), "no candle time counted twice"
+    # Each fold starts from the equity the previous one ended with.
+    growth = [f.trading.final_equity / f.trading.initial_capital for f in result.folds]
+    final = 10_000 * float(np.prod(growth))
+    assert stitched[-1].equity == pytest.approx(final, rel=1e-12)
+    aggregate = result.aggregate()["trading"]
+    assert aggregate["compounded_return_pct"] == pytest.approx((final / 10_000 - 1) * 100)
+    # Buy and hold of both symbols over each test window, equal weights, bought at its first
+    # candle's close.
+    for fold in result.folds:
+        first, last = fold.fold.test_start, fold.fold.test_end - HOUR
+        ratios = [
+            float(f.loc[f.open_time == last, "close"].iloc[0])
+            / float(f.loc[f.open_time == first, "close"].iloc[0])
+            for f in frames.values()
+        ]
+        expected = (np.mean(ratios) - 1) * 100
+        assert fold.benchmark.total_return_pct == pytest.approx(expected, rel=1e-9)
+        assert fold.benchmark_equity[0].time == first + HOUR
+    assert "buy_and_hold_return_pct" in aggregate and "folds_beating_buy_and_hold" in aggregate
+    document = result.to_dict()
+    assert document["sample"] == "out-of-sample"
+    assert len(document["stitched_buy_and_hold"]) == len(document["stitched_equity"])
+    assert "buy_and_hold" in document["folds"][0]
 
 
 def test_every_fold_is_fitted_fresh_scored_and_traded(frames: dict[str, pd.DataFrame]) -> None:
@@ -136,6 +185,7 @@ def test_report_has_json_chart_and_page(frames: dict[str, pd.DataFrame], tmp_pat
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = paths["html"].read_text()
     assert "data:image/png;base64," in page and "Per fold" in page
+    assert "out-of-sample" in page and "B&amp;H return %" in page
 
 
 def test_validate_cli_with_search_on_the_earlier_folds(tmp_path: Path) -> None:
