@@ -9,6 +9,12 @@ Each fold's model is scored on its test rows (accuracy, precision, recall, F1, R
 loss) and trades its test window through the shared trading code: the same ``SignalPipeline``
 and ``TradingEngine`` as ``kubetrade backtest`` and the live executor, warmed up on the candles
 before the window so the first test candle already has its features.
+
+Every figure is out of sample: a fold trades only its test window, with a model fit on candles
+before it. Test windows never overlap (a ``step`` shorter than ``test`` is refused), so no
+candle counts twice: the folds' equity curves are stitched, each fold starting from the
+equity the previous one ended with, into one out-of-sample curve. Each fold's figures stand
+beside buy and hold of the same symbols over the same test window (``trading.benchmark``).
 """
 
 from __future__ import annotations
@@ -33,6 +39,12 @@ from kubetrade.onnx_export.models.factory import build_model
 from kubetrade.signals import Rejected, SignalPipeline
 from kubetrade.spec import TradingBot, parse_duration
 from kubetrade.trading import TradingEngine
+from kubetrade.trading.benchmark import (
+    BenchmarkReport,
+    benchmark_report,
+    buy_and_hold_equity,
+    equity_point,
+)
 from kubetrade.trading.performance import PerformanceReport, performance_report
 
 log = logging.getLogger(__name__)
@@ -96,6 +108,12 @@ def plan_folds(first: int, last: int, config: WalkForwardConfig) -> list[Fold]:
     """Folds over candles opening from ``first`` to ``last`` (inclusive); complete test
     windows only."""
     train, test, step = config.spans()
+    if step < test:
+        raise InvalidInputError(
+            f"walk-forward step {config.step} is shorter than the test window {config.test}: "
+            "the test windows would overlap and each candle in the overlap would count in "
+            "several folds; use a step of at least the test window (the default)"
+        )
     end = last + timeframe_ms(config.timeframe)
     folds: list[Fold] = []
     test_start = first + train
@@ -124,6 +142,9 @@ class FoldResult:
     trading: PerformanceReport
     fit_seconds: float
     equity: list[EquityPoint]
+    # Buy and hold of the same symbols over the same test window, and its equity.
+    benchmark: BenchmarkReport
+    benchmark_equity: list[EquityPoint]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (equity curve as time/equity pairs)."""
@@ -134,6 +155,7 @@ class FoldResult:
             "train_up_rate": self.train_up_rate,
             "metrics": self.metrics.to_dict(),
             "trading": asdict(self.trading),
+            "buy_and_hold": asdict(self.benchmark),
             "fit_seconds": round(self.fit_seconds, 3),
             "equity": [[p.time, p.equity] for p in self.equity],
         }
@@ -148,16 +170,43 @@ class WalkForwardResult:
     pooled: Metrics
     seconds: float
 
+    @property
+    def initial_capital(self) -> float:
+        """The capital every fold's backtest starts from."""
+        return self.folds[0].trading.initial_capital if self.folds else 0.0
+
+    def stitched(self) -> list[EquityPoint]:
+        """The folds' out-of-sample equity as one curve: each fold from where the last ended."""
+        return _stitch([f.equity for f in self.folds], self.initial_capital)
+
+    def stitched_benchmark(self) -> list[EquityPoint]:
+        """Buy and hold over the same test windows, stitched the same way."""
+        return _stitch([f.benchmark_equity for f in self.folds], self.initial_capital)
+
     def aggregate(self) -> dict[str, Any]:
-        """Mean per-fold figures, pooled classification scores and summed trades."""
+        """Mean per-fold figures, pooled classification scores, summed trades, and the stitched
+        out-of-sample curve's figures beside buy and hold's."""
         trading = [f.trading for f in self.folds]
-        compounded = float(np.prod([1 + t.total_return_pct / 100 for t in trading]) - 1) * 100
+        timeframe = self.config.timeframe
+        stitched = benchmark_report(self.stitched(), self.initial_capital, timeframe)
+        hold = benchmark_report(self.stitched_benchmark(), self.initial_capital, timeframe)
         return {
             "folds": len(self.folds),
             "mean_metrics": mean_metrics([f.metrics for f in self.folds]),
             "pooled_metrics": self.pooled.to_dict(),
             "trading": {
-                "compounded_return_pct": compounded,
+                # Test windows never overlap, so compounding the folds is the stitched curve.
+                "compounded_return_pct": stitched.total_return_pct,
+                "stitched_max_drawdown_pct": stitched.max_drawdown_pct,
+                "stitched_sharpe": stitched.sharpe,
+                "buy_and_hold_return_pct": hold.total_return_pct,
+                "buy_and_hold_max_drawdown_pct": hold.max_drawdown_pct,
+                "buy_and_hold_sharpe": hold.sharpe,
+                "folds_beating_buy_and_hold": sum(
+                    1
+                    for f in self.folds
+                    if f.trading.total_return_pct > f.benchmark.total_return_pct
+                ),
                 "mean_return_pct": _mean([t.total_return_pct for t in trading]),
                 "mean_sharpe": _mean([t.sharpe for t in trading]),
                 "mean_sortino": _mean([t.sortino for t in trading]),
@@ -181,10 +230,26 @@ class WalkForwardResult:
                 "mode": config.mode,
                 "label": config.label.to_dict(),
             },
+            "sample": "out-of-sample",
             "aggregate": self.aggregate(),
+            "stitched_equity": [[p.time, p.equity] for p in self.stitched()],
+            "stitched_buy_and_hold": [[p.time, p.equity] for p in self.stitched_benchmark()],
             "folds": [f.to_dict() for f in self.folds],
             "seconds": round(self.seconds, 3),
         }
+
+
+def _stitch(curves: Sequence[Sequence[EquityPoint]], initial: float) -> list[EquityPoint]:
+    """Chain equity curves that each start from ``initial``: every curve is scaled to start
+    from the equity the previous one ended with."""
+    stitched: list[EquityPoint] = []
+    capital = initial
+    for curve in curves:
+        scale = capital / initial
+        stitched.extend(equity_point(p.time, p.equity * scale) for p in curve)
+        if curve:
+            capital = curve[-1].equity * scale
+    return stitched
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -325,6 +390,8 @@ def walk_forward(
         trading, _, equity = backtest_window(
             bot, NativePredictor(model, spec), stream[lo:mid], stream[mid:hi]
         )
+        capital = bot.spec.execution.initial_capital
+        hold = buy_and_hold_equity(stream[mid:hi], bot.spec.symbols, capital, config.timeframe)
         results.append(
             FoldResult(
                 fold=fold,
@@ -335,6 +402,8 @@ def walk_forward(
                 trading=trading,
                 fit_seconds=fit_seconds,
                 equity=equity,
+                benchmark=benchmark_report(hold, capital, config.timeframe),
+                benchmark_equity=hold,
             )
         )
         log.info(
