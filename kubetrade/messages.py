@@ -190,6 +190,10 @@ class StatusMessage(_Message):
         default_factory=list,
         description="Why the executor's entries are halted (empty when they are not).",
     )
+    model: str | None = Field(
+        default=None,
+        description="The model ``name:version`` an inference worker is serving (None otherwise).",
+    )
 
 
 class ControlMessage(_Message):

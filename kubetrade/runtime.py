@@ -71,6 +71,7 @@ class WorkerStatus:
     counters: dict[str, int] = field(default_factory=dict)
     trading: dict[str, Any] | None = None
     halt_causes: list[HaltCause] = field(default_factory=list)
+    model: str | None = None
 
     def count(self, name: str, amount: int = 1) -> None:
         """Add to a counter."""
@@ -87,6 +88,7 @@ class WorkerStatus:
             counters=dict(self.counters),
             trading=self.trading,
             halt_causes=list(self.halt_causes),
+            model=self.model,
         )
 
 

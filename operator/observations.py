@@ -8,15 +8,11 @@ two inference pods report at once; they are told apart by the model each one ser
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubetrade.domain import HaltCause
 from kubetrade.messages import StatusMessage
-
-# The inference bridge reports "serving <name>:<version>" while it predicts.
-_SERVING = re.compile(r"^serving (?P<model>\S+)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +53,8 @@ class BotObservations:
             self.executor = beat
         else:
             self.inference = beat
-            served = _SERVING.match(message.message)
-            if message.state == "running" and served:
-                self.serving[served["model"]] = now
+            if message.state == "running" and message.model is not None:
+                self.serving[message.model] = now
             elif message.state in ("degraded", "failed"):
                 self.inference_problem = beat
 

@@ -179,6 +179,9 @@ async def _serve(
             pipeline.warm_up(admission.replayed(history, now_ms()))
             log.info("windows rebuilt from the stream", extra={"through_seq": resumed})
         status.state = "running"
+        status.model = (
+            None if predictor is None else f"{predictor.model_name}:{predictor.model_version}"
+        )
         status.message = (
             f"computing {bot.spec.strategy.type} signals (no model)"
             if predictor is None

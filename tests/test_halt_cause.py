@@ -27,10 +27,10 @@ def _heard(engine: TradingEngine) -> BotObservations:
     }
     status.halt_causes = list(summary.halt_causes)
     seen = BotObservations()
-    for component, message in (("feed", ""), ("inference", "serving btc-xgb:2")):
+    for component, model in (("feed", None), ("inference", "btc-xgb:2")):
         seen.record(
             StatusMessage(
-                component=component, bot="bots/alpha", state="running", message=message, time=0
+                component=component, bot="bots/alpha", state="running", time=0, model=model
             ),
             NOW - 1,
         )

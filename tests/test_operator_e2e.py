@@ -77,7 +77,7 @@ class Workers:
         self.url = nats_url
         self.subjects = Subjects(namespace, bot)
         self.key = f"{namespace}/{bot}"
-        self.states: dict[str, tuple[str, str]] = {}
+        self.states: dict[str, tuple[str, str, str | None]] = {}
         self.trading: dict[str, Any] = {
             "equity": 10412.5,
             "realizedPnl": 380.1,
@@ -106,10 +106,13 @@ class Workers:
         self._stop.set()
         self._thread.join(10)
 
-    def report(self, component: str, state: str, message: str = "") -> None:
-        """From now on, ``component`` reports ``state`` with ``message``."""
+    def report(
+        self, component: str, state: str, message: str = "", model: str | None = None
+    ) -> None:
+        """From now on, ``component`` reports ``state`` with ``message`` (and, for inference,
+        the ``model`` it serves)."""
         with self._lock:
-            self.states[component] = (state, message)
+            self.states[component] = (state, message, model)
 
     def silence(self, component: str) -> None:
         """``component`` stops reporting (as if its pod were gone)."""
@@ -139,8 +142,9 @@ class Workers:
                         time=int(time.time() * 1000),
                         trading=dict(self.trading) if component == "executor" else None,
                         halt_causes=list(self.halt_causes) if component == "executor" else [],
+                        model=model,
                     )
-                    for component, (state, message) in self.states.items()
+                    for component, (state, message, model) in self.states.items()
                 ]
             for status in messages:
                 await client.publish(self.subjects.status, encode(status))
@@ -388,7 +392,7 @@ def workers_for(nats_url: str, cluster: Cluster) -> Iterator[Callable[[str], Wor
 
 def all_running(workers: Workers, model: str = f"{MODEL}:1") -> None:
     workers.report("feed", "running")
-    workers.report("inference", "running", f"serving {model}")
+    workers.report("inference", "running", f"serving {model}", model=model)
     workers.report("executor", "running")
 
 
@@ -632,7 +636,7 @@ def test_a_model_rollout_keeps_trading_on_the_old_model_until_the_new_one_serves
     assert cluster.phase("epsilon") == "Halted"
     assert cluster.phase("zeta") == "Running"
 
-    epsilon.report("inference", "running", f"serving {MODEL}:2")
+    epsilon.report("inference", "running", f"serving {MODEL}:2", model=f"{MODEL}:2")
     wait_for(lambda: cluster.phase("epsilon") == "Running", "epsilon Running on model 2")
     status = cluster.bot("epsilon")["status"]  # type: ignore[index]
     assert status["model"]["active"] == f"{MODEL}:2"

@@ -64,6 +64,8 @@ def heard(*messages: tuple[Any, ...]) -> BotObservations:
                 time=0,
                 trading=trading,
                 halt_causes=causes[0] if causes else [],
+                # What the bridge reports: the model it serves, typed beside the text.
+                model=message.removeprefix("serving ") if message.startswith("serving ") else None,
             ),
             at,
         )
