@@ -15,10 +15,11 @@ from click.testing import CliRunner
 
 from kubetrade.backtest import run_backtest
 from kubetrade.cli import main
-from kubetrade.domain import Candle, Direction, OrderReason, Prediction, Side
+from kubetrade.domain import Candle, Direction, MarketEvent, OrderReason, Prediction, Side
 from kubetrade.features import compute_features
 from kubetrade.market.frame import to_candles
 from kubetrade.market.synthetic import generate
+from kubetrade.signals import SignalPipeline
 from kubetrade.spec import ManifestError, TradingBot, parse_bot
 from kubetrade.strategies import (
     Intent,
@@ -263,8 +264,6 @@ def test_rule_features_equal_the_vectorized_path() -> None:
     assert strategy.feature_spec is not None
     frame = generate(["BTC/USDT"], "1h", 400, seed=5)
     batch = compute_features(frame, strategy.feature_spec)
-    from kubetrade.signals import SignalPipeline
-
     pipeline = SignalPipeline(None, strategy_features=strategy.feature_spec)
     events = pipeline.process(_candles(400, seed=5))
     streamed = [
@@ -272,6 +271,28 @@ def test_rule_features_equal_the_vectorized_path() -> None:
         for e in events
     ]
     np.testing.assert_allclose(streamed, batch[:, 0], rtol=1e-9, equal_nan=True)
+
+
+def test_a_restarted_pipeline_rebuilds_the_strategy_inputs_from_history() -> None:
+    """What a restarted inference does: replay recent candles, then go on; every event after
+    the restart carries the features and previous features of an uninterrupted pipeline."""
+    strategy = make_strategy("ema-crossover", {"fast": 5, "slow": 12})
+    candles = _candles(400, seed=8)
+    whole = SignalPipeline(None, strategy_features=strategy.feature_spec).process(candles)
+    restarted = SignalPipeline(None, strategy_features=strategy.feature_spec)
+    cut = 300
+    restarted.warm_up(candles[:cut])
+    after = restarted.process(candles[cut:])
+
+    for ours, theirs in zip(after, whole[cut:], strict=True):
+        assert isinstance(ours, MarketEvent) and isinstance(theirs, MarketEvent)
+        assert ours.features is not None and ours.previous_features is not None
+        assert theirs.features is not None and theirs.previous_features is not None
+        for name in ours.features:
+            assert ours.features[name] == pytest.approx(theirs.features[name], abs=1e-9)
+            assert ours.previous_features[name] == pytest.approx(
+                theirs.previous_features[name], abs=1e-9
+            )
 
 
 # -- installed strategies -------------------------------------------------------------------
