@@ -230,12 +230,21 @@ async def ensure_stream(
 
     async def ensure() -> None:
         try:
-            await js.stream_info(subjects.stream)
+            info = await js.stream_info(subjects.stream)
         except NotFoundError:
             try:
                 await js.add_stream(config)
+                return
             except Exception:  # another worker created it at the same moment
-                await js.stream_info(subjects.stream)
+                info = await js.stream_info(subjects.stream)
+        held = sorted(info.config.subjects or [])
+        if any(not subject.startswith(f"{subjects.prefix}.") for subject in held):
+            # Stream names fold case and '-': bots "a-b/c" and "a/b-c" would share one stream.
+            raise BusError(
+                f"JetStream stream {subjects.stream} already exists for other subjects "
+                f"({', '.join(held)}): another bot's name maps to the same stream. Rename "
+                f"bot {subjects.namespace}/{subjects.bot} or the other one."
+            )
 
     await with_retry(ensure, f"creating stream {subjects.stream}", limit_s)
 
