@@ -78,7 +78,8 @@ class MemorySampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for component, popen in self.procs.running.items():
+            # A copy: the runner adds and restarts workers while this thread samples them.
+            for component, popen in list(self.procs.running.items()):
                 try:
                     root = psutil.Process(popen.pid)
                     tree = [root, *root.children(recursive=True)]
