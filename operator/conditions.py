@@ -14,9 +14,12 @@ FEED_READY = "FeedReady"
 MODEL_READY = "ModelReady"
 EXECUTOR_READY = "ExecutorReady"
 HALTED = "Halted"
+# Live bots only: whether the executor's journal agrees with the exchange (it opens no
+# position until it does).
+RECONCILED = "Reconciled"
 
 # The order `kubectl describe` shows them in: the summary first.
-CONDITION_TYPES = (READY, FEED_READY, MODEL_READY, EXECUTOR_READY, HALTED)
+CONDITION_TYPES = (READY, FEED_READY, MODEL_READY, EXECUTOR_READY, HALTED, RECONCILED)
 
 # The Halted condition's reason (and its Event's) for each cause the executor reports.
 HALT_REASONS: dict[HaltCause, str] = {

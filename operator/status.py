@@ -20,6 +20,7 @@ from kubetrade.operator.conditions import (
     HALTED,
     MODEL_READY,
     READY,
+    RECONCILED,
     condition,
     find,
     merge,
@@ -240,6 +241,19 @@ def trading_summary(
     return TradingSummary.model_validate({**figures, "haltCauses": list(halt_causes) or None})
 
 
+def _reconciled(executor: Heartbeat | None, gen: int | None) -> list[Condition]:
+    """A live executor's ``Reconciled`` condition (none for a paper bot): False with the
+    reason while its journal does not agree with the exchange."""
+    trading = (executor.trading or {}) if executor else {}
+    if executor is None or "reconciled" not in trading:
+        return []
+    if trading["reconciled"]:
+        message = "journal, open orders and balances match the exchange"
+        return [condition(RECONCILED, True, "Reconciled", message, gen)]
+    message = executor.message.removeprefix("Reconciled=False: ")
+    return [condition(RECONCILED, False, "Unexplained", message, gen)]
+
+
 def _halted(state: BotState, executor: Heartbeat | None, model: _Model) -> Condition:
     trading = (executor.trading or {}) if executor else {}
     halted = bool(trading.get("halted"))
@@ -316,9 +330,10 @@ def compute_status(
         ready = condition(READY, False, "ComponentsNotReady", "; ".join(waiting), gen)
     phase = _phase(state, seen, now, heartbeat_timeout, ready, halted, model, previous)
     wall_time = timestamp(wall)
+    reconciled = _reconciled(seen.executor, gen)
     conditions = merge(
         previous.conditions if previous else [],
-        [ready, feed, model.ready, executor, halted],
+        [ready, feed, model.ready, executor, halted, *reconciled],
         wall_time,
     )
     return TradingBotStatus(

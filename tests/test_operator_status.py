@@ -434,3 +434,26 @@ def test_drift_names_the_changed_and_missing_fields() -> None:
         f"spec.template.metadata.annotations.{CONFIG_HASH_ANNOTATION}",
         "spec.template.spec.containers[0].env",
     ]
+
+
+def test_a_live_executor_not_reconciled_says_why_in_the_reconciled_condition() -> None:
+    seen = heard(
+        ("feed", "running", "", None, NOW - 1),
+        ("inference", "running", "serving btc-xgb:2", None, NOW - 1),
+        (
+            "executor",
+            "degraded",
+            "Reconciled=False: unknown open order 7 (client id by-hand)",
+            {**TRADING, "reconciled": False},
+            NOW - 1,
+        ),
+    )
+    status = status_of(state(), seen)
+
+    reconciled = next(c for c in status.conditions if c.type == "Reconciled")
+    assert (reconciled.status, reconciled.reason) == ("False", "Unexplained")
+    assert reconciled.message == "unknown open order 7 (client id by-hand)"
+    assert conditions(status)["Ready"][0] == "False"
+    armed = status_of(state(), running(trading={**TRADING, "reconciled": True}))
+    assert conditions(armed)["Reconciled"] == ("True", "Reconciled")
+    assert "Reconciled" not in conditions(status_of(state(), running()))  # paper
