@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -211,6 +213,16 @@ def test_bad_strategy_parameters_are_each_named_by_path() -> None:
     assert caught.value.errors == [
         "spec.strategy.params.ruleParams: fast (50) must be below slow (30)"
     ]
+
+
+def test_a_bot_with_its_strategy_built_copies_and_pickles() -> None:
+    bot = rule_bot({"type": "hybrid", "params": {"ruleParams": {"fast": 5}}}, model={"name": "m"})
+    strategy = bot.spec.strategy.build()
+
+    for copied in (copy.deepcopy(bot), pickle.loads(pickle.dumps(bot))):
+        assert copied == bot
+        assert copied.spec.strategy.build() == strategy
+        assert copied.spec.strategy.build().feature_spec == strategy.feature_spec
 
 
 def test_the_threshold_manifest_form_is_unchanged() -> None:

@@ -94,6 +94,11 @@ class Strategy(ABC, Generic[P]):
     def __hash__(self) -> int:
         return hash((type(self), self.params))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Copied or pickled (with the spec that holds it) by rebuilding from the parameters:
+        # a FeatureSpec's read-only mappings cannot be pickled.
+        return (type(self), (self.params,))
+
     def features(self) -> FeatureSpec | None:
         """The features this strategy reads (None: it reads none); called once, at creation."""
         return None
