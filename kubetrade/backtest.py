@@ -24,7 +24,7 @@ from kubetrade.modelstore.metadata import ModelMetadata
 from kubetrade.signals import Predictor, Rejected, SignalPipeline
 from kubetrade.spec import TradingBot
 from kubetrade.trading import TradingEngine
-from kubetrade.trading.outputs import HaltEvent, halt_events
+from kubetrade.trading.outputs import HaltEvent, Refusal, halt_events, refusals
 
 # The bridge predicts in micro-batches of whatever is queued; tree ensembles give the same
 # probability for a row whatever its batch, so the batch size here only sets speed.
@@ -46,6 +46,8 @@ class BacktestResult:
     last_candle_time: int | None = None
     # Breaker trips and clears (and kills and resets) with their figures, as the ledger has them.
     halts: list[HaltEvent] = field(default_factory=list)
+    # Entries not made and orders cancelled or refused, with their reasons.
+    refusals: list[Refusal] = field(default_factory=list)
 
 
 def run_backtest(
@@ -73,6 +75,7 @@ def run_backtest(
             result.fills.extend(out.fills)
             result.equity.extend(out.equity)
             result.halts.extend(halt_events(out.notices))
+            result.refusals.extend(refusals(out.notices))
         batch.clear()
 
     for candle in candles:

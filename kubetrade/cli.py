@@ -177,7 +177,7 @@ def backtest(manifest: Path, data_file: Path | None, in_sample: bool, report_dir
     from kubetrade.backtest import bot_sample_plan, run_backtest
     from kubetrade.market.sources import load_source_candles
     from kubetrade.modelstore.predictor import OnnxPredictor
-    from kubetrade.report import build_report, write_report
+    from kubetrade.report import backtest_report
 
     bot = load_bot(manifest)
     model = bot.spec.model
@@ -189,19 +189,7 @@ def backtest(manifest: Path, data_file: Path | None, in_sample: bool, report_dir
     if sample is not None:
         candles = sample.select(candles, source or str(bot.spec.exchange.uri))
     result = run_backtest(bot, candles, predictor)
-    report = build_report(
-        bot,
-        candles=result.candles,
-        signals=result.signals,
-        orders=len(result.orders),
-        fills=result.fills,
-        equity=result.equity,
-        sample=sample,
-        first_signal_time=result.first_signal_time,
-        last_candle_time=result.last_candle_time,
-        halts=result.halts,
-    )
-    write_report(report, result.fills, result.equity, report_dir, Console())
+    backtest_report(bot, result, candles, sample, report_dir, Console())
 
 
 @main.group()

@@ -10,6 +10,7 @@ import csv
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kubetrade.backtest import SamplePlan
-from kubetrade.domain import EquityPoint, Fill, timeframe_ms
+from kubetrade.backtest import BacktestResult, SamplePlan
+from kubetrade.domain import Candle, EquityPoint, Fill, timeframe_ms
 from kubetrade.spec import TradingBot
 from kubetrade.store import Store
-from kubetrade.trading.outputs import HaltEvent, ledger_order
+from kubetrade.trading.benchmark import benchmark_report, buy_and_hold_equity
+from kubetrade.trading.outputs import HaltEvent, Refusal, ledger_order, refusal_counts
 from kubetrade.trading.performance import performance_report
 
 
@@ -52,6 +54,8 @@ def build_report(
     first_signal_time: int | None = None,
     last_candle_time: int | None = None,
     halts: Sequence[HaltEvent] = (),
+    refusals: Sequence[Refusal] = (),
+    benchmark: Sequence[EquityPoint] = (),
 ) -> dict[str, Any]:
     """The report's figures as a JSON-ready dict.
 
@@ -59,7 +63,9 @@ def build_report(
     prediction): the equity points of the feature warm-up before it are left out of every
     figure. With a ``sample`` plan the report opens with whether the period is in or out of
     sample, the period evaluated and the model's training period. ``halts`` lists every breaker
-    trip and clear, kill and reset, with its figures, in the ledger's order.
+    trip and clear, kill and reset, with its figures, in the ledger's order; ``refusals`` are
+    counted by kind and reason; ``benchmark`` (``benchmark_equity``) is buy and hold of the same
+    symbols over the same period, whose return, drawdown and Sharpe stand beside the strategy's.
     """
     initial = bot.spec.execution.initial_capital
     equity = evaluated_equity(equity, first_signal_time, bot.spec.timeframe)
@@ -92,10 +98,28 @@ def build_report(
         "profit_factor": perf.profit_factor,
         "exposure_pct": perf.exposure_pct,
         "fees": round(perf.fees, 2),
+        "buy_and_hold": asdict(benchmark_report(benchmark, initial, bot.spec.timeframe))
+        if benchmark
+        else None,
+        "refusals": refusal_counts(list(refusals)),
         "halts": [
             {**event.to_dict(), "time": _iso(event.time)} for event in ledger_order(list(halts))
         ],
     }
+
+
+def benchmark_equity(
+    bot: TradingBot, market: Sequence[Candle], first_signal_time: int | None
+) -> list[EquityPoint]:
+    """Buy and hold of the bot's symbols over the candles of the evaluated period (from the
+    first tradable candle), with the bot's initial capital (``trading.benchmark``)."""
+    candles = [c for c in market if first_signal_time is None or c.open_time >= first_signal_time]
+    if not candles:
+        return []
+    spec = bot.spec
+    return buy_and_hold_equity(
+        candles, spec.symbols, spec.execution.initial_capital, spec.timeframe
+    )
 
 
 def evaluated_equity(
@@ -132,18 +156,84 @@ def write_fills_csv(fills: Sequence[Fill], path: Path) -> None:
             )  # fmt: skip
 
 
-def plot_equity(equity: Sequence[EquityPoint], path: Path, title: str) -> None:
-    """Equity curve above its drawdown, as a PNG."""
+def write_equity_csv(
+    equity: Sequence[EquityPoint], benchmark: Sequence[EquityPoint], path: Path
+) -> None:
+    """Every equity point of the evaluated period, with buy and hold's equity at that time."""
+    hold = {p.time: p.equity for p in benchmark}
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(
+            ["time", "equity", "cash", "realized_pnl", "unrealized_pnl", "open_positions",
+             "drawdown_pct", "buy_and_hold_equity"]
+        )  # fmt: skip
+        for p in equity:
+            held = hold.get(p.time)
+            writer.writerow(
+                [_iso(p.time), repr(p.equity), repr(p.cash), repr(p.realized_pnl),
+                 repr(p.unrealized_pnl), p.open_positions, repr(p.drawdown_pct),
+                 "" if held is None else repr(held)]
+            )  # fmt: skip
+
+
+def halt_spans(halts: Sequence[dict[str, Any]]) -> list[tuple[str, str, str | None]]:
+    """(cause, start, end) of each halt in a report's ``halts`` (ISO times; end None while
+    still in force): a trip until its cause clears, or until a reset."""
+    spans: list[tuple[str, str, str | None]] = []
+    open_since: dict[str, str] = {}
+    for event in halts:
+        kind, cause, time = event["kind"], event["cause"], event["time"]
+        if kind in ("breaker_tripped", "halted"):
+            open_since.setdefault(cause, time)
+        elif kind == "breaker_cleared" and cause in open_since:
+            spans.append((cause, open_since.pop(cause), time))
+        elif kind == "halt_cleared":
+            spans += [(c, start, time) for c, start in open_since.items()]
+            open_since.clear()
+    spans += [(c, start, None) for c, start in open_since.items()]
+    return spans
+
+
+def plot_equity(
+    equity: Sequence[EquityPoint],
+    path: Path,
+    title: str,
+    benchmark: Sequence[EquityPoint] = (),
+    halts: Sequence[dict[str, Any]] = (),
+) -> None:
+    """Equity curve (with buy and hold, and the halts shaded) above its drawdown, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    times = [datetime.fromtimestamp(p.time / 1000, UTC) for p in equity]
+    def when(ms: int) -> datetime:
+        return datetime.fromtimestamp(ms / 1000, UTC)
+
+    def parsed(iso: str) -> datetime:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00"))
+
+    times = [when(p.time) for p in equity]
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
-    top.plot(times, [p.equity for p in equity], color="#1f77b4", linewidth=1.2)
+    top.plot(times, [p.equity for p in equity], color="#1f77b4", linewidth=1.2, label="strategy")
+    if benchmark:
+        top.plot(
+            [when(p.time) for p in benchmark],
+            [p.equity for p in benchmark],
+            color="#7f7f7f",
+            linewidth=1.0,
+            label="buy and hold",
+        )
+    labelled = False
+    for _, start, end in halt_spans(halts):
+        stop = parsed(end) if end is not None else times[-1]
+        top.axvspan(
+            parsed(start), stop, color="#d62728", alpha=0.12, label=None if labelled else "halted"
+        )
+        labelled = True
+    top.legend(loc="upper left")
     top.set_title(title)
     top.set_ylabel("equity")
     top.grid(alpha=0.3)
@@ -170,6 +260,12 @@ def summary_table(report: dict[str, Any]) -> Table:
         value = report.get(key)
         text = f"{value:,.4f}".rstrip("0").rstrip(".") if isinstance(value, float) else str(value)
         table.add_row(key, text)
+    for key, value in (report.get("buy_and_hold") or {}).items():
+        text = "n/a" if value is None else f"{value:,.4f}".rstrip("0").rstrip(".")
+        table.add_row(f"buy_and_hold {key}", text)
+    for kind, by_code in (report.get("refusals") or {}).items():
+        reasons = ", ".join(f"{code} {count}" for code, count in by_code.items())
+        table.add_row(kind, f"{sum(by_code.values())} ({reasons})")
     halts = report.get("halts") or []
     trips = [h for h in halts if h["kind"] in ("breaker_tripped", "halted")]
     if trips:
@@ -187,22 +283,59 @@ def write_report(
     equity: Sequence[EquityPoint],
     report_dir: Path,
     console: Console,
+    benchmark: Sequence[EquityPoint] = (),
 ) -> None:
-    """Write report.json, fills.csv and equity.png into ``report_dir``; print the summary."""
+    """Write report.json, fills.csv, equity.csv and equity.png into ``report_dir`` (``equity``:
+    the evaluated period's points); print the headline and the summary."""
     report_dir.mkdir(parents=True, exist_ok=True)
     # Strict JSON: a non-finite figure is written as null, never as Infinity or NaN.
     (report_dir / "report.json").write_text(
         json.dumps(_finite(report), indent=2, allow_nan=False) + "\n"
     )
     write_fills_csv(fills, report_dir / "fills.csv")
+    write_equity_csv(equity, benchmark, report_dir / "equity.csv")
     if equity:
-        plot_equity(equity, report_dir / "equity.png", f"{report['bot']} equity")
+        sample = f" ({report['sample']})" if report.get("sample") else ""
+        title = f"{report['bot']} equity{sample}"
+        halts = report.get("halts") or []
+        plot_equity(equity, report_dir / "equity.png", title, benchmark, halts)
     headline = report.get("headline")
     if headline:
         style = "bold yellow" if report.get("sample") == "in-sample" else "green"
         console.print(headline, style=style, markup=False, highlight=False, soft_wrap=True)
     console.print(summary_table(report))
-    console.print(f"report written to {report_dir}/ (report.json, fills.csv, equity.png)")
+    console.print(
+        f"report written to {report_dir}/ (report.json, fills.csv, equity.csv, equity.png)"
+    )
+
+
+def backtest_report(
+    bot: TradingBot,
+    result: BacktestResult,
+    market: Sequence[Candle],
+    sample: SamplePlan | None,
+    report_dir: Path,
+    console: Console,
+) -> dict[str, Any]:
+    """Build and write the report of a backtest of ``market`` (the candles replayed)."""
+    hold = benchmark_equity(bot, market, result.first_signal_time)
+    report = build_report(
+        bot,
+        candles=result.candles,
+        signals=result.signals,
+        orders=len(result.orders),
+        fills=result.fills,
+        equity=result.equity,
+        sample=sample,
+        first_signal_time=result.first_signal_time,
+        last_candle_time=result.last_candle_time,
+        halts=result.halts,
+        refusals=result.refusals,
+        benchmark=hold,
+    )
+    equity = evaluated_equity(result.equity, result.first_signal_time, bot.spec.timeframe)
+    write_report(report, result.fills, equity, report_dir, console, hold)
+    return report
 
 
 def report_from_database(
@@ -221,7 +354,11 @@ def report_from_database(
         counts = db.count_rows(bot.key)
         records = db.read_signals(bot.key)
         halts = db.read_halts(bot.key)
+        refusals = db.read_refusals(bot.key)
+        market = db.read_candles(bot.key)
     predicted = [s.time for s in records if s.prob_up is not None]
+    first_signal_time = min(predicted) if predicted else None
+    hold = benchmark_equity(bot, market, first_signal_time)
     report = build_report(
         bot,
         candles=counts.candles,
@@ -230,10 +367,13 @@ def report_from_database(
         fills=fills,
         equity=equity,
         sample=sample,
-        first_signal_time=min(predicted) if predicted else None,
+        first_signal_time=first_signal_time,
         last_candle_time=max((s.time for s in records), default=None),
         halts=halts,
+        refusals=refusals,
+        benchmark=hold,
     )
     report.update(extra or {})
-    write_report(report, fills, equity, report_dir, console)
+    evaluated = evaluated_equity(equity, first_signal_time, bot.spec.timeframe)
+    write_report(report, fills, evaluated, report_dir, console, hold)
     return report

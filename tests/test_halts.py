@@ -149,3 +149,22 @@ def test_engine_events_and_control_notices_are_halt_events() -> None:
     assert (event.kind, event.cause, event.time) == ("halted", "kill_switch", T0 + H)
     assert event.figures["equity"] == 10_000
     assert engine.summary().halted_since == T0 + H
+
+
+def test_the_ledger_stores_refusals_and_gives_back_the_candles(db_url: str) -> None:
+    from kubetrade.domain import Candle
+    from kubetrade.trading.outputs import Refusal, refusal_counts
+
+    refused = [
+        Refusal(T0, "entry_rejected", "drawdown", "BTC/USDT", "t-1", "drawdown 4% >= 3%"),
+        Refusal(T0 + H, "entry_rejected", "max_trades_per_day", "BTC/USDT", "t-2", "2 >= 2"),
+    ]
+    candle = Candle("BTC/USDT", "1h", T0, 100.0, 101.0, 99.0, 100.5, 3.0)
+    with Store.connect(db_url) as db:
+        db.migrate()
+        db.write_candles("t/r", [candle])
+        db.write_batch("t/r", checkpoint=Checkpoint(1, 1, {}), refusals=refused)
+        db.write_batch("t/r", checkpoint=Checkpoint(2, 2, {}), refusals=refused)  # re-sent
+        assert db.read_refusals("t/r") == refused
+        assert db.read_candles("t/r") == [candle]
+    assert refusal_counts(refused) == {"entry_rejected": {"drawdown": 1, "max_trades_per_day": 1}}

@@ -12,12 +12,13 @@ import json
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from kubetrade.backtest import bot_sample_plan, registered_metadata, run_backtest
 from kubetrade.market import load_candles
 from kubetrade.market.sources import load_source_candles
 from kubetrade.modelstore.predictor import OnnxPredictor
-from kubetrade.report import build_report
+from kubetrade.report import backtest_report
 from kubetrade.runner import RunOptions, run_bot
 from kubetrade.store import Store
 from tests.integration_support import make_bot
@@ -77,18 +78,7 @@ def test_run_and_backtest_agree_out_of_sample_with_halts_and_shorts(
     predictor = OnnxPredictor.load(NAME)
     candles = sample.select(load_source_candles(bot), str(btc_csv))
     result = run_backtest(bot, candles, predictor)
-    backtest_report = build_report(
-        bot,
-        candles=result.candles,
-        signals=result.signals,
-        orders=len(result.orders),
-        fills=result.fills,
-        equity=result.equity,
-        sample=sample,
-        first_signal_time=result.first_signal_time,
-        last_candle_time=result.last_candle_time,
-        halts=result.halts,
-    )
+    backtest = backtest_report(bot, result, candles, sample, tmp_path / "bt", Console())
 
     def key(fill: object) -> tuple[object, ...]:
         return tuple(getattr(fill, f) for f in ("time", "symbol", "side", "price", "quantity"))
@@ -96,11 +86,15 @@ def test_run_and_backtest_agree_out_of_sample_with_halts_and_shorts(
     assert [key(f) for f in run_fills] == [key(f) for f in result.fills]
     assert round(run_equity[-1].equity, 2) == round(result.equity[-1].equity, 2)
     assert any(f.reason.value == "entry_short" for f in result.fills), "no short was taken"
-    kinds = [(h["kind"], h["cause"]) for h in backtest_report["halts"]]
+    kinds = [(h["kind"], h["cause"]) for h in backtest["halts"]]
     assert ("breaker_tripped", "drawdown") in kinds
     assert ("breaker_cleared", "drawdown") in kinds
-    assert run_report["halts"] == backtest_report["halts"]
-    for field in ("sample", "headline", "evaluated_period", "model_training_period", "start"):
-        assert run_report[field] == backtest_report[field], field
+    assert run_report["halts"] == backtest["halts"]
+    assert sum(backtest["refusals"]["entry_rejected"].values()) > 0
+    for field in (
+        "sample", "headline", "evaluated_period", "model_training_period", "start", "end",
+        "buy_and_hold", "refusals", "total_return_pct", "max_drawdown_pct", "sharpe",
+    ):  # fmt: skip
+        assert run_report[field] == backtest[field], field
     assert run_report["sample"] == "out-of-sample"
     assert run_report["evaluated_period"]["start"] == run_report["model_training_period"]["end"]

@@ -99,11 +99,11 @@ def test_migrate_is_idempotent(db_url: str) -> None:
         first = store.migrate()
         second = store.migrate()
         versions = store.conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
-    assert first.applied == (1, 2, 3, 4, 5, 6)
+    assert first.applied == (1, 2, 3, 4, 5, 6, 7)
     assert second.applied == ()
-    assert first.version == second.version == 6
+    assert first.version == second.version == 7
     assert first.timescale == second.timescale
-    assert [v for (v,) in versions] == [1, 2, 3, 4, 5, 6]
+    assert [v for (v,) in versions] == [1, 2, 3, 4, 5, 6, 7]
 
 
 def test_migrate_concurrent_processes_apply_once(db_url: str) -> None:
@@ -126,14 +126,14 @@ def test_migrate_concurrent_processes_apply_once(db_url: str) -> None:
     for t in threads:
         t.join(timeout=60)
     assert errors == []
-    assert sorted(results) == [(), (), (), (1, 2, 3, 4, 5, 6)]
+    assert sorted(results) == [(), (), (), (1, 2, 3, 4, 5, 6, 7)]
 
 
 def test_migrate_refuses_a_newer_schema(store: Store) -> None:
     store.conn.execute(
         "INSERT INTO schema_migrations (version, name, flavour) VALUES (99, 'x', 'plain')"
     )
-    with pytest.raises(StoreError, match=r"version 99 .* only knows migrations up to 6"):
+    with pytest.raises(StoreError, match=r"version 99 .* only knows migrations up to 7"):
         store.migrate()
 
 

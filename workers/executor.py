@@ -69,7 +69,7 @@ from kubetrade.subjects import Subjects
 from kubetrade.telemetry import hop
 from kubetrade.trading import ControlCommand, EngineOutput, EventError, NoticeKind, TradingEngine
 from kubetrade.trading.live_engine import LiveEngine
-from kubetrade.trading.outputs import HaltEvent, halt_events
+from kubetrade.trading.outputs import HaltEvent, Refusal, halt_events, refusals
 from kubetrade.trading.validation import MarketRules
 from kubetrade.workers.live import LiveRouter, open_broker
 
@@ -88,6 +88,7 @@ class Pending:
     fills: list[Fill] = field(default_factory=list)
     equity: list[EquityPoint] = field(default_factory=list)
     halts: list[HaltEvent] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
     outgoing: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
     controls: list[Msg] = field(default_factory=list)  # answered once committed
     refused: list[str] = field(default_factory=list)  # codes of orders refused
@@ -100,6 +101,7 @@ class Pending:
         self.equity.extend(out.equity)
         self.refused.extend(n.code for n in out.notices if n.kind is NoticeKind.ORDER_REFUSED)
         self.halts.extend(halt_events(out.notices))
+        self.refusals.extend(refusals(out.notices))
         for order in out.orders:
             data = encode(OrderMessage.from_order(order))
             self.outgoing.append(
@@ -113,7 +115,13 @@ class Pending:
 
     def __bool__(self) -> bool:
         return bool(
-            self.signals or self.orders or self.fills or self.equity or self.halts or self.controls
+            self.signals
+            or self.orders
+            or self.fills
+            or self.equity
+            or self.halts
+            or self.refusals
+            or self.controls
         )
 
     def outbox(self) -> list[OutboxMessage]:
@@ -250,6 +258,7 @@ class Executor:
                     checkpoint=item.checkpoint,
                     outbox=pending.outbox(),
                     halts=pending.halts,
+                    refusals=pending.refusals,
                 )
         await BatchConsumer.ack_through(item.batch)
         for msg in pending.controls:

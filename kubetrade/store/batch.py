@@ -25,7 +25,7 @@ from kubetrade.store.errors import StaleCheckpointError
 from kubetrade.store.records import Checkpoint, OrderStatus, OutboxMessage, SignalRecord
 from kubetrade.store.sqltime import ts, ts_us
 from kubetrade.store.steps import Op, Query
-from kubetrade.trading.outputs import HaltEvent
+from kubetrade.trading.outputs import HaltEvent, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,15 @@ new_halts AS (
     WHERE EXISTS (SELECT FROM checkpoint)
     ON CONFLICT DO NOTHING
 ),
+new_refusals AS (
+    INSERT INTO refusals (bot, time, kind, code, symbol, client_order_id, message)
+    SELECT %(bot)s, {ts("time")}, kind, code, symbol, client_order_id, message
+    FROM unnest(%(r_time)s::int8[], %(r_kind)s::text[], %(r_code)s::text[],
+                %(r_symbol)s::text[], %(r_order)s::text[], %(r_message)s::text[])
+         AS r (time, kind, code, symbol, client_order_id, message)
+    WHERE EXISTS (SELECT FROM checkpoint)
+    ON CONFLICT DO NOTHING
+),
 new_outbox AS (
     INSERT INTO outbox (bot, msg_id, subject, data, headers)
     SELECT %(bot)s, msg_id, subject, data, headers::jsonb
@@ -141,6 +150,7 @@ def write_batch_op(
     checkpoint: Checkpoint,
     outbox: Sequence[OutboxMessage] = (),
     halts: Sequence[HaltEvent] = (),
+    refusals: Sequence[Refusal] = (),
 ) -> Op[None]:
     """Write one executor batch and move its checkpoint atomically (one statement)."""
     # One point per time: ON CONFLICT DO UPDATE may not touch a row twice in a statement, and
@@ -194,6 +204,12 @@ def write_batch_op(
         "h_cause": [h.cause for h in halts],
         "h_message": [h.message for h in halts],
         "h_figures": [json.dumps(dict(h.figures)) for h in halts],
+        "r_time": [r.time for r in refusals],
+        "r_kind": [r.kind for r in refusals],
+        "r_code": [r.code for r in refusals],
+        "r_symbol": [r.symbol for r in refusals],
+        "r_order": [r.client_order_id for r in refusals],
+        "r_message": [r.message for r in refusals],
     }
     rows = yield Query(_WRITE_BATCH, params)
     if rows[0][0] == 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from kubetrade.domain import EquityPoint, Fill, Order, OrderReason, Side
+from kubetrade.domain import Candle, EquityPoint, Fill, Order, OrderReason, Side
 from kubetrade.store.records import (
     Checkpoint,
     EquityBucket,
@@ -18,7 +18,7 @@ from kubetrade.store.records import (
 )
 from kubetrade.store.sqltime import ms, us
 from kubetrade.store.steps import Execute, Op, Query
-from kubetrade.trading.outputs import HaltEvent
+from kubetrade.trading.outputs import HaltEvent, Refusal
 
 Row = tuple[Any, ...]
 
@@ -125,6 +125,31 @@ def read_halts_op(bot: str) -> Op[list[HaltEvent]]:
         HaltEvent(time, kind, cause, message, {str(k): float(v) for k, v in figures.items()})
         for time, kind, cause, message, figures in rows
     ]
+
+
+def read_refusals_op(bot: str) -> Op[list[Refusal]]:
+    """The bot's refused entries and cancelled or refused orders in time order."""
+    rows: list[Row] = yield Query(
+        f"""
+        SELECT {ms("time")}, kind, code, symbol, client_order_id, message
+        FROM refusals WHERE bot = %s
+        ORDER BY time, kind COLLATE "C", symbol COLLATE "C", client_order_id COLLATE "C"
+        """,
+        (bot,),
+    )
+    return [Refusal(*row) for row in rows]
+
+
+def read_candles_op(bot: str) -> Op[list[Candle]]:
+    """The candles the bot's feed stored, in stream order (time, then symbol)."""
+    rows: list[Row] = yield Query(
+        f"""
+        SELECT symbol, timeframe, {ms("open_time")}, open, high, low, close, volume
+        FROM candles WHERE bot = %s ORDER BY open_time, symbol COLLATE "C"
+        """,
+        (bot,),
+    )
+    return [Candle(*row) for row in rows]
 
 
 def read_equity_op(bot: str) -> Op[list[EquityPoint]]:

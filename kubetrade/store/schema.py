@@ -253,4 +253,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    # Refusals: entries not made and orders cancelled or refused, with the reason.
+    Migration(
+        7,
+        "refusals",
+        common=(
+            """
+            CREATE TABLE refusals (
+                bot text NOT NULL,
+                time timestamptz NOT NULL,
+                kind text NOT NULL,
+                code text NOT NULL,
+                symbol text NOT NULL,
+                client_order_id text NOT NULL,
+                message text NOT NULL,
+                PRIMARY KEY (bot, time, kind, symbol, client_order_id)
+            )
+            """,
+        ),
+    ),
 )

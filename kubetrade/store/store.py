@@ -49,12 +49,14 @@ from kubetrade.store.reads import (
     count_rows_op,
     last_candle_time_op,
     load_checkpoint_op,
+    read_candles_op,
     read_equity_buckets_op,
     read_equity_op,
     read_fills_op,
     read_halts_op,
     read_orders_op,
     read_outbox_op,
+    read_refusals_op,
     read_signals_op,
 )
 from kubetrade.store.records import (
@@ -70,7 +72,7 @@ from kubetrade.store.records import (
 )
 from kubetrade.store.steps import Op, T
 from kubetrade.trading.order_state import LiveOrder
-from kubetrade.trading.outputs import HaltEvent
+from kubetrade.trading.outputs import HaltEvent, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +154,7 @@ class Store:
         equity: Sequence[EquityPoint] = (),
         outbox: Sequence[OutboxMessage] = (),
         halts: Sequence[HaltEvent] = (),
+        refusals: Sequence[Refusal] = (),
     ) -> None:
         """Write an executor batch and its checkpoint in one transaction (all or nothing).
 
@@ -168,6 +171,7 @@ class Store:
                 checkpoint=checkpoint,
                 outbox=outbox,
                 halts=halts,
+                refusals=refusals,
             )
         )
 
@@ -206,6 +210,14 @@ class Store:
     def read_halts(self, bot: str) -> list[HaltEvent]:
         """The bot's halt events (breaker trips and clears, kills and resets) in time order."""
         return self._run(read_halts_op(bot))
+
+    def read_refusals(self, bot: str) -> list[Refusal]:
+        """The bot's refused entries and cancelled or refused orders in time order."""
+        return self._run(read_refusals_op(bot))
+
+    def read_candles(self, bot: str) -> list[Candle]:
+        """The candles the bot's feed stored, in stream order (time, then symbol)."""
+        return self._run(read_candles_op(bot))
 
     def read_equity_buckets(self, bot: str, period: EquityPeriod) -> list[EquityBucket]:
         """The bot's ``"hourly"`` or ``"daily"`` equity roll-up, oldest first."""
@@ -337,6 +349,7 @@ class AsyncStore:
         equity: Sequence[EquityPoint] = (),
         outbox: Sequence[OutboxMessage] = (),
         halts: Sequence[HaltEvent] = (),
+        refusals: Sequence[Refusal] = (),
     ) -> None:
         """See :meth:`Store.write_batch`."""
         await self._run(
@@ -349,6 +362,7 @@ class AsyncStore:
                 checkpoint=checkpoint,
                 outbox=outbox,
                 halts=halts,
+                refusals=refusals,
             )
         )
 

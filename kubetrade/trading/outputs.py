@@ -95,6 +95,52 @@ def halt_events(notices: list[Notice]) -> list[HaltEvent]:
     return [HaltEvent.from_notice(n) for n in notices if n.kind in HALT_KINDS]
 
 
+# The notices that are refusals: an entry not made, an order cancelled or refused by the rules.
+REFUSAL_KINDS = frozenset(
+    {NoticeKind.ENTRY_REJECTED, NoticeKind.ORDER_CANCELLED, NoticeKind.ORDER_REFUSED}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An entry the engine did not make or an order it cancelled or refused, as the ledger
+    records it: when (ms), ``kind`` (a ``REFUSAL_KINDS`` notice kind), ``code`` (the reason,
+    e.g. ``drawdown``, ``max_trades_per_day``, ``no_buying_power``), the symbol and the order."""
+
+    time: int
+    kind: str
+    code: str
+    symbol: str
+    client_order_id: str
+    message: str
+
+    @classmethod
+    def from_notice(cls, notice: Notice) -> Refusal:
+        """The refusal of a ``REFUSAL_KINDS`` notice."""
+        return cls(
+            notice.time,
+            notice.kind.value,
+            notice.code,
+            notice.symbol or "",
+            notice.client_order_id or "",
+            notice.message,
+        )
+
+
+def refusals(notices: list[Notice]) -> list[Refusal]:
+    """The refusals among ``notices``, in order."""
+    return [Refusal.from_notice(n) for n in notices if n.kind in REFUSAL_KINDS]
+
+
+def refusal_counts(found: list[Refusal]) -> dict[str, dict[str, int]]:
+    """How many refusals of each kind, by reason: ``{kind: {code: count}}``, sorted."""
+    counts: dict[str, dict[str, int]] = {}
+    for refusal in found:
+        by_code = counts.setdefault(refusal.kind, {})
+        by_code[refusal.code] = by_code.get(refusal.code, 0) + 1
+    return {kind: dict(sorted(counts[kind].items())) for kind in sorted(counts)}
+
+
 def ledger_order(events: list[HaltEvent]) -> list[HaltEvent]:
     """``events`` in the order the ledger returns them: time, then kind and cause."""
     return sorted(events, key=lambda e: (e.time, e.kind, e.cause))
