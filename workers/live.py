@@ -14,7 +14,9 @@ nothing twice:
   ``RECONCILE_EVERY_S`` while disarmed, and arms once the exchange agrees;
 - an order the engine holds that has no journal row (decided and committed, then the executor
   died before sending it) is sent now; while disarmed an unsent entry is dropped instead;
-- orders still working on the exchange are asked about every ``POLL_EVERY_S``.
+- orders still working on the exchange are asked about every ``POLL_EVERY_S``; once the kill
+  switch is engaged, an entry still working is cancelled on the exchange (the engine flattens
+  whatever it filled, and its kill already flattened the rest).
 
 Configuration comes from the bot (``spec.exchange.name``, ``sandbox``) and the environment:
 the credentials Secret's keys (``kubetrade.live.exchange.Credentials``), and for tests
@@ -163,6 +165,11 @@ class LiveRouter:
                     changed = True
                     continue
                 live = (await self.broker.submit(order)).order
+            elif (
+                not live.is_terminal and self.engine.kill_engaged and order.reason in ENTRY_REASONS
+            ):
+                # Killed: an entry still working is cancelled; what it filled gets flattened.
+                live = (await self.broker.cancel(client_id)).order
             elif not live.is_terminal and poll:
                 live = (await self.broker.refresh(client_id)).order
             step = self.engine.on_order_progress(progress_of(live, now_ms))

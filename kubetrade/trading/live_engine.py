@@ -11,7 +11,9 @@ exchange does with them comes back through :meth:`LiveEngine.on_order_progress`.
 - a stop-loss, trailing stop or take-profit hit on a candle becomes a market order sent at its
   close (there is no resting order on the exchange), unless an order is already working;
 - pause and kill do not drop pending entries: they are at the exchange already, and their fills
-  are booked when reported. Kill's flattening orders go out like any other order;
+  are booked when reported (after a kill the executor cancels them there, see
+  :attr:`LiveEngine.kill_engaged`, and what they filled is flattened when they end). Kill's
+  flattening orders go out like any other order;
 - the engine can be **disarmed** (:meth:`disarm`): it opens no position (an ``entry_rejected``
   notice with code ``disarmed``) while exits, control commands and the kill switch still work.
   The executor disarms it until the journal reconciles with the exchange. Disarming is not part
@@ -98,6 +100,11 @@ class LiveEngine(TradingEngine):
         self._disarmed = None
 
     @property
+    def kill_engaged(self) -> bool:
+        """True while the kill switch holds: entries still working should be cancelled."""
+        return self._kill_reason is not None
+
+    @property
     def disarmed(self) -> str | None:
         """Why the engine opens no position, or None when armed."""
         return self._disarmed
@@ -136,6 +143,8 @@ class LiveEngine(TradingEngine):
         if progress.done:
             del self._pending[order.symbol]
             self._booked.pop(order.client_order_id, None)
+            if self._kill_reason is not None and pending.is_entry:
+                self._flatten_after_kill(order.symbol, out)
             if booked.filled <= _EPSILON:
                 # A refusal's reason leads with its code (``min_notional: ...``); an order the
                 # exchange cancelled or let expire has none.
@@ -216,6 +225,23 @@ class LiveEngine(TradingEngine):
                 self._bot.spec.risk.breakers, self._breakers, closed.net_pnl, time
             )
         self._record_fill(order, quantity, price, fee, time, closed.fill_realized_pnl, out)
+
+    def _flatten_after_kill(self, symbol: str, out: EngineOutput) -> None:
+        """An entry that ended after the kill left a position: flatten it too."""
+        position = self._portfolio.positions.get(symbol)
+        if position is None:
+            return
+        candle_open = self._last_open[symbol]
+        order = self._order(
+            symbol=symbol,
+            candle_open_time=candle_open,
+            reason=OrderReason.FLATTEN,
+            position=position,
+            created_at=candle_open + self._timeframe_ms,
+            reference_price=self._portfolio.marks[symbol],
+        )
+        self._pending[symbol] = PendingOrder(order)
+        out.orders.append(order)
 
     @staticmethod
     def _record_fill(
