@@ -36,6 +36,12 @@ Events are closed candles, per symbol in time order, and within one candle time 
    trades; its effect shows in the next point. ``flush()`` emits a point still owed at the end
    of a stream.
 
+A candle with zero volume (a gap the cleaner filled with a flat candle, or a vendor's fill) is
+one in which nothing traded: steps 2, 3, the ATR update and 5 are skipped (orders wait for the
+next candle with volume, its signal is not acted on, notice ``event_ignored``/``no_volume``); it
+is marked and counts for the clock, breakers and equity like any other. A live feed never
+delivers such a candle for a gap, so a replay with gaps trades as live trading would.
+
 A candle whose open time is not after the symbol's previous one (a redelivery) is ignored with an
 ``event_ignored`` notice. A candle for a symbol or timeframe the bot does not trade, or with
 impossible prices, raises :class:`EventError` before any state changes.
@@ -169,11 +175,27 @@ class TradingEngine:
             )
             return out
         self._advance_clock(candle, out)
-        self._portfolio.mark(candle.symbol, candle.open)
-        self._fill_pending(candle, out)
-        self._protective_exits(candle, out)
+        # Nothing traded in a candle without volume (a gap filled with a flat candle, or a
+        # vendor's fill): nothing fills on it and no decision is taken on it.
+        traded = candle.volume > 0
+        if traded:
+            self._portfolio.mark(candle.symbol, candle.open)
+            self._fill_pending(candle, out)
+            self._protective_exits(candle, out)
+            self._update_atr(candle)
+        else:
+            out.notices.append(
+                Notice(
+                    NoticeKind.EVENT_IGNORED,
+                    candle.close_time,
+                    "no_volume",
+                    f"{candle.key}: no volume traded (a filled gap or a vendor's flat candle): "
+                    "nothing fills and no decision is taken on it; orders wait for the next "
+                    "candle",
+                    symbol=candle.symbol,
+                )
+            )
         self._portfolio.mark(candle.symbol, candle.close)
-        self._update_atr(candle)
         self._last_open[candle.symbol] = candle.open_time
         self._last_event_time = max(self._last_event_time or 0, candle.close_time)
         inputs = StrategyInputs(event.prediction, event.features, event.previous_features)
@@ -181,7 +203,7 @@ class TradingEngine:
         if ready:
             self._last_signal_time = candle.close_time
         self._update_breakers(candle.close_time, out)
-        if ready:
+        if ready and traded:
             self._act_on_signal(candle, inputs, out)
         if (
             candle.symbol == self._symbols[-1]
