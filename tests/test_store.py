@@ -99,11 +99,11 @@ def test_migrate_is_idempotent(db_url: str) -> None:
         first = store.migrate()
         second = store.migrate()
         versions = store.conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
-    assert first.applied == (1, 2, 3, 4, 5, 6, 7)
+    assert first.applied == (1, 2, 3, 4, 5, 6, 7, 8)
     assert second.applied == ()
-    assert first.version == second.version == 7
+    assert first.version == second.version == 8
     assert first.timescale == second.timescale
-    assert [v for (v,) in versions] == [1, 2, 3, 4, 5, 6, 7]
+    assert [v for (v,) in versions] == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 def test_migrate_concurrent_processes_apply_once(db_url: str) -> None:

@@ -14,6 +14,8 @@ nothing twice:
   ``RECONCILE_EVERY_S`` while disarmed, and arms once the exchange agrees;
 - an order the engine holds that has no journal row (decided and committed, then the executor
   died before sending it) is sent now; while disarmed an unsent entry is dropped instead;
+- every request first takes its weight from the exchange account's budget, shared by all bots
+  on the account (``kubetrade.live.budget``);
 - orders still working on the exchange are asked about every ``POLL_EVERY_S``; once the kill
   switch is engaged, an entry still working is cancelled on the exchange (the engine flattens
   whatever it filled, and its kill already flattened the rest).
@@ -33,11 +35,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from kubetrade.errors import InvalidInputError
-from kubetrade.live.broker import Journal, LiveBroker
+from kubetrade.live.broker import LiveBroker
+from kubetrade.live.budget import AccountBudget
 from kubetrade.live.exchange import Credentials, connect_exchange
 from kubetrade.live.reconcile import Reconciliation, reconcile
 from kubetrade.market.symbols import base_currency
 from kubetrade.spec import TradingBot
+from kubetrade.store import AsyncStore
 from kubetrade.trading import EngineOutput
 from kubetrade.trading.client_ids import exchange_client_id
 from kubetrade.trading.live_engine import LiveEngine, OrderProgress
@@ -66,12 +70,14 @@ def _number(environ: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-async def open_broker(bot: TradingBot, journal: Journal, environ: Mapping[str, str]) -> LiveBroker:
-    """The bot's live broker: one exchange connection, its markets loaded, the journal read."""
+async def open_broker(bot: TradingBot, store: AsyncStore, environ: Mapping[str, str]) -> LiveBroker:
+    """The bot's live broker: one exchange connection, its markets loaded, the journal read,
+    every request within the account's budget shared with the other bots on it."""
     exchange_spec = bot.spec.exchange
+    credentials = Credentials.from_environment(environ)
     exchange = connect_exchange(
         exchange_spec.name,
-        Credentials.from_environment(environ),
+        credentials,
         sandbox=exchange_spec.sandbox,
         api_base=environ.get(ENV_API_BASE) or None,
         timeout_ms=int(_number(environ, ENV_TIMEOUT_MS, 10_000)),
@@ -81,9 +87,10 @@ async def open_broker(bot: TradingBot, journal: Journal, environ: Mapping[str, s
             exchange,
             exchange_name=exchange_spec.name,
             bot_key=bot.key,
-            journal=journal,
+            journal=store,
             symbols=list(bot.spec.symbols),
             unresolved_grace_s=_number(environ, ENV_UNRESOLVED_GRACE_S, 30.0),
+            budget=AccountBudget.for_account(store, exchange_spec.name, credentials.api_key),
         )
     except BaseException:
         await exchange.close()

@@ -50,6 +50,7 @@ from tenacity import (
 
 from kubetrade.domain import Order
 from kubetrade.errors import ExchangeError
+from kubetrade.live.budget import AccountBudget
 from kubetrade.trading.client_ids import client_id_params, exchange_client_id
 from kubetrade.trading.order_state import (
     ExchangeTrade,
@@ -136,6 +137,7 @@ class LiveBroker:
         max_backoff_s: float = 30.0,
         unresolved_grace_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        budget: AccountBudget | None = None,
     ) -> None:
         client_id_params(exchange_name, "probe")  # an unsupported exchange fails here
         self.exchange = exchange
@@ -152,6 +154,9 @@ class LiveBroker:
         self._grace_s = unresolved_grace_s
         self._clock = clock
         self._unresolved_since: dict[str, float] = {}
+        # The account's request budget shared with the other bots on it (None: ccxt's own
+        # per-process limiter only).
+        self.budget = budget
 
     @classmethod
     async def open(
@@ -180,7 +185,9 @@ class LiveBroker:
 
     async def load_markets(self, symbols: list[str]) -> None:
         """(Re)load the exchange's markets and the rules of ``symbols`` from them."""
-        markets = await self._call(lambda: self.exchange.load_markets(True), reads=True)
+        markets = await self._call(
+            lambda: self.exchange.load_markets(True), reads=True, method="load_markets"
+        )
         missing = [s for s in symbols if s not in markets]
         if missing:
             raise ExchangeError(
@@ -238,7 +245,8 @@ class LiveBroker:
                     intent.amount,
                     price,
                     client_id_params(self.exchange_name, client_id),
-                )
+                ),
+                method="create_order",
             )
         except Exception as error:  # classified: each kind has its own handling below
             kind_of = classify(error)
@@ -283,20 +291,25 @@ class LiveBroker:
             # An order already gone (filled, expired) is no error: the refresh says how.
             with contextlib.suppress(OrderNotFound):
                 await self._call(
-                    lambda: self.exchange.cancel_order(order.exchange_id, order.symbol)
+                    lambda: self.exchange.cancel_order(order.exchange_id, order.symbol),
+                    method="cancel_order",
                 )
         return await self.refresh(client_id)
 
     async def balances(self) -> dict[str, float]:
         """Total balance per asset on the account."""
-        raw = await self._call(self.exchange.fetch_balance, reads=True)
+        raw = await self._call(self.exchange.fetch_balance, reads=True, method="fetch_balance")
         return {str(a): float(v or 0.0) for a, v in (raw.get("total") or {}).items()}
 
     async def open_orders(self, symbols: list[str]) -> list[dict[str, Any]]:
         """The account's open orders on ``symbols`` (ccxt unified orders)."""
         found: list[dict[str, Any]] = []
         for symbol in symbols:
-            found.extend(await self._call(partial(self.exchange.fetch_open_orders, symbol), True))
+            found.extend(
+                await self._call(
+                    partial(self.exchange.fetch_open_orders, symbol), True, "fetch_open_orders"
+                )
+            )
         return found
 
     # -- internals ----------------------------------------------------------------------------
@@ -354,16 +367,21 @@ class LiveBroker:
                         order.exchange_id, order.symbol, {param: order.client_id}
                     ),
                     reads=True,
+                    method="fetch_order",
                 )
             except OrderNotFound:
                 return None
             return found
         candidates = await self._call(
-            lambda: self.exchange.fetch_open_orders(order.symbol), reads=True
+            lambda: self.exchange.fetch_open_orders(order.symbol),
+            reads=True,
+            method="fetch_open_orders",
         )
         if self.exchange.has.get("fetchClosedOrders"):
             candidates += await self._call(
-                lambda: self.exchange.fetch_closed_orders(order.symbol), reads=True
+                lambda: self.exchange.fetch_closed_orders(order.symbol),
+                reads=True,
+                method="fetch_closed_orders",
             )
         for candidate in candidates:
             if candidate.get("clientOrderId") == order.client_id or (
@@ -376,13 +394,16 @@ class LiveBroker:
         param = TRADES_BY_ORDER_ID.get(self.exchange_name)
         params = {param: exchange_id} if param else {}
         raw = await self._call(
-            lambda: self.exchange.fetch_my_trades(symbol, None, None, params), reads=True
+            lambda: self.exchange.fetch_my_trades(symbol, None, None, params),
+            reads=True,
+            method="fetch_my_trades",
         )
         return tuple(ExchangeTrade.from_ccxt(t) for t in raw if str(t.get("order")) == exchange_id)
 
-    async def _call(self, make: Callable[[], Any], reads: bool = False) -> Any:
+    async def _call(self, make: Callable[[], Any], reads: bool = False, method: str = "") -> Any:
         """Run an exchange call, backing off on rate limits (and, for reads, any network
-        error: reading twice is harmless)."""
+        error: reading twice is harmless). With a budget, each attempt first takes the weight
+        of ccxt's ``method`` from the account's budget, and each answer corrects it."""
 
         def retriable(error: BaseException) -> bool:
             kind = classify(error)
@@ -408,7 +429,12 @@ class LiveBroker:
         )
         async for attempt in retrying:
             with attempt:
-                return await make()
+                if self.budget is not None:
+                    await self.budget.take(method)
+                result = await make()
+                if self.budget is not None:
+                    await self.budget.observe(getattr(self.exchange, "last_response_headers", None))
+                return result
         raise AssertionError("unreachable: tenacity reraises")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kubetrade.store.budget import MIGRATION_SQL as BUDGET_SQL
 from kubetrade.store.journal import MIGRATION_SQL as JOURNAL_SQL
 
 BOOTSTRAP = """
@@ -272,4 +273,6 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    # Request weight per exchange account, shared by its bots (see kubetrade.store.budget).
+    Migration(8, "exchange request budgets", common=BUDGET_SQL),
 )

@@ -35,6 +35,7 @@ from kubetrade.domain import Candle, EquityPoint, Fill, Order
 from kubetrade.errors import OutageError
 from kubetrade.settings import DEFAULT_OUTAGE_LIMIT_S
 from kubetrade.store.batch import write_batch_op
+from kubetrade.store.budget import observe_weight_op, take_weight_op
 from kubetrade.store.candles import write_candles_op
 from kubetrade.store.driver import arun, run
 from kubetrade.store.journal import (
@@ -377,6 +378,14 @@ class AsyncStore:
     async def clear_outbox(self, bot: str, msg_ids: Sequence[str]) -> int:
         """See :meth:`Store.clear_outbox`."""
         return await self._run(lambda: clear_outbox_op(bot, msg_ids))
+
+    async def take_weight(self, account: str, weight: float, limit: float, window_ms: int) -> float:
+        """Take request weight from an exchange account's window: 0.0, or seconds to wait."""
+        return await self._run(lambda: take_weight_op(account, weight, limit, window_ms))
+
+    async def observe_weight(self, account: str, used: float, window_ms: int) -> None:
+        """Raise the account's count in this window to what the exchange reports."""
+        await self._run(lambda: observe_weight_op(account, used, window_ms))
 
     async def journal_intent(self, bot: str, order: LiveOrder) -> bool:
         """Commit a live order's intent before it is sent; False if its client id is known."""

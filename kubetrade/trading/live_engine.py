@@ -133,9 +133,9 @@ class LiveEngine(TradingEngine):
             fee = progress.fee - booked.fee
             fee_base = progress.fee_base - booked.fee_base
             if pending.is_entry:
-                self._book_entry(pending, quantity, price, fee, fee_base, time, out)
+                self._book_live_entry(pending, quantity, price, fee, fee_base, time, out)
             else:
-                self._book_exit(order, quantity, price, fee, progress, time, out)
+                self._book_live_exit(order, quantity, price, fee, progress, time, out)
             booked = Booked(progress.filled, progress.cost, progress.fee, progress.fee_base, time)
             pending = replace(pending, reserved=max(pending.reserved - quantity * price, 0.0))
             self._pending[order.symbol] = pending
@@ -162,7 +162,7 @@ class LiveEngine(TradingEngine):
                 )
         return out
 
-    def _book_entry(
+    def _book_live_entry(
         self,
         pending: PendingOrder,
         quantity: float,
@@ -196,9 +196,9 @@ class LiveEngine(TradingEngine):
                     best_price=price,
                 )
             )
-        self._record_fill(order, quantity, price, fee, time, realized, out)
+        self._record_live_fill(order, quantity, price, fee, time, realized, out)
 
-    def _book_exit(
+    def _book_live_exit(
         self,
         order: Order,
         quantity: float,
@@ -224,7 +224,7 @@ class LiveEngine(TradingEngine):
             self._breakers = record_round_trip(
                 self._bot.spec.risk.breakers, self._breakers, closed.net_pnl, time
             )
-        self._record_fill(order, quantity, price, fee, time, closed.fill_realized_pnl, out)
+        self._record_live_fill(order, quantity, price, fee, time, closed.fill_realized_pnl, out)
 
     def _flatten_after_kill(self, symbol: str, out: EngineOutput) -> None:
         """An entry that ended after the kill left a position: flatten it too."""
@@ -244,7 +244,7 @@ class LiveEngine(TradingEngine):
         out.orders.append(order)
 
     @staticmethod
-    def _record_fill(
+    def _record_live_fill(
         order: Order,
         quantity: float,
         price: float,

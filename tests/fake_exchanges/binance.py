@@ -19,7 +19,8 @@ What a test controls:
   book would);
 - ``faults``: answers injected instead of the next matching request: HTTP 429 / 418 (rate
   limit, ban), 503, or ``Fault.timeout`` which stores the order and then answers too late;
-- ``weight_limit``: request weight per minute above which requests get 429 (-1003).
+- ``weight_limit``: request weight per window (``weight_window_s``, a minute as Binance counts
+  it) above which requests get 429 (-1003); ``X-MBX-USED-WEIGHT-1M`` reports the window's use.
 
 Every request is recorded in ``requests`` (method, path, parameters, API key).
 """
@@ -151,6 +152,7 @@ class FakeBinance:
     default_fill: FillKind = "full"
     partial_fraction: Decimal = Decimal("0.5")
     weight_limit: int | None = None
+    weight_window_s: int = 60
     markets_rest: bool = False
     fill_script: deque[FillKind] = field(default_factory=deque)
     faults: deque[Fault] = field(default_factory=deque)
@@ -281,7 +283,7 @@ class FakeBinance:
         return None
 
     def _over_weight(self, weight: int) -> bool:
-        minute = int(time.time() // 60)
+        minute = int(time.time() // self.weight_window_s)
         if minute != self._weight_minute:
             self._weight_minute, self._weight_used = minute, 0
         self._weight_used += weight
