@@ -362,6 +362,13 @@ class ExecutionSpec(_Model):
         default=0.001, ge=0, le=0.1, description="Fee per notional, 0.001=0.1%."
     )
     slippage_bps: float = Field(default=5, ge=0, le=1000)
+    max_volume_pct: float | None = Field(
+        default=None,
+        gt=0,
+        le=100,
+        description="The largest share of a candle's volume one market order may fill, in "
+        "percent; the rest waits for the next candle. Unset: no cap.",
+    )
 
 
 class ResourceSpec(_Model):

@@ -14,7 +14,11 @@ Events are closed candles, per symbol in time order, and within one candle time 
 2. **Pending orders.** ``s``'s market orders, created at an earlier close, fill at this candle's
    open with slippage and fees (see ``broker``), stamped ``t_open``. An order therefore never
    fills on the candle whose close created it. An entry is reduced to what buying power can pay
-   at the fill price (notice ``entry_reduced``) or cancelled if nothing is affordable.
+   at the fill price (notice ``entry_reduced``) or cancelled if nothing is affordable. With
+   ``execution.maxVolumePct`` an order fills at most that share of the candle's volume; the
+   rest waits for the next candle (notice ``partially_filled``; an entry's parts add to its
+   position, an exit's reduce it) unless a stop, take-profit or time exit overtakes it.
+   Stops and take-profits fill in full.
 3. **Protective exits** on this candle's range: stop-loss, trailing stop, take-profit (see
    ``exits``), filled and stamped ``t_open`` (the instant inside the candle is unknown). A
    position filled at this open is already protected on this candle's range. Then the
@@ -142,6 +146,8 @@ class TradingEngine:
         capital = spec.execution.initial_capital
         self._portfolio = Portfolio(cash=capital)
         self._pending: dict[str, PendingOrder] = {}
+        # Realized PnL of exit parts filled so far, per symbol (maxVolumePct), for the breakers.
+        self._partial_exit_pnl: dict[str, float] = {}
         self._atr: dict[str, AtrState] = {}
         self._last_open: dict[str, int] = {}
         self._breakers = BreakerState(peak_equity=capital, day_start_equity=capital)
@@ -260,17 +266,84 @@ class TradingEngine:
         pending = self._pending.pop(candle.symbol, None)
         if pending is None:
             return
+        cap = self._volume_cap(candle)
         if pending.is_entry:
-            self._fill_entry(pending, candle, out)
+            self._fill_entry(pending, candle, out, cap)
+        elif cap is not None and pending.order.quantity > cap:
+            self._fill_exit_part(pending, candle, out, cap)
         else:
             self._fill_exit(pending.order, candle.open, False, candle.open_time, out)
 
-    def _fill_entry(self, pending: PendingOrder, candle: Candle, out: EngineOutput) -> None:
+    def _volume_cap(self, candle: Candle) -> float | None:
+        """What one order may fill on ``candle`` under ``execution.maxVolumePct`` (None: all)."""
+        pct = self._bot.spec.execution.max_volume_pct
+        return None if pct is None else round_quantity(candle.volume * pct / 100)
+
+    def _carry(
+        self, pending: PendingOrder, filled: float, candle: Candle, out: EngineOutput
+    ) -> None:
+        """Queue the rest of ``pending`` after ``filled`` for the next candle (maxVolumePct)."""
+        order = pending.order
+        rest = round_quantity(order.quantity - filled)
+        share = rest / order.quantity
+        self._pending[order.symbol] = replace(
+            pending, order=replace(order, quantity=rest), reserved=pending.reserved * share
+        )
+        pct = self._bot.spec.execution.max_volume_pct
+        out.notices.append(
+            Notice(
+                NoticeKind.PARTIALLY_FILLED,
+                candle.open_time,
+                "volume_cap",
+                f"{order.client_order_id}: filled {filled:.8f} of {order.quantity:.8f}, "
+                f"maxVolumePct {pct:g}% of the candle's volume {candle.volume:g}; the rest "
+                f"{rest:.8f} waits for the next candle",
+                symbol=order.symbol,
+                client_order_id=order.client_order_id,
+            )
+        )
+
+    def _fill_exit_part(
+        self, pending: PendingOrder, candle: Candle, out: EngineOutput, cap: float
+    ) -> None:
+        """Fill ``cap`` of an exit order at this open; the rest waits for the next candle."""
+        order = pending.order
+        if cap > 0:
+            execution = self._broker.market(order.side, cap, candle.open)
+            part = self._portfolio.reduce(
+                order.symbol, cap, execution.price, execution.fee, close=False
+            )
+            earlier = self._partial_exit_pnl.get(order.symbol, 0.0)
+            self._partial_exit_pnl[order.symbol] = earlier + part.fill_realized_pnl
+            out.fills.append(
+                Fill(
+                    client_order_id=order.client_order_id,
+                    symbol=order.symbol,
+                    side=order.side,
+                    quantity=cap,
+                    price=execution.price,
+                    fee=execution.fee,
+                    time=candle.open_time,
+                    reason=order.reason,
+                    realized_pnl=part.fill_realized_pnl,
+                )
+            )
+        self._carry(pending, cap, candle, out)
+
+    def _fill_entry(
+        self, pending: PendingOrder, candle: Candle, out: EngineOutput, cap: float | None = None
+    ) -> None:
         order = pending.order
         price = self._broker.slipped(order.side, candle.open)
         buying_power = self._portfolio.buying_power(self._reserved())
         affordable = round_quantity(buying_power / (price * (1 + self._broker.fee_rate)))
         quantity = min(order.quantity, affordable)
+        if cap is not None and quantity > cap:
+            # maxVolumePct: fill what the candle's volume allows, the rest waits.
+            if cap > 0:
+                self._paper_entry(pending, candle, price, cap, out)
+            self._carry(pending, cap, candle, out)
+            return
         if quantity <= 0:
             out.notices.append(
                 Notice(
@@ -296,7 +369,36 @@ class TradingEngine:
                     client_order_id=order.client_order_id,
                 )
             )
+        self._paper_entry(pending, candle, price, quantity, out)
+
+    def _paper_entry(
+        self,
+        pending: PendingOrder,
+        candle: Candle,
+        price: float,
+        quantity: float,
+        out: EngineOutput,
+    ) -> None:
+        """Book an entry fill: open the position, or add to the one an earlier part of the same
+        order opened (maxVolumePct)."""
+        order = pending.order
         fee = self._broker.fee(quantity, price)
+        held = self._portfolio.positions.get(order.symbol)
+        if held is not None and held.entry_order_id == order.client_order_id:
+            out.fills.append(
+                Fill(
+                    client_order_id=order.client_order_id,
+                    symbol=order.symbol,
+                    side=order.side,
+                    quantity=quantity,
+                    price=price,
+                    fee=fee,
+                    time=candle.open_time,
+                    reason=order.reason,
+                    realized_pnl=self._portfolio.add(order.symbol, quantity, price, fee),
+                )
+            )
+            return
         side = PositionSide.LONG if order.reason is OrderReason.ENTRY_LONG else PositionSide.SHORT
         levels = protective_levels(self._bot.spec.risk, side, price, pending.stop_distance)
         realized = self._portfolio.open(
@@ -336,9 +438,9 @@ class TradingEngine:
             else self._broker.market(order.side, order.quantity, base_price)
         )
         closed = self._portfolio.close(order.symbol, execution.price, execution.fee)
-        self._breakers = record_round_trip(
-            self._bot.spec.risk.breakers, self._breakers, closed.net_pnl, time
-        )
+        # A round trip's net PnL includes the parts of its exit filled earlier (maxVolumePct).
+        net = closed.net_pnl + self._partial_exit_pnl.pop(order.symbol, 0.0)
+        self._breakers = record_round_trip(self._bot.spec.risk.breakers, self._breakers, net, time)
         out.fills.append(
             Fill(
                 client_order_id=order.client_order_id,
@@ -378,6 +480,7 @@ class TradingEngine:
             )
             out.orders.append(order)
             self._fill_exit(order, hit.price, hit.is_limit, candle.open_time, out)
+            self._drop_rest(candle.symbol, candle.open_time, out)
             return
         position.best_price, position.trailing_armed = advance_trailing(
             position, candle, risk.trailing_stop
@@ -408,6 +511,9 @@ class TradingEngine:
     def _queue_exit(
         self, candle: Candle, reason: OrderReason, position: Position, out: EngineOutput
     ) -> None:
+        waiting = self._pending.get(candle.symbol)
+        if waiting is not None and not waiting.is_entry:
+            return  # the rest of an exit is already waiting (maxVolumePct)
         order = self._order(
             symbol=candle.symbol,
             candle_open_time=candle.open_time,
@@ -416,8 +522,27 @@ class TradingEngine:
             created_at=candle.close_time,
             reference_price=candle.close,
         )
+        self._drop_rest(candle.symbol, candle.close_time, out)
         self._pending[candle.symbol] = PendingOrder(order)
         out.orders.append(order)
+
+    def _drop_rest(self, symbol: str, now: int, out: EngineOutput) -> None:
+        """Cancel what is left of a partly filled order (maxVolumePct) that a stop, a
+        take-profit or a time exit has overtaken."""
+        rest = self._pending.pop(symbol, None)
+        if rest is None:
+            return
+        out.notices.append(
+            Notice(
+                NoticeKind.ORDER_CANCELLED,
+                now,
+                "overtaken",
+                f"{rest.order.client_order_id}: the rest of the order ({rest.order.quantity:.8f}) "
+                "is cancelled: an exit of the position overtook it",
+                symbol=symbol,
+                client_order_id=rest.order.client_order_id,
+            )
+        )
 
     # -- risk and strategy --------------------------------------------------------------------
 
@@ -708,6 +833,7 @@ class TradingEngine:
             "marks": dict(portfolio.marks),
             "positions": [to_plain(p) for p in portfolio.positions.values()],
             "pending": [to_plain(p) for p in self._pending.values()],
+            "partial_exit_pnl": dict(self._partial_exit_pnl),
             "atr": {s: to_plain(a) for s, a in self._atr.items()},
             "last_open": dict(self._last_open),
             "breakers": to_plain(self._breakers),
@@ -777,6 +903,8 @@ class TradingEngine:
             trades=int(snapshot["trades"]),
         )
         self._pending = {p.order.symbol: p for p in pending}
+        partial = snapshot.get("partial_exit_pnl") or {}
+        self._partial_exit_pnl = {str(s): float(v) for s, v in partial.items()}
         atr = {str(s): load(f"atr of {s}", a, atr_from) for s, a in snapshot["atr"].items()}
         # A changed atrPeriod restarts the ATR: a value smoothed over another period is wrong.
         stop_loss = self._bot.spec.risk.stop_loss

@@ -21,6 +21,7 @@ class NoticeKind(StrEnum):
     ENTRY_REDUCED = "entry_reduced"
     ORDER_REFUSED = "order_refused"  # the exchange's market rules refuse it (see validation)
     ORDER_CANCELLED = "order_cancelled"
+    PARTIALLY_FILLED = "partially_filled"  # execution.maxVolumePct: the rest waits
     BREAKER_TRIPPED = "breaker_tripped"
     BREAKER_CLEARED = "breaker_cleared"
     HALTED = "halted"

@@ -9,8 +9,9 @@ Conventions:
   Sortino = ``mean(r) / downside deviation * sqrt(periods per year)`` where the downside
   deviation is ``sqrt(mean(min(r, 0)^2))`` over all periods. Both are None when undefined (fewer
   than two returns, or no dispersion / no losing period).
-- A round trip is an entry fill and the exit fill that closes it; its PnL is the sum of both
-  fills' realized PnL (so net of both fees). Positions still open are not round trips.
+- A round trip is an entry and the exit that closes it, each in one fill or several (an order
+  filled in parts); its PnL is the sum of its fills' realized PnL (so net of every fee).
+  Positions still open are not round trips.
 - Win rate is the share of round trips with PnL > 0, in percent. Profit factor is gross profit
   over gross loss; None when there is no losing trip (it would be infinite, or undefined).
 - Exposure is the share of equity points with at least one open position, in percent.
@@ -61,30 +62,54 @@ class PerformanceReport:
 
 
 def round_trips(fills: Sequence[Fill]) -> list[RoundTrip]:
-    """Pair entry and exit fills per symbol, in fill order, into closed round trips."""
-    open_entries: dict[str, Fill] = {}
-    trips: list[RoundTrip] = []
-    for fill in fills:
+    """Group each symbol's fills, in fill order, into closed round trips.
+
+    A trip opens with an entry fill of a flat symbol and closes when its exit fills add up to
+    what its entry fills bought or sold. An order filled in parts (``execution.maxVolumePct``, or
+    live) is several fills of one trip: the prices are volume-weighted and the PnL is the sum
+    of every fill's. An exit that leaves less than a lot step (dust, written off) closes the
+    trip when the next entry comes. Trips are listed in the order they closed.
+    """
+    open_trips: dict[str, list[Fill]] = {}
+    closed: list[tuple[int, RoundTrip]] = []
+    for index, fill in enumerate(fills):
+        current = open_trips.get(fill.symbol)
         if fill.reason in _ENTRIES:
-            open_entries[fill.symbol] = fill
+            if current is not None and current[-1].reason not in _ENTRIES:
+                closed.append((index, _trip(current)))  # the previous trip ended in dust
+                current = None
+            if current is None:
+                open_trips[fill.symbol] = [fill]
+            else:
+                current.append(fill)
             continue
-        entry = open_entries.pop(fill.symbol, None)
-        if entry is None:
+        if current is None:
             continue
-        trips.append(
-            RoundTrip(
-                symbol=fill.symbol,
-                direction="long" if entry.reason is OrderReason.ENTRY_LONG else "short",
-                quantity=entry.quantity,
-                entry_time=entry.time,
-                exit_time=fill.time,
-                entry_price=entry.price,
-                exit_price=fill.price,
-                pnl=entry.realized_pnl + fill.realized_pnl,
-                exit_reason=fill.reason,
-            )
-        )
-    return trips
+        current.append(fill)
+        entered = sum(f.quantity for f in current if f.reason in _ENTRIES)
+        exited = sum(f.quantity for f in current if f.reason not in _ENTRIES)
+        if exited >= entered * (1 - 1e-9):
+            closed.append((index, _trip(current)))
+            del open_trips[fill.symbol]
+    return [trip for _, trip in sorted(closed, key=lambda pair: pair[0])]
+
+
+def _trip(fills: Sequence[Fill]) -> RoundTrip:
+    entries = [f for f in fills if f.reason in _ENTRIES]
+    exits = [f for f in fills if f.reason not in _ENTRIES]
+    entered = sum(f.quantity for f in entries)
+    exited = sum(f.quantity for f in exits)
+    return RoundTrip(
+        symbol=entries[0].symbol,
+        direction="long" if entries[0].reason is OrderReason.ENTRY_LONG else "short",
+        quantity=entered,
+        entry_time=entries[0].time,
+        exit_time=exits[-1].time,
+        entry_price=sum(f.price * f.quantity for f in entries) / entered,
+        exit_price=sum(f.price * f.quantity for f in exits) / exited,
+        pnl=sum(f.realized_pnl for f in fills),
+        exit_reason=exits[-1].reason,
+    )
 
 
 def total_return_pct(points: Sequence[EquityPoint], initial_capital: float) -> float:
