@@ -149,10 +149,20 @@ def _have(what: str) -> bool:
 
 
 def ensure_packages(needed: dict[str, str]) -> None:
-    """apt-get install the Debian packages whose command (or file) is missing."""
+    """apt-get install the Debian packages whose command (or file) is missing.
+
+    Under a lock: ``make -j`` builds the node and the image at once, and two apt runs collide.
+    """
+    if all(_have(what) for what in needed):
+        return
+    with _lock(cache_root() / "apt.lock"):
+        _install_packages(needed)
+
+
+def _install_packages(needed: dict[str, str]) -> None:
     missing = sorted({pkg for what, pkg in needed.items() if not _have(what)})
     if not missing:
-        return
+        return  # the other build installed them meanwhile
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise SystemExit(
             f"cluster-build: missing Debian packages {missing}; install them "
