@@ -257,14 +257,15 @@ async def _handle(
             await dead_letter(js, subjects, delivery.msg, error, component="inference", bot=bot)
             status.count("dead_letters")
             continue
-        refusal = admission.admit(message.to_candle(), now_ms())
+        candle = message.to_candle()
+        refusal = admission.admit(candle, now_ms())
         if refusal is not None:
             ADMISSION_REFUSED.labels(bot, "inference", refusal.reason).inc()
             refused = AdmissionError(refusal)
             await dead_letter(js, subjects, delivery.msg, refused, component="inference", bot=bot)
             status.count("dead_letters")
             continue
-        candles.append(message.to_candle())
+        candles.append(candle)
         sources.append((message, delivery))
     if not candles:
         return Sent([], [])
@@ -295,7 +296,9 @@ async def _handle(
         with hop(
             tracer, "inference.signal", delivery.msg.headers, attributes, {"Nats-Msg-Id": msg_id}
         ) as headers:
-            signal = SignalMessage.from_event(event, message.published_us, produced)
+            signal = SignalMessage.from_event(
+                event, message.published_us, produced, received=message
+            )
             outgoing.append((subjects.signals(event.candle.symbol), encode(signal), headers))
         predicted += event.prediction is not None
     sent = await publish_started(js, outgoing, link)

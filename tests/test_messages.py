@@ -91,3 +91,12 @@ def test_subjects_follow_the_design_layout() -> None:
     assert s.stream == "KUBETRADE_BOTS_BTC_TREND"
     assert all(sub.startswith(s.prefix) for sub in s.stream_subjects)
     assert symbol_token("BTC.X/USDT") == "BTC-X-USDT"  # '.' would split the subject
+
+
+def test_a_signal_carries_the_candle_message_it_came_in_as_it_is() -> None:
+    received = CandleMessage.from_candle(CANDLE, 1_700_000_000_123_456)
+    event = MarketEvent(CANDLE, Prediction(0.7, Direction.UP, 0.4, "m", "3", "abc"))
+    reused = SignalMessage.from_event(event, received.published_us, 2, received=received)
+    built = SignalMessage.from_event(event, received.published_us, 2)
+    assert reused.candle is received
+    assert encode(reused) == encode(built)
