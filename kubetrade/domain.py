@@ -108,6 +108,7 @@ class OrderReason(StrEnum):
     TRAILING_STOP = "trailing_stop"
     TIME_EXIT = "time_exit"
     FLATTEN = "flatten"
+    LIQUIDATION = "liquidation"  # a short forced out at its maintenance margin
 
 
 @dataclass(frozen=True, slots=True)

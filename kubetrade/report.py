@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kubetrade.backtest import BacktestResult, SamplePlan
-from kubetrade.domain import Candle, EquityPoint, Fill, timeframe_ms
+from kubetrade.domain import Candle, EquityPoint, Fill, OrderReason, timeframe_ms
 from kubetrade.spec import TradingBot
 from kubetrade.store import Store
 from kubetrade.trading.benchmark import benchmark_report, buy_and_hold_equity
@@ -102,6 +102,18 @@ def build_report(
         if benchmark
         else None,
         "refusals": refusal_counts(list(refusals)),
+        "liquidations": [
+            {
+                "time": _iso(f.time),
+                "symbol": f.symbol,
+                "quantity": f.quantity,
+                "price": f.price,
+                "fee": f.fee,
+                "realized_pnl": f.realized_pnl,
+            }
+            for f in fills
+            if f.reason is OrderReason.LIQUIDATION
+        ],
         "halts": [
             {**event.to_dict(), "time": _iso(event.time)} for event in ledger_order(list(halts))
         ],

@@ -353,6 +353,32 @@ class RiskSpec(_Model):
         return None if self.max_holding is None else parse_duration(self.max_holding)
 
 
+class MarginSpec(_Model):
+    """How a short is financed (paper trading). Its initial margin is its full notional: the
+    cash a short holds back from buying power, so no position is levered."""
+
+    maintenance_pct: float = Field(
+        default=50,
+        gt=0,
+        lt=100,
+        description="Maintenance margin in percent of the short's notional at the mark: when "
+        "the initial margin plus the short's PnL falls to it, the short is liquidated.",
+    )
+    borrow_pct_per_day: float = Field(
+        default=0,
+        ge=0,
+        le=10,
+        description="Borrow or funding cost of a short per day, in percent of its notional at "
+        "each candle's close, charged per candle.",
+    )
+    liquidation_fee_rate: float = Field(
+        default=0.005,
+        ge=0,
+        le=0.1,
+        description="Fee per notional charged on a liquidation, on top of the trading fee.",
+    )
+
+
 class ExecutionSpec(_Model):
     """Account and trading costs (paper fills use them; live fills report their own)."""
 
@@ -368,6 +394,10 @@ class ExecutionSpec(_Model):
         le=100,
         description="The largest share of a candle's volume one market order may fill, in "
         "percent; the rest waits for the next candle. Unset: no cap.",
+    )
+    margin: MarginSpec = Field(
+        default_factory=MarginSpec,
+        description="Margin of shorts: maintenance, borrow cost, liquidation fee.",
     )
 
 

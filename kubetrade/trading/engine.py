@@ -23,8 +23,14 @@ Events are closed candles, per symbol in time order, and within one candle time 
    ``exits``), filled and stamped ``t_open`` (the instant inside the candle is unknown). A
    position filled at this open is already protected on this candle's range. Then the
    trail follows the candle's extreme, and a time exit due at ``t_close`` becomes a market order
-   for the next open.
-4. **Mark** ``s`` at the close; update its ATR; evaluate the breakers (trip/clear notices).
+   for the next open. A short is liquidated first when the candle's high reaches its liquidation
+   price before any stop (``execution.margin``: the short's margin, its notional at entry plus
+   its PnL, falls to ``maintenancePct`` of its notional at ``entry * 2 / (1 + maintenance)``),
+   at that price or the open if it gapped through, with the trading fee plus
+   ``liquidationFeeRate`` (notice ``liquidated``).
+4. **Mark** ``s`` at the close; a short pays its borrow cost for the candle
+   (``margin.borrowPctPerDay`` of its notional at the close); update its ATR; evaluate the
+   breakers (trip/clear notices).
 5. **Strategy** (``spec.strategy``, see ``kubetrade.strategies``), once its inputs are warm (the
    model's prediction and/or its features on this candle and the one before): an exit signal
    becomes a market order for the next open; an entry signal passes the gates in this order:
@@ -202,6 +208,7 @@ class TradingEngine:
                 )
             )
         self._portfolio.mark(candle.symbol, candle.close)
+        self._charge_borrow(candle)
         self._last_open[candle.symbol] = candle.open_time
         self._last_event_time = max(self._last_event_time or 0, candle.close_time)
         inputs = StrategyInputs(event.prediction, event.features, event.previous_features)
@@ -469,6 +476,16 @@ class TradingEngine:
             return
         risk = self._bot.spec.risk
         hit = intrabar_exit(position, candle, risk.trailing_stop)
+        liquidation = self._liquidation_price(position)
+        if (
+            liquidation is not None
+            and candle.high >= liquidation
+            and (hit is None or hit.price >= liquidation)
+        ):
+            # The maintenance margin is reached before any stop: forced out, at the open when
+            # the price gapped through it.
+            self._liquidate(position, candle, max(candle.open, liquidation), out)
+            return
         if hit is not None:
             order = self._order(
                 symbol=candle.symbol,
@@ -487,6 +504,71 @@ class TradingEngine:
         )
         if time_exit_due(position, candle.close_time, risk.max_holding_seconds):
             self._queue_exit(candle, OrderReason.TIME_EXIT, position, out)
+
+    def _liquidation_price(self, position: Position) -> float | None:
+        """The price at which a short's margin (its notional at entry, plus its PnL) falls to
+        the maintenance margin of its notional at that price; None for a long."""
+        if position.side is not PositionSide.SHORT:
+            return None
+        maintenance = self._bot.spec.execution.margin.maintenance_pct / 100
+        return position.entry_price * 2 / (1 + maintenance)
+
+    def _liquidate(
+        self, position: Position, candle: Candle, price: float, out: EngineOutput
+    ) -> None:
+        margin = self._bot.spec.execution.margin
+        order = self._order(
+            symbol=position.symbol,
+            candle_open_time=candle.open_time,
+            reason=OrderReason.LIQUIDATION,
+            position=position,
+            created_at=candle.open_time,
+            reference_price=price,
+        )
+        out.orders.append(order)
+        execution = self._broker.limit(order.quantity, price)
+        fee = execution.fee + order.quantity * price * margin.liquidation_fee_rate
+        closed = self._portfolio.close(order.symbol, price, fee)
+        net = closed.net_pnl + self._partial_exit_pnl.pop(order.symbol, 0.0)
+        self._breakers = record_round_trip(
+            self._bot.spec.risk.breakers, self._breakers, net, candle.open_time
+        )
+        out.fills.append(
+            Fill(
+                client_order_id=order.client_order_id,
+                symbol=order.symbol,
+                side=order.side,
+                quantity=order.quantity,
+                price=price,
+                fee=fee,
+                time=candle.open_time,
+                reason=order.reason,
+                realized_pnl=closed.fill_realized_pnl,
+            )
+        )
+        out.notices.append(
+            Notice(
+                NoticeKind.LIQUIDATED,
+                candle.open_time,
+                "maintenance_margin",
+                f"{order.client_order_id}: short of {order.quantity:.8f} {order.symbol} from "
+                f"{position.entry_price:.8g} liquidated at {price:.8g} (maintenance margin "
+                f"{margin.maintenance_pct:g}%), fee {fee:.2f}",
+                symbol=order.symbol,
+                client_order_id=order.client_order_id,
+                figures={"entry_price": position.entry_price, "price": price, "fee": fee},
+            )
+        )
+        self._drop_rest(order.symbol, candle.open_time, out)
+
+    def _charge_borrow(self, candle: Candle) -> None:
+        """A short pays its borrow or funding cost for this candle, on its notional at the close."""
+        position = self._portfolio.positions.get(candle.symbol)
+        rate = self._bot.spec.execution.margin.borrow_pct_per_day
+        if position is None or position.side is not PositionSide.SHORT or rate == 0:
+            return
+        share_of_day = self._timeframe_ms / 86_400_000
+        self._portfolio.charge(position.quantity * candle.close * rate / 100 * share_of_day)
 
     def _order(
         self,

@@ -25,6 +25,7 @@ class NoticeKind(StrEnum):
     BREAKER_TRIPPED = "breaker_tripped"
     BREAKER_CLEARED = "breaker_cleared"
     HALTED = "halted"
+    LIQUIDATED = "liquidated"
     HALT_CLEARED = "halt_cleared"
     PAUSED = "paused"
     RESUMED = "resumed"

@@ -92,6 +92,11 @@ class Portfolio:
         self.trades += 1
         return ClosedTrade(position, fill_pnl, fill_pnl - position.entry_fee)
 
+    def charge(self, amount: float) -> None:
+        """Book a cost that is no fill (a short's borrow or funding): cash and realized PnL."""
+        self.cash -= amount
+        self.realized_pnl -= amount
+
     def add(self, symbol: str, quantity: float, price: float, fee: float) -> float:
         """Book another entry fill into an open position (a partial fill of the same order);
         the entry price becomes the volume-weighted average. Returns the fill's realized PnL."""
