@@ -248,6 +248,14 @@ def validate(**options: Any) -> None:
         )
     paths = write_report(result, Path(options["report_dir"]), extra)
     aggregate = result.aggregate()
+    console.print(
+        f"out-of-sample: {len(result.folds)} folds, each trading only its test window with a "
+        "model fit on the candles before it; test windows do not overlap",
+        style="green",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     table = Table(title=f"walk-forward: {config.model.kind}, {len(result.folds)} folds")
     table.add_column("figure", style="bold")
     table.add_column("value")

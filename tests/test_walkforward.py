@@ -213,6 +213,7 @@ def test_validate_cli_with_search_on_the_earlier_folds(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
+    assert "out-of-sample: 3 folds, each trading only its test window" in result.output
     document = json.loads((tmp_path / "walkforward.json").read_text())
     search = document["search"]
     assert search["validation_folds"] == [0, 1]
