@@ -111,9 +111,11 @@ class Connectivity:
         one is re-sent. Dropping it keeps what the server stored a prefix of what was sent
         (nats-py has no option for this; ``_pending`` is its write queue).
         """
+        client = self.client
+        if client is not None and (client.is_closed or client.is_draining):
+            return  # our own close (drain at shutdown), not an outage
         if self.down_since is None:
             self.down_since = time.monotonic()
-        client = self.client
         if client is not None and hasattr(client, "_pending"):
             client._pending = []
             client._pending_data_size = 0
