@@ -26,9 +26,12 @@ from kubetrade.spec import ManifestError, TradingBot, parse_bot
 from kubetrade.strategies import (
     Intent,
     PositionSide,
+    Strategy,
     StrategyInputs,
+    StrategyParams,
     available,
     make_strategy,
+    registry,
     strategy_class,
 )
 from kubetrade.trading.strategy import Intent as EngineIntent
@@ -223,6 +226,22 @@ def test_a_bot_with_its_strategy_built_copies_and_pickles() -> None:
         assert copied == bot
         assert copied.spec.strategy.build() == strategy
         assert copied.spec.strategy.build().feature_spec == strategy.feature_spec
+
+
+def test_a_strategy_that_refuses_its_parameters_itself_is_named_like_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Picky(Strategy[StrategyParams]):
+        def features(self) -> None:
+            raise ValueError("window must be even")
+
+        def decide(self, inputs: StrategyInputs, holding: PositionSide | None) -> Intent:
+            return Intent.HOLD
+
+    monkeypatch.setitem(registry.BUILTINS, "picky", Picky)
+    with pytest.raises(ManifestError) as caught:
+        rule_bot({"type": "picky"})
+    assert caught.value.errors == ["spec.strategy.params: window must be even"]
 
 
 def test_the_threshold_manifest_form_is_unchanged() -> None:

@@ -44,7 +44,6 @@ class StrategyInfo:
     source: str
     needs_model: bool
     summary: str
-    strategy: type[Strategy[Any]] | None
     problem: str | None = None
 
 
@@ -118,6 +117,9 @@ def make_strategy(name: str, params: Mapping[str, Any], where: str = "params") -
         return build(strategy, params)
     except ValidationError as error:
         raise StrategyError(_pydantic_problems(error, where)) from None
+    except ValueError as error:
+        # A strategy's own check of its parameters, e.g. in its features().
+        raise StrategyError([(where, str(error))]) from None
     except StrategyError as error:
         # A nested rule (the hybrid's) names its fields under ruleParams.
         raise StrategyError(
@@ -139,7 +141,7 @@ def rule_strategy(name: str, params: Mapping[str, Any]) -> Strategy[Any]:
 def available() -> list[StrategyInfo]:
     """The built-ins, then every installed strategy (one that fails to load says why)."""
     found = [
-        StrategyInfo(name, "built-in", cls.needs_model, _summary(cls), cls)
+        StrategyInfo(name, "built-in", cls.needs_model, _summary(cls))
         for name, cls in BUILTINS.items()
     ]
     for name, entry in sorted(_installed().items()):
@@ -147,7 +149,7 @@ def available() -> list[StrategyInfo]:
         try:
             cls = _load(entry)
         except StrategyError as error:
-            found.append(StrategyInfo(name, source, False, "", None, str(error)))
+            found.append(StrategyInfo(name, source, False, "", str(error)))
             continue
-        found.append(StrategyInfo(name, source, cls.needs_model, _summary(cls), cls))
+        found.append(StrategyInfo(name, source, cls.needs_model, _summary(cls)))
     return found
