@@ -30,8 +30,8 @@ from kubetrade.strategies import (
     StrategyInputs,
     StrategyParams,
     available,
+    builtin,
     make_strategy,
-    registry,
     strategy_class,
 )
 from kubetrade.trading.strategy import Intent as EngineIntent
@@ -238,7 +238,7 @@ def test_a_strategy_that_refuses_its_parameters_itself_is_named_like_the_others(
         def decide(self, inputs: StrategyInputs, holding: PositionSide | None) -> Intent:
             return Intent.HOLD
 
-    monkeypatch.setitem(registry.BUILTINS, "picky", Picky)
+    monkeypatch.setitem(builtin.BUILTINS, "picky", Picky)  # the registry's table
     with pytest.raises(ManifestError) as caught:
         rule_bot({"type": "picky"})
     assert caught.value.errors == ["spec.strategy.params: window must be even"]
