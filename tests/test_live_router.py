@@ -15,7 +15,7 @@ from kubetrade.store import AsyncStore
 from kubetrade.trading import ControlAction, ControlCommand, NoticeKind
 from kubetrade.trading.live_engine import LiveEngine
 from kubetrade.workers.live import LiveRouter
-from tests.fake_exchanges.binance import FakeBinance
+from tests.fake_exchanges.binance import FakeBinance, SymbolRules
 from tests.test_trading_engine import BTC, feed, flat, make_bot
 
 Scenario = Callable[[FakeBinance, LiveRouter], Awaitable[Any]]
@@ -106,3 +106,20 @@ def test_a_disarmed_router_drops_an_unsent_entry_and_sends_nothing(db_url: str) 
         (NoticeKind.ORDER_REFUSED, "disarmed")
     ]
     assert fake.orders == {}
+
+
+def test_markets_are_reloaded_and_the_engine_refuses_by_the_new_rules(db_url: str) -> None:
+    async def scenario(fake: FakeBinance, router: LiveRouter) -> Any:
+        router.markets_every_s = 0
+        await router.step(0)
+        # The exchange raises its minimum notional above what the bot's entry is worth.
+        fake.symbols = (SymbolRules("BTCUSDT", "BTC", "USDT", min_notional="100000"),)
+        fake._rules = {s.symbol: s for s in fake.symbols}
+        await router.step(1)
+        return feed(router.engine, flat(0, 60_000.0), 0.7)
+
+    fake = FakeBinance()
+    out = run(db_url, "itest/router-markets", scenario, fake)
+    assert out.orders == []
+    assert [(n.kind, n.code) for n in out.notices] == [(NoticeKind.ORDER_REFUSED, "min_notional")]
+    assert sum(r["path"] == "/api/v3/exchangeInfo" for r in fake.requests) == 2

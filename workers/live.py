@@ -14,6 +14,8 @@ nothing twice:
   ``RECONCILE_EVERY_S`` while disarmed, and arms once the exchange agrees;
 - an order the engine holds that has no journal row (decided and committed, then the executor
   died before sending it) is sent now; while disarmed an unsent entry is dropped instead;
+- the exchange's markets (lot steps, minimums) are reloaded every ``MARKETS_EVERY_S``, for the
+  broker's and the engine's checks alike;
 - every request first takes its weight from the exchange account's budget, shared by all bots
   on the account (``kubetrade.live.budget``);
 - orders still working on the exchange are asked about every ``POLL_EVERY_S``; once the kill
@@ -55,6 +57,7 @@ ENV_TIMEOUT_MS = "KUBETRADE_EXCHANGE_TIMEOUT_MS"
 ENV_UNRESOLVED_GRACE_S = "KUBETRADE_LIVE_UNRESOLVED_GRACE_S"
 POLL_EVERY_S = 1.0
 RECONCILE_EVERY_S = 5.0
+MARKETS_EVERY_S = 3600.0
 
 
 def _number(environ: Mapping[str, str], name: str, default: float) -> float:
@@ -133,8 +136,10 @@ class LiveRouter:
     symbols: list[str]
     verdict: Reconciliation | None = None
     clock: Callable[[], float] = time.monotonic
+    markets_every_s: float = MARKETS_EVERY_S
     _polled_at: float = float("-inf")
     _reconciled_at: float = float("-inf")
+    _markets_at: float | None = None
 
     async def reconcile(self) -> Reconciliation:
         """Complete the journal from the exchange; arm the engine only if it agrees."""
@@ -154,6 +159,12 @@ class LiveRouter:
         most every ``POLL_EVERY_S``), re-reconcile while disarmed; the engine's output and
         whether its state changed (so that it is checkpointed)."""
         now = self.clock()
+        if self._markets_at is None:
+            self._markets_at = now  # loaded when the broker opened
+        elif now - self._markets_at >= self.markets_every_s:
+            await self.broker.load_markets(self.symbols)
+            self.engine.set_markets(self.broker.markets)
+            self._markets_at = now
         if self.engine.disarmed is not None and now - self._reconciled_at >= RECONCILE_EVERY_S:
             await self.reconcile()
         poll = now - self._polled_at >= POLL_EVERY_S

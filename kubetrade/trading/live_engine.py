@@ -89,6 +89,11 @@ class LiveEngine(TradingEngine):
         self._booked: dict[str, Booked] = {}
         self._disarmed: str | None = None
 
+    def set_markets(self, markets: Mapping[str, MarketRules]) -> None:
+        """The exchange's market rules as reloaded: later entries are checked against them."""
+        self._markets = dict(markets)
+        self._broker = replace(self._broker, markets=self._markets)
+
     # -- arming -------------------------------------------------------------------------------
 
     def disarm(self, reason: str) -> None:
