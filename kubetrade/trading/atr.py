@@ -8,7 +8,7 @@ The ATR is ready once ``period`` candles have been seen.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from kubetrade.domain import Candle
 
@@ -34,13 +34,13 @@ def true_range(candle: Candle, previous_close: float | None) -> float:
 
 def update_atr(state: AtrState, candle: Candle) -> AtrState:
     """The ATR state after ``candle``."""
+    # Built directly, not with dataclasses.replace: this runs once per candle.
     tr = true_range(candle, state.previous_close)
     count = state.count + 1
+    period = state.period
     if state.value is not None:
-        value: float | None = (state.value * (state.period - 1) + tr) / state.period
-        return replace(state, count=count, value=value, previous_close=candle.close)
+        value: float | None = (state.value * (period - 1) + tr) / period
+        return AtrState(period, count, state.warmup_sum, value, candle.close)
     warmup_sum = state.warmup_sum + tr
-    value = warmup_sum / state.period if count >= state.period else None
-    return replace(
-        state, count=count, warmup_sum=warmup_sum, value=value, previous_close=candle.close
-    )
+    value = warmup_sum / period if count >= period else None
+    return AtrState(period, count, warmup_sum, value, candle.close)

@@ -91,7 +91,9 @@ def start_day(state: BreakerState, day: int, equity: float) -> BreakerState:
 
 def observe_equity_point(state: BreakerState, equity: float) -> BreakerState:
     """Raise the peak when an equity point exceeds it."""
-    return replace(state, peak_equity=max(state.peak_equity, equity))
+    if equity <= state.peak_equity:
+        return state  # the common case: no copy per equity point
+    return replace(state, peak_equity=equity)
 
 
 def drawdown_pct(state: BreakerState, equity: float) -> float:

@@ -638,6 +638,11 @@ class TradingEngine:
             # The drawdown cooldown is over: current equity is the new high-water mark.
             state = replace(state, peak_equity=equity)
         tripped = evaluate(spec, state, equity, now)
+        if tripped.keys() == previous.keys() == state.tripped_at.keys() and not cooled:
+            # No trip and no clear, the common case: no copy unless a message changed.
+            if tripped != previous:  # still tripped: its message carries today's figures
+                self._breakers = replace(state, tripped=tripped)
+            return
         figures = halt_figures(state, equity)
         for name, message in tripped.items():
             if name not in previous:
