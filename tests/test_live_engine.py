@@ -127,3 +127,21 @@ def test_snapshot_keeps_what_was_booked() -> None:
     assert isinstance(restored, LiveEngine)
     assert restored.on_order_progress(progress(cid, 1.0, 100.0, done=False)).fills == []
     assert len(restored.on_order_progress(progress(cid, 2.0, 100.0, done=True)).fills) == 1
+
+
+def test_an_exit_below_the_exchanges_minimum_writes_the_position_off_as_dust() -> None:
+    engine = LiveEngine(make_bot(), RULES)
+    cid = entered(engine)
+    engine.on_order_progress(progress(cid, 0.00005, 100.0, done=True))
+    feed(engine, flat(1, 100.0), 0.2)  # exit signal
+    (exit_order,) = engine.pending_orders()
+    refused = OrderProgress(exit_order.client_order_id, 0, 0, 0, 0, 5, True, "min_notional: x")
+    out = engine.on_order_progress(refused)
+    assert [(n.kind, n.code) for n in out.notices] == [
+        (NoticeKind.ORDER_REFUSED, "min_notional"),
+        (NoticeKind.ORDER_CANCELLED, "dust"),
+    ]
+    summary = engine.summary()
+    assert summary.open_positions == 0
+    assert summary.equity == pytest.approx(10_000 + summary.realized_pnl)
+    assert feed(engine, flat(2, 100.0), 0.2).orders == []  # no exit refused on every candle

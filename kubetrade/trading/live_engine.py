@@ -47,6 +47,8 @@ from kubetrade.trading.validation import MarketRules
 
 # Amounts this close to zero are float noise, not fills.
 _EPSILON = 1e-12
+# Refusal codes that mean an exit can never be sold (see ``validation``).
+UNSELLABLE = frozenset({"min_amount", "min_notional"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +167,33 @@ class LiveEngine(TradingEngine):
                         client_order_id=order.client_order_id,
                     )
                 )
+                if code in UNSELLABLE and not pending.is_entry:
+                    self._write_off(order, progress.time, out)
         return out
+
+    def _write_off(self, order: Order, time: int, out: EngineOutput) -> None:
+        """A position the exchange will not let the bot sell (below its minimum amount or
+        notional) is dust: written off at its entry price, so that the strategy does not send
+        an exit the exchange refuses on every candle."""
+        position = self._portfolio.positions.get(order.symbol)
+        if position is None:
+            return
+        quantity = position.quantity
+        closed = self._portfolio.reduce(order.symbol, 0.0, position.entry_price, 0.0, close=True)
+        self._breakers = record_round_trip(
+            self._bot.spec.risk.breakers, self._breakers, closed.net_pnl, time
+        )
+        out.notices.append(
+            Notice(
+                NoticeKind.ORDER_CANCELLED,
+                time,
+                "dust",
+                f"{order.symbol}: {quantity:.10g} left is below the exchange's minimum order; "
+                "written off as dust (it stays on the account)",
+                symbol=order.symbol,
+                client_order_id=order.client_order_id,
+            )
+        )
 
     def _book_live_entry(
         self,
