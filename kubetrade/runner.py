@@ -41,6 +41,7 @@ from kubetrade.backtest import SamplePlan
 from kubetrade.bus import connect
 from kubetrade.embedded import embedded_servers, free_port
 from kubetrade.errors import KubetradeError
+from kubetrade.live.exchange import ENV_EXCHANGE_API_BASE
 from kubetrade.messages import MessageError, StatusMessage, decode
 from kubetrade.natsauth import LocalAuth, process_credentials
 from kubetrade.processes import LocalProcess, local_processes
@@ -349,6 +350,22 @@ def plan(
     return local_processes(objects, secrets=secrets, overrides=overrides)
 
 
+def refuse_live_replay(
+    bot: TradingBot, data_file: Path | None, environ: Mapping[str, str] = os.environ
+) -> None:
+    """A live bot trading on replayed candles would send real orders at yesterday's prices:
+    only a testnet (``exchange.sandbox``) or a local stand-in for the exchange
+    (``KUBETRADE_EXCHANGE_API_BASE``, as in tests) may take them."""
+    if bot.spec.mode is not Mode.LIVE or data_file is None:
+        return
+    if bot.spec.exchange.sandbox or environ.get(ENV_EXCHANGE_API_BASE):
+        return
+    raise RunError(
+        f"bot {bot.key} trades live: replaying {data_file} would send real orders on old "
+        "candles; drop --data, or set exchange.sandbox: true to trade them on the testnet"
+    )
+
+
 def live_credentials(
     bot: TradingBot, environ: Mapping[str, str] = os.environ
 ) -> dict[str, dict[str, str]]:
@@ -593,6 +610,7 @@ def run_bot(bot: TradingBot, options: RunOptions, console: Console | None = None
 
     console = console or Console()
     live_credentials(bot)  # a live bot without credentials is refused before anything starts
+    refuse_live_replay(bot, options.data_file)
     expected = expected_candles(bot, options.data_file, options.sample)
     options.report_dir.mkdir(parents=True, exist_ok=True)
     log_dir = options.report_dir / "logs"

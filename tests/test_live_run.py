@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from kubetrade.runner import Progress, RunOptions, run_bot
+from kubetrade.runner import Progress, RunError, RunOptions, refuse_live_replay, run_bot
 from kubetrade.spec import TradingBot, parse_bot
 from kubetrade.store import AsyncStore, Store
 from kubetrade.trading.order_state import LiveOrder, LiveStatus
@@ -279,3 +279,20 @@ def test_an_order_the_journal_does_not_know_keeps_the_live_bot_disarmed(
     assert exchange.call(lambda: len(fake.orders)) == 1  # nothing sent
     with Store.connect(db_url) as db:
         assert db.read_fills(bot.key) == []
+
+
+def test_a_live_bot_replays_candles_only_on_a_testnet_or_a_stand_in(tmp_path: Path) -> None:
+    bot = live_bot("live-replay")
+    data = tmp_path / "btc.csv"
+    with pytest.raises(RunError, match="real orders on old candles"):
+        refuse_live_replay(bot, data, {})
+    refuse_live_replay(bot, data, {"KUBETRADE_EXCHANGE_API_BASE": "http://127.0.0.1:1"})
+    sandbox = bot.model_copy(
+        update={
+            "spec": bot.spec.model_copy(
+                update={"exchange": bot.spec.exchange.model_copy(update={"sandbox": True})}
+            )
+        }
+    )
+    refuse_live_replay(sandbox, data, {})
+    refuse_live_replay(bot, None, {})  # its own exchange's candles

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from kubetrade.errors import InvalidInputError
 from kubetrade.live.broker import LiveBroker
 from kubetrade.live.budget import AccountBudget
-from kubetrade.live.exchange import Credentials, connect_exchange
+from kubetrade.live.exchange import ENV_EXCHANGE_API_BASE, Credentials, connect_exchange
 from kubetrade.live.reconcile import Reconciliation, reconcile
 from kubetrade.market.symbols import base_currency
 from kubetrade.spec import TradingBot
@@ -52,7 +52,6 @@ from kubetrade.trading.orders import ENTRY_REASONS
 
 log = logging.getLogger(__name__)
 
-ENV_API_BASE = "KUBETRADE_EXCHANGE_API_BASE"
 ENV_TIMEOUT_MS = "KUBETRADE_EXCHANGE_TIMEOUT_MS"
 ENV_UNRESOLVED_GRACE_S = "KUBETRADE_LIVE_UNRESOLVED_GRACE_S"
 POLL_EVERY_S = 1.0
@@ -82,7 +81,7 @@ async def open_broker(bot: TradingBot, store: AsyncStore, environ: Mapping[str, 
         exchange_spec.name,
         credentials,
         sandbox=exchange_spec.sandbox,
-        api_base=environ.get(ENV_API_BASE) or None,
+        api_base=environ.get(ENV_EXCHANGE_API_BASE) or None,
         timeout_ms=int(_number(environ, ENV_TIMEOUT_MS, 10_000)),
     )
     try:

@@ -21,6 +21,9 @@ from kubetrade.render import ENV_EXCHANGE_API_KEY, ENV_EXCHANGE_SECRET
 
 # Optional third credential some exchanges need (e.g. a passphrase).
 ENV_EXCHANGE_PASSWORD = "KUBETRADE_EXCHANGE_PASSWORD"
+# Every request of the live executor to this host instead (``http://127.0.0.1:PORT``): a local
+# stand-in for the exchange, as the tests use.
+ENV_EXCHANGE_API_BASE = "KUBETRADE_EXCHANGE_API_BASE"
 
 _HOST = re.compile(r"^https?://[^/]+")
 
