@@ -16,18 +16,20 @@
 ``--capacity``: how many replay bots the node holds while every bot keeps up with its candles.
 The chart is installed once (``installed_release``, the tier's ``release`` fixture) on the tier's
 cluster (``session_cluster``), a model and a candle file of the newest ``--candles`` hours are
-made once (``make_replay``); then for each step of ``--steps`` that many bots are applied at once,
-each replaying the same file at ``--speed`` (default 3600: one 1h candle per second per bot, a
-live cadence faster than any real exchange's 1-minute candles), and deleted after. A bot *keeps
-up* when every candle of the file has a decision in the ledger (``signals``) and the p99 of
-candle published -> decided (``decided_at - candle_published_at``) over its steady state (candles
-published from 10 s after its last pod turned Ready; before that the stream buffers what the
-feed published while inference was starting) is under ``--bound-ms`` (default 1000: one candle
-interval at the default speed). Steps stop at the first one where a pod is left Pending
-(unschedulable, the scheduler's reason recorded) or a bot falls behind. Each step records the
-pods Running/Pending, the pods' CPU (kubepods cgroup) and working-set memory, the whole host's
-CPU busy share and load average (other engineers' processes share the two cores), and per bot
-p50/p99/max latency, candles decided and CPU used.
+made once (``make_replay``). Each bot replays that file at ``--speed`` (default 3600: one 1h
+candle per second per bot, faster than any exchange's 1-minute candles live). Bots are *added*
+step by step up to each count of ``--steps`` (earlier ones keep running: the file lasts 30 min at
+the default speed); once the new bots' pods are Ready (or refused), a window of ``--window``
+seconds (opening 20 s later, so a new bot has decided what its feed published while inference
+was starting) measures every running bot. A bot *keeps up* when every candle due in the window
+(the feed releases candle k at its start + k / candles per second) has a decision in the ledger
+(``signals``) and the p99 of candle due -> decided is under ``--bound-ms`` (default 1000: one
+candle interval at the default speed). Steps stop at the first one where a pod is left Pending
+(the scheduler's FailedScheduling message recorded), a bot does not start, or one falls behind.
+Each step records the pods Running/Pending, the pods' CPU (kubepods cgroup) and working-set
+memory, the whole host's CPU busy share and load average (other engineers' processes share the
+two cores), container restarts, and per bot p50/p99/max latency and CPU used.
+``--cpu-request`` replaces render's CPU request of the bots' pods, to find the next limit.
 
     .venv/bin/python bench/cluster.py --capacity [--steps 1,2,3,4,6,8] [--json OUT]
 
@@ -40,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -134,8 +137,8 @@ def render_requests() -> dict[str, str]:
 # --------------------------------------------------------------------------- capacity
 
 CGROUP = Path("/sys/fs/cgroup")
-STEADY_AFTER_READY_S = 10.0
-SCHEDULE_TIMEOUT_S = 120.0  # plus 20 s per bot: every pod compiles its imports on start
+STEADY_AFTER_READY_S = 20.0  # a new bot decides its start-up backlog first
+SCHEDULE_TIMEOUT_S = 240.0  # plus 30 s per new bot: every pod compiles its imports on start
 
 
 def _cpu_ns(cgroup: Path) -> int:
@@ -286,28 +289,41 @@ def _pod_cpu(pods: list[dict[str, Any]]) -> int:
     return total
 
 
-def _latencies(url: str, key: str, steady_from_s: float) -> dict[str, Any]:
+def _window_figures(
+    url: str, key: str, speed: int, candles: int, t0: float, t1: float
+) -> dict[str, Any]:
+    """One bot's candles due in [t0, t1]: how many were decided, and due -> decided latency.
+
+    The feed releases candle k at its start + k candle intervals / speed (workers/feed.py
+    ``paced``), so a candle is *due* then; its start is the earliest published time minus the
+    candle's offset (no candle goes out before it is due). Due -> decided counts a feed that
+    publishes late as well as inference or an executor that decides late.
+    """
     with Store.connect(url) as db:
         signals = db.read_signals(key)
-        stored = db.count_rows(key).candles
+        counts = db.count_rows(key)
+    out: dict[str, Any] = {"candles_stored": counts.candles, "decided": counts.signals}
     if not signals:
-        return {"decided": 0, "candles_stored": stored}
+        return out | {"window_due": 0, "window_decided": 0, "keeps_up": False}
+    open_ms = np.array([s.time for s in signals], dtype=np.int64)
     pub = np.array([s.candle_published_us for s in signals], dtype=np.int64)
-    lat = (np.array([s.decided_us for s in signals], dtype=np.int64) - pub) / 1000.0
-    steady = lat[pub >= steady_from_s * 1e6]
-    out: dict[str, Any] = {
-        "decided": len(signals),
-        "candles_stored": stored,
-        "all_p50_ms": round(float(np.percentile(lat, 50)), 1),
-        "all_max_ms": round(float(lat.max()), 1),
-        "steady_candles": int(steady.size),
-    }
-    if steady.size:
+    dec = np.array([s.decided_us for s in signals], dtype=np.int64)
+    interval_us = float(np.min(np.diff(open_ms))) * 1000 / speed if len(signals) > 1 else 1e6
+    offset = (open_ms - open_ms[0]) * 1000 / speed
+    start = float(np.min(pub - offset))
+    due = start + offset
+    inside = (due >= t0 * 1e6) & (due <= t1 * 1e6)
+    # the candles the file had due in the window, decided or not
+    first = max(0, int(np.ceil((t0 * 1e6 - start) / interval_us)))
+    last = min(candles - 1, int(np.floor((t1 * 1e6 - start) / interval_us)))
+    out |= {"window_due": max(0, last - first + 1), "window_decided": int(inside.sum())}
+    if inside.any():
+        lat = (dec[inside] - due[inside]) / 1000.0
         out |= {
-            "p50_ms": round(float(np.percentile(steady, 50)), 1),
-            "p99_ms": round(float(np.percentile(steady, 99)), 1),
-            "max_ms": round(float(steady.max()), 1),
-            "last_ms": round(float(steady[-1]), 1),
+            "p50_ms": round(float(np.percentile(lat, 50)), 1),
+            "p99_ms": round(float(np.percentile(lat, 99)), 1),
+            "max_ms": round(float(lat.max()), 1),
+            "published_p99_ms": round(float(np.percentile((pub - due)[inside] / 1000.0, 99)), 1),
         }
     return out
 
@@ -315,35 +331,35 @@ def _latencies(url: str, key: str, steady_from_s: float) -> dict[str, Any]:
 def capacity_step(
     rel: Any,
     replay: Any,
+    names: list[str],
     n: int,
-    candles: int,
-    speed: int,
-    bound_ms: float,
+    args: argparse.Namespace,
     sampler: NodeSampler,
     overrides: dict[str, Any],
 ) -> dict[str, Any]:
-    """Apply ``n`` replay bots at once, measure them until their replay ends, delete them."""
-    names = [f"cap{n}-{i}" for i in range(n)]
-    load_start = os.getloadavg()
-    t_apply = time.time()
-    exchange = bots._exchange(replay, speed)
-    for name in names:
-        bots.apply_bot(rel, bots.bot_manifest(name, replay, exchange=exchange, **overrides))
+    """Add bots up to ``n`` (``names`` grows), wait for their pods, measure a window of all."""
 
     def say(message: str) -> None:
         print(f"[capacity {n}] {message}", file=sys.stderr, flush=True)
 
+    load_start = os.getloadavg()
+    t_apply = time.time()
+    exchange = bots._exchange(replay, args.speed)
+    new = [f"cap-{i}" for i in range(len(names), n)]
+    for name in new:
+        bots.apply_bot(rel, bots.bot_manifest(name, replay, exchange=exchange, **overrides))
+    names.extend(new)
     try:
-        by_bot = bots.wait_for(
-            f"{n} bots' pods Ready or unschedulable",
-            lambda: _settled(rel, names),
-            SCHEDULE_TIMEOUT_S + 20 * n,
+        bots.wait_for(
+            f"{len(new)} new bots' pods Ready or unschedulable",
+            lambda: _settled(rel, new),
+            SCHEDULE_TIMEOUT_S + 30 * len(new),
             interval=2,
         )
     except AssertionError as e:  # a pod neither Ready nor refused: measure what runs
         say(str(e))
-        by_bot = _step_pods(rel, names)
     t_settled = time.time()
+    by_bot = _step_pods(rel, names)
     reasons = _scheduler_events(rel)
     pending = {
         p["metadata"]["name"]: reasons.get(p["metadata"]["name"]) or _unschedulable(p)
@@ -354,40 +370,37 @@ def capacity_step(
         for pods in by_bot.values() for p in pods
         if _ready_at(p) is None and _unschedulable(p) is None
     }  # fmt: skip
-    running = {b for b, pods in by_bot.items() if all(_ready_at(p) is not None for p in pods)}
-    say(f"settled in {t_settled - t_apply:.0f}s: {len(running)} bots Running, "
-        f"{len(pending)} pods Pending")  # fmt: skip
-    ready = {b: max(_ready_at(p) or 0.0 for p in by_bot[b]) for b in running}
-    steady_from = max(ready.values(), default=t_settled) + STEADY_AFTER_READY_S
-    cpu_at = {b: (time.time(), _pod_cpu(by_bot[b])) for b in running}
-    # the replay lasts candles/(speed/3600) s from the feed's start; wait for it plus slack
-    replay_s = candles * 3600 / speed
-    done: dict[str, Any] = {}
+    running = sorted(
+        b for b, pods in by_bot.items()
+        if len(pods) == 3 and all(_ready_at(p) is not None for p in pods)
+    )  # fmt: skip
+    say(f"settled in {t_settled - t_apply:.0f}s: {len(running)} of {n} bots Running, "
+        f"{len(pending)} pods Pending, {len(not_ready)} not Ready")  # fmt: skip
+    # the window opens once a new bot's start-up backlog is decided
+    t0 = time.time() + STEADY_AFTER_READY_S
+    time.sleep(STEADY_AFTER_READY_S)
+    cpu0 = {b: _pod_cpu(by_bot[b]) for b in running}
+    time.sleep(args.window)
+    t1 = time.time()
+    cpu1 = {b: _pod_cpu(by_bot[b]) for b in running}
+    time.sleep(args.bound_ms / 1000 + 1)  # a candle due at t1 has until t1 + bound
     per_bot: dict[str, Any] = {}
     with bots.database(rel) as url:
-        # each feed starts with its pod: the last bot Ready is the last to finish
-        deadline = max(ready.values(), default=t_settled) + replay_s + 120
-        while running - set(done) and time.time() < deadline:
-            for b in sorted(running - set(done)):
-                with Store.connect(url) as db:
-                    if db.count_rows(f"{bots.BOTS_NS}/{b}").signals >= candles:
-                        done[b] = time.time()
-                        t, ns0 = cpu_at[b]
-                        per_bot[b] = {"cpu_cores": round((_pod_cpu(by_bot[b]) - ns0) / 1e9
-                                                         / (done[b] - t), 3)}  # fmt: skip
-            time.sleep(2)  # polling the ledger
-        t_end = time.time()
-        for b in sorted(running):
-            lat = _latencies(url, f"{bots.BOTS_NS}/{b}", ready[b] + STEADY_AFTER_READY_S)
-            keeps = lat["decided"] >= candles and lat.get("p99_ms", float("inf")) < bound_ms
-            ready_after = round(ready[b] - t_apply, 1)
-            per_bot[b] = {
-                **per_bot.get(b, {}),
-                **lat,
-                "ready_after_s": ready_after,
-                "keeps_up": keeps,
-            }
-    node = sampler.between(steady_from, t_end)
+        for b in running:
+            fig = _window_figures(url, f"{bots.BOTS_NS}/{b}", args.speed, args.candles, t0, t1)
+            fig["cpu_cores"] = round((cpu1[b] - cpu0[b]) / 1e9 / (t1 - t0), 3)
+            fig["keeps_up"] = (
+                fig["window_due"] > 0
+                and fig["window_decided"] >= fig["window_due"]
+                and fig.get("p99_ms", float("inf")) < args.bound_ms
+            )
+            per_bot[b] = fig
+    restarts = sum(
+        c.get("restartCount", 0)
+        for pods in _step_pods(rel, names).values()
+        for p in pods
+        for c in p.get("status", {}).get("containerStatuses", [])
+    )
     step = {
         "bots": n,
         "bots_running": len(running),
@@ -395,47 +408,41 @@ def capacity_step(
         "pods_pending": len(pending),
         "pending": pending,
         "scheduled_not_ready": not_ready,
-        "container_restarts": sum(
-            c.get("restartCount", 0)
-            for pods in _step_pods(rel, names).values()
-            for p in pods
-            for c in p.get("status", {}).get("containerStatuses", [])
-        ),
-        "settled_after_s": round(t_settled - t_apply, 1),
-        "node_steady": node,
+        "container_restarts": restarts,
+        "new_bots_settled_after_s": round(t_settled - t_apply, 1),
+        "window_s": round(t1 - t0, 1),
+        "node_window": sampler.between(t0, t1),
         "load_avg_at_start": [round(x, 2) for x in load_start],
         "per_bot": per_bot,
         "all_keep_up": len(running) == n and all(v["keeps_up"] for v in per_bot.values()),
     }
     say(json.dumps(step))  # each step as it ends: a failed later step keeps the earlier ones
-    rel.kubectl("delete", "tradingbot", *names, "--wait=true", "--timeout=180s",
-                ns=bots.BOTS_NS, timeout=200)  # fmt: skip
-    bots.wait_for("the step's pods gone", lambda: not any(_step_pods(rel, names).values()), 180)
     return step
 
 
-def capacity(
-    steps: list[int], candles: int, speed: int, bound_ms: float, cpu_request: str | None
-) -> dict[str, Any]:
-    """Install once, then bots in ``steps`` until a pod is refused or a bot falls behind.
+def capacity(steps: list[int], args: argparse.Namespace) -> dict[str, Any]:
+    """Install once, then add bots in ``steps`` until a pod is refused or a bot falls behind.
 
-    ``cpu_request`` replaces render's CPU request of each bot's three pods (``spec.resources``),
-    to see what holds the node once requests are not the limit.
+    ``args.cpu_request`` replaces render's CPU request of each bot's three pods
+    (``spec.resources``), to see what holds the node once requests are not the limit.
     """
     reason = fixtures._missing_reason()
     if reason:
         raise SystemExit(reason)
     requests = {c: dict(r["requests"]) for c, r in DEFAULT_RESOURCES.items()}
     overrides: dict[str, Any] = {}
-    if cpu_request:
+    if args.cpu_request:
         for req in requests.values():
-            req["cpu"] = cpu_request
-        overrides["resources"] = {c: {"requests": {"cpu": cpu_request}} for c in requests}
+            req["cpu"] = args.cpu_request
+        overrides["resources"] = {c: {"requests": {"cpu": args.cpu_request}} for c in requests}
     result: dict[str, Any] = {
-        "speed": speed,
-        "candles_per_s_per_bot": speed / 3600,
-        "candles_per_bot": candles,
-        "keep_up": f"every candle decided and steady-state p99 < {bound_ms:g} ms",
+        "speed": args.speed,
+        "candles_per_s_per_bot": args.speed / 3600,
+        "candles_per_bot": args.candles,
+        "keep_up": (
+            f"every candle due in a {args.window:g} s window decided, "
+            f"p99 candle due -> decided < {args.bound_ms:g} ms"
+        ),
         "bot_requests": requests,
         "steps": [],
     }
@@ -445,24 +452,26 @@ def capacity(
         with fixtures.session_cluster(root / "cluster") as c, bots.installed_release(c) as rel:
             node = json.loads(c.kubectl("get", "node", "-o", "json").stdout)["items"][0]
             result["node_allocatable"] = node["status"]["allocatable"]
-            replay = bots.make_replay(rel, root / "replay", candles)
-            with NodeSampler() as sampler:
-                for n in steps:
-                    step = capacity_step(
-                        rel, replay, n, candles, speed, bound_ms, sampler, overrides
-                    )
-                    result["steps"].append(step)
-                    if not step["all_keep_up"]:
-                        break
+            replay = bots.make_replay(rel, root / "replay", args.candles)
+            names: list[str] = []
+            try:
+                with NodeSampler() as sampler:
+                    for n in steps:
+                        step = capacity_step(rel, replay, names, n, args, sampler, overrides)
+                        result["steps"].append(step)
+                        if not step["all_keep_up"]:
+                            break
+            finally:
+                rel.kubectl("delete", "tradingbot", "--all", "--wait=true", "--timeout=180s",
+                            ns=bots.BOTS_NS, timeout=200, check=False)  # fmt: skip
     ok = [s["bots"] for s in result["steps"] if s["all_keep_up"]]
     result["max_bots_keeping_up"] = max(ok, default=0)
     last = result["steps"][-1] if result["steps"] else {}
     if last.get("pods_pending"):
-        result["limited_by"] = "scheduler: " + "; ".join(
-            sorted(set(map(str, last["pending"].values())))
-        )
+        why = "; ".join(sorted({str(v) for v in last["pending"].values()}))
+        result["limited_by"] = f"scheduler: {why}"
     elif last and not last.get("all_keep_up"):
-        result["limited_by"] = "a bot fell behind (real CPU or I/O), see the last step"
+        result["limited_by"] = "a bot did not start or fell behind: see the last step"
     else:
         result["limited_by"] = "not reached: every step kept up"
     return result
@@ -474,18 +483,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-starts", action="store_true", help="only the image and the bot run")
     ap.add_argument("--capacity", action="store_true", help="only the replay-bot capacity steps")
     ap.add_argument("--steps", default="1,2,3,4,6,8,12,16", help="bots per capacity step")
-    ap.add_argument("--candles", type=int, default=240, help="candles each capacity bot replays")
+    ap.add_argument("--candles", type=int, default=1800, help="candles each capacity bot replays")
+    ap.add_argument("--window", type=float, default=90.0, help="seconds measured per step")
     ap.add_argument("--speed", type=int, default=3600, help="replay speed (3600: 1 candle/s)")
     ap.add_argument("--bound-ms", type=float, default=1000.0, help="steady p99 to keep up")
     ap.add_argument("--cpu-request", help="CPU request of every bot pod instead of render's")
     args = ap.parse_args(argv)
     os.environ.update(QUIET)
+    # SIGTERM unwinds like Ctrl-C (bots deleted, helm uninstall, cluster down); a background
+    # job started by a shell ignores SIGINT
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result: dict[str, Any] = {"load_before": os.getloadavg()}
     if args.capacity:
         steps = [int(n) for n in args.steps.split(",")]
-        result["capacity"] = capacity(
-            steps, args.candles, args.speed, args.bound_ms, args.cpu_request
-        )
+        result["capacity"] = capacity(steps, args)
     elif not args.skip_starts:
         with tempfile.TemporaryDirectory(prefix="kt-bench-cold-") as d:
             result["cold_start"] = cluster_start(Path(d) / "containerd", Path(d) / "work")
