@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 State = Literal["starting", "running", "finished", "degraded", "failed", "halted"]
 STATUS_INTERVAL_S = 1.0
 CLEANUP_TIMEOUT_S = 5.0
+STOP_GRACE_S = 10.0
 EXIT_OUTAGE = OutageError.exit_code
 # Kubernetes shows what a container wrote here as its last termination message.
 TERMINATION_LOG = Path(os.environ.get("KUBETRADE_TERMINATION_LOG", "/dev/termination-log"))
@@ -124,14 +125,31 @@ def prepare(component: str) -> WorkerSettings:
 
 
 def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run ``main(stop)`` on a fresh loop; SIGTERM and SIGINT set ``stop`` for a clean exit."""
+    """Run ``main(stop)`` on a fresh loop; SIGTERM and SIGINT set ``stop`` for a clean exit.
+
+    ``main`` gets ``STOP_GRACE_S`` to finish what it is doing (a batch, a commit); then it is
+    cancelled, so a worker stuck on a server that is gone (its publish retried until the
+    outage limit) still stops well within Kubernetes' grace period.
+    """
 
     async def wrapper() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await main(stop)
+        work = asyncio.ensure_future(main(stop))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not work.done():
+            done, _ = await asyncio.wait({work}, timeout=STOP_GRACE_S)
+            if not done:
+                log.warning("still busy after the stop grace period; cancelling")
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+                return
+        await work  # its result, or the error it stopped with
 
     try:
         asyncio.run(wrapper())

@@ -185,17 +185,33 @@ def test_a_killed_executor_is_restarted_and_the_run_completes(model: str, tmp_pa
     assert report["candles"] == 3000
 
 
-def test_sigterm_stops_every_process_and_still_reports(model: str, tmp_path: Path) -> None:
-    """SIGTERM (timeout, systemd, CI) does what Ctrl-C does, and the report says why it ended."""
+def _running_bot(model: str, tmp_path: Path, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """A ``kubetrade run`` of a long synthetic bot, returned once its feed publishes."""
     manifest = _manifest(
-        tmp_path, "terminated", ["BTC/USDT"], {"name": "synthetic", "speed": 3600 * 200}, model
+        tmp_path, name, ["BTC/USDT"], {"name": "synthetic", "speed": 3600 * 200}, model
     )
     report_dir = tmp_path / "report"
     runner = _start_run(manifest, report_dir)
     try:
         _wait_for_log(runner, report_dir / "logs" / "feed.log", "feed started", 120)
-        started = psutil.Process(runner.pid).children(recursive=True)
-        assert len(started) >= 4  # nats-server, feed, bentoml (+ its worker), executor
+    except BaseException:
+        runner.kill()
+        raise
+    return runner, report_dir
+
+
+def _started_by(runner: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    started = psutil.Process(runner.pid).children(recursive=True)
+    names = [" ".join(p.cmdline()[-3:]) for p in started]
+    assert len(started) >= 4, names  # nats-server, feed, bentoml (+ its worker), executor
+    return started
+
+
+def test_sigterm_stops_every_process_and_still_reports(model: str, tmp_path: Path) -> None:
+    """SIGTERM (timeout, systemd, CI) does what Ctrl-C does, and the report says why it ended."""
+    runner, report_dir = _running_bot(model, tmp_path, "terminated")
+    try:
+        started = _started_by(runner)
         runner.send_signal(signal.SIGTERM)
         output, _ = runner.communicate(timeout=60)
     finally:
@@ -214,22 +230,16 @@ def test_a_run_killed_with_sigkill_leaves_no_worker_or_nats_server(
 ) -> None:
     """``kill -9`` (or the OOM killer) gives the run no chance to clean up: the kernel stops
     what it started (parent-death signal), so no orphan keeps trading."""
-    manifest = _manifest(
-        tmp_path, "orphans", ["BTC/USDT"], {"name": "synthetic", "speed": 3600 * 200}, model
-    )
-    report_dir = tmp_path / "report"
-    runner = _start_run(manifest, report_dir)
+    runner, _ = _running_bot(model, tmp_path, "orphans")
     try:
-        _wait_for_log(runner, report_dir / "logs" / "feed.log", "feed started", 120)
-        started = psutil.Process(runner.pid).children(recursive=True)
-        names = [" ".join(p.cmdline()[-3:]) for p in started]
-        assert len(started) >= 4, names  # nats-server, feed, bentoml (+ its worker), executor
+        started = _started_by(runner)
         runner.kill()
         runner.wait(timeout=10)
     finally:
         if runner.poll() is None:
             runner.kill()
-    _, alive = psutil.wait_procs(started, timeout=30)
+    # SIGTERM gives each worker its stop grace (runtime.STOP_GRACE_S) and bounded clean-ups.
+    _, alive = psutil.wait_procs(started, timeout=60)
     survivors = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
     for p in survivors:  # a failed test must not leave them running either
         with contextlib.suppress(psutil.Error):
