@@ -12,7 +12,7 @@ first candle after it, so no candle the model learned from is traded. ``kubetrad
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -209,17 +209,22 @@ def replays_file(bot: TradingBot, data_file: str | None) -> bool:
 
 
 def bot_sample_plan(
-    bot: TradingBot, metadata: ModelMetadata | None, data_file: str | None, in_sample: bool
+    bot: TradingBot,
+    data_file: str | None,
+    in_sample: bool,
+    metadata_of: Callable[[TradingBot], ModelMetadata | None] | None = None,
 ) -> SamplePlan | None:
     """The sample plan of a backtest or local run of ``bot``, resolved on its replay file's
     candles (None unless it replays a file: the synthetic market and a live exchange never
-    replay what a model trained on)."""
+    replay what a model trained on). The file is read, and refused if bad, before the model's
+    metadata is looked up (``metadata_of``, default: the local model store)."""
     if not replays_file(bot, data_file):
         return None
+    candles = load_source_candles(bot, data_file)
+    metadata = (metadata_of or registered_metadata)(bot)
     model = bot.spec.model
     name = "none" if model is None else f"{model.name}:{model.version}"
     sample = plan_sample(name, metadata, bot.spec.timeframe, in_sample=in_sample)
-    candles = load_source_candles(bot, data_file)
     if not candles:
         return sample
     source = data_file or str(bot.spec.exchange.uri)

@@ -143,14 +143,13 @@ def run(
     trace_file: Path | None,
 ) -> None:
     """Run a bot on this machine: feed, inference and executor as local processes."""
-    from kubetrade.backtest import bot_sample_plan, registered_metadata, replays_file
+    from kubetrade.backtest import bot_sample_plan
     from kubetrade.runner import RunOptions, run_bot
 
     bot = load_bot(manifest)
     source = str(data_file) if data_file else None
-    metadata = registered_metadata(bot) if replays_file(bot, source) else None
     options = RunOptions(
-        sample=bot_sample_plan(bot, metadata, source, in_sample),
+        sample=bot_sample_plan(bot, source, in_sample),
         data_file=data_file,
         report_dir=report_dir,
         nats_url=nats_url,
@@ -184,7 +183,7 @@ def backtest(manifest: Path, data_file: Path | None, in_sample: bool, report_dir
     predictor = None if model is None else OnnxPredictor.load(model.name, model.version)
     source = str(data_file) if data_file else None
     metadata = None if predictor is None else predictor.metadata
-    sample = bot_sample_plan(bot, metadata, source, in_sample)
+    sample = bot_sample_plan(bot, source, in_sample, lambda _: metadata)
     candles = load_source_candles(bot, source)
     if sample is not None:
         candles = sample.select(candles, source or str(bot.spec.exchange.uri))

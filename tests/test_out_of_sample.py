@@ -136,14 +136,14 @@ def test_kubetrade_run_replays_exactly_the_candles_the_backtest_does(
     streams the same candles the backtest replays; the runner expects that many."""
     import asyncio
 
-    from kubetrade.backtest import bot_sample_plan, registered_metadata
+    from kubetrade.backtest import bot_sample_plan
     from kubetrade.market.sources import candle_source, load_source_candles
     from kubetrade.runner import RunOptions, expected_candles, plan
     from kubetrade.settings import WorkerSettings
     from kubetrade.spec import load_bot
 
     bot = load_bot(_manifest(tmp_path, trained))
-    sample = bot_sample_plan(bot, registered_metadata(bot), str(trained), in_sample=False)
+    sample = bot_sample_plan(bot, str(trained), in_sample=False)
     assert sample is not None and sample.replay_from is not None
     replayed = sample.select(load_source_candles(bot, str(trained)), str(trained))
     assert replayed[0].open_time == sample.replay_from
