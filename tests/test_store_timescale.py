@@ -28,6 +28,7 @@ from kubetrade.store import (
     Store,
     StoredOrder,
 )
+from kubetrade.store.schema import MIGRATIONS
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 MINUTE = 60_000
@@ -68,7 +69,7 @@ def migrated(timescale_url: str) -> tuple[SchemaInfo, SchemaInfo]:
 def test_migrate_detects_timescale(migrated: tuple[SchemaInfo, SchemaInfo]) -> None:
     first, second = migrated
     assert first.timescale and second.timescale
-    assert first.version == second.version == 4
+    assert first.version == second.version == MIGRATIONS[-1].version
     assert second.applied == ()
 
 
