@@ -259,6 +259,18 @@ def test_cryptodatadownload_refusals_name_the_file_the_column_and_the_row(
     path.write_text(BANNER + quote_only.to_csv(index=False))
     with pytest.raises(InvalidInputError, match=r"no_base_volume\.csv: no base-currency volume"):
         load_candles(path)
+    no_volume = tmp_path / "no_volume.csv"
+    sample.drop(columns="volume").rename(columns={"open_time": "timestamp"}).to_csv(
+        no_volume, index=False
+    )
+    with pytest.raises(InvalidInputError, match=r"no_volume\.csv: no 'volume' column .* name"):
+        load_candles(no_volume)
+    blank_time = tmp_path / "blank_time.csv"
+    rows = sample.rename(columns={"open_time": "timestamp"}).to_csv(index=False).splitlines()
+    rows[3] = "," + rows[3].split(",", 1)[1]
+    blank_time.write_text("\n".join(rows))
+    with pytest.raises(InvalidInputError, match=r"data row 3 is missing.*fix or drop that row"):
+        load_candles(blank_time)
 
 
 def test_layout_errors_name_the_file_and_the_fix(tmp_path: Path, sample: pd.DataFrame) -> None:

@@ -45,7 +45,10 @@ def to_epoch_ms(values: npt.ArrayLike, *, where: str) -> npt.NDArray[np.int64]:
         return raw.astype(np.int64)
     if not np.all(np.isfinite(raw)):
         bad = int(np.flatnonzero(~np.isfinite(raw))[0])
-        raise CandleDataError(f"{where}: timestamp at row {bad} is missing or not a number")
+        raise CandleDataError(
+            f"{where}: the timestamp of data row {bad + 1} is missing or not a number; fix or "
+            "drop that row"
+        )
     low, high = float(raw.min()), float(raw.max())
     if low < 0 or high >= _US_CEILING:
         bad = int(np.flatnonzero((raw < 0) | (raw >= _US_CEILING))[0])

@@ -269,14 +269,17 @@ def _name_positional(table: pd.DataFrame, names: tuple[str, ...], file: Path) ->
 def _numeric(table: pd.DataFrame, column: str, file: str) -> pd.Series:
     """A column as float64; a missing column, or text that is not a number, is refused."""
     if column not in table.columns:
-        raise CandleDataError(f"{file}: no {column!r} column among {list(table.columns)}")
+        raise CandleDataError(
+            f"{file}: no {column!r} column among {list(table.columns)}; name the column "
+            f"{column!r} in the header, or pass the file's layout"
+        )
     values = pd.to_numeric(table[column], errors="coerce")
     bad = values.isna() & table[column].notna()
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise CandleDataError(
             f"{file}: column {column!r}, data row {row + 1}, holds "
-            f"{table[column].iloc[row]!r}, which is not a number"
+            f"{table[column].iloc[row]!r}, which is not a number; fix or drop that row"
         )
     return values.astype(np.float64)
 
@@ -410,7 +413,10 @@ def _apply_symbol(
         return raw
     wanted = normalize_symbol(symbol)
     if wanted not in present:
-        raise CandleDataError(f"{file}: holds {present}, not {wanted}")
+        raise CandleDataError(
+            f"{file}: holds {present}, not {wanted}; name one of those markets, or replay a "
+            f"file of {wanted}"
+        )
     return raw.loc[raw["symbol"] == wanted].reset_index(drop=True)
 
 
