@@ -24,6 +24,8 @@ class Heartbeat:
     seen: float
     trading: dict[str, Any] | None = None
     halt_causes: tuple[HaltCause, ...] = ()
+    working_orders: int = 0
+    """Orders still working on the exchange (a live executor's ``orders_working`` counter)."""
 
     def age(self, now: float) -> float:
         """Seconds since it arrived."""
@@ -45,7 +47,12 @@ class BotObservations:
     def record(self, message: StatusMessage, now: float) -> None:
         """Take one status message in."""
         beat = Heartbeat(
-            message.state, message.message, now, message.trading, tuple(message.halt_causes)
+            message.state,
+            message.message,
+            now,
+            message.trading,
+            tuple(message.halt_causes),
+            message.counters.get("orders_working", 0),
         )
         if message.component == "feed":
             self.feed = beat

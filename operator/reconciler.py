@@ -295,7 +295,8 @@ class Reconciler:
         return int(beat.trading.get("openPositions") or 0)
 
     async def _flatten(self, namespace: str, name: str, reference: dict[str, Any]) -> None:
-        """Kill-switch the executor until it reports no open position, or give up at the timeout."""
+        """Kill-switch the executor until it reports no open position and no order still working
+        on the exchange (a cancelled entry may yet fill), or give up at the timeout."""
         key = f"{namespace}/{name}"
         timeout = self.config.finalizer_timeout_s
         deadline = self._clock() + timeout
@@ -309,15 +310,20 @@ class Reconciler:
             beat = self.observations.of(key).executor
             fresh = beat is not None and beat.age(self._clock()) <= self.config.heartbeat_timeout_s
             open_positions = self._open_positions(key)
-            if fresh and open_positions == 0:
+            working = 0 if beat is None else beat.working_orders
+            if fresh and open_positions == 0 and working == 0:
                 await self.events.post(
                     reference,
-                    EventSpec("Normal", "Flattened", "onDelete: flatten: no open position is left"),
+                    EventSpec(
+                        "Normal",
+                        "Flattened",
+                        "onDelete: flatten: no open position or working order is left",
+                    ),
                 )
                 return
             if self._clock() >= deadline:
                 why = (
-                    f"{open_positions} position(s) still open"
+                    f"{open_positions} position(s) still open, {working} order(s) working"
                     if fresh
                     else "no status from the executor"
                 )

@@ -91,6 +91,10 @@ class Workers:
         }
         self.controls: list[ControlMessage] = []
         self.halt_causes: list[HaltCause] = []
+        # Seconds a kill leaves an order working on the exchange (a live entry being cancelled),
+        # and when the executor last reported it.
+        self.working_after_kill = 0.0
+        self.working_until = 0.0
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._stop = threading.Event()
@@ -143,6 +147,11 @@ class Workers:
                         trading=dict(self.trading) if component == "executor" else None,
                         halt_causes=list(self.halt_causes) if component == "executor" else [],
                         model=model,
+                        counters=(
+                            {"orders_working": int(time.time() < self.working_until)}
+                            if component == "executor"
+                            else {}
+                        ),
                     )
                     for component, (state, message, model) in self.states.items()
                 ]
@@ -158,6 +167,8 @@ class Workers:
             if command.action in ("pause", "resume"):
                 self.trading["paused"] = command.action == "pause"
             elif command.action == "kill":
+                if not self.working_until:
+                    self.working_until = time.time() + self.working_after_kill
                 self.trading.update(
                     openPositions=0,
                     unrealizedPnl=0.0,
@@ -648,6 +659,7 @@ def test_deletion_flattens_positions_then_removes_everything(
 ) -> None:
     cluster.apply(bot_manifest("eta", onDelete="flatten"))
     workers = workers_for("eta")
+    workers.working_after_kill = 3.0  # a live entry still being cancelled after the kill
     all_running(workers)
     wait_for(lambda: cluster.phase("eta") == "Running", "phase Running")
     bot = cluster.bot("eta")
@@ -657,6 +669,7 @@ def test_deletion_flattens_positions_then_removes_everything(
     cluster.kubectl("delete", "tradingbot", "eta", "--wait=false")
     wait_for(lambda: cluster.bot("eta") is None, "the bot to be gone", timeout=FINALIZER_TIMEOUT)
     assert "kill" in workers.actions()
+    assert time.time() >= workers.working_until, "deleted while an order was still working"
     assert cluster.deployment("eta-executor") is None
     assert not cluster.core.list_namespaced_config_map(
         cluster.namespace, label_selector="kubetrade.io/bot=eta"
