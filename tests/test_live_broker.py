@@ -149,6 +149,29 @@ def test_rate_limits_back_off_and_the_order_goes_once(db_url: str) -> None:
     assert posts(fake) == 3 and len(fake.orders) == 1
 
 
+def test_trades_not_fetched_under_a_rate_limit_are_booked_on_the_next_refresh(
+    db_url: str,
+) -> None:
+    """The order filled but its trades could not be fetched (rate limited past the retries):
+    the fill is not lost or raised out of the router; the next refresh books it, once."""
+
+    async def scenario(fake, store, broker):
+        trades = "/api/v3/myTrades"
+        fake.faults.extend([Fault.rate_limited(path=trades, method="GET")] * 2)
+        b = await broker(attempts=2)
+        first = (await b.submit(decision(1))).order
+        second = await b.refresh(first.client_id)
+        again = await b.refresh(first.client_id)
+        return first, second, again
+
+    fake = FakeBinance()
+    first, second, again = run(db_url, scenario, fake)
+    assert first.status is not LiveStatus.FILLED  # not booked without its trades
+    assert second.order.status is LiveStatus.FILLED and second.trades
+    assert not again.trades  # booked once
+    assert posts(fake) == 1 and len(fake.orders) == 1
+
+
 def test_timeout_after_the_exchange_stored_the_order_is_resolved_not_resent(
     db_url: str,
 ) -> None:

@@ -319,7 +319,18 @@ class LiveBroker:
         trades: tuple[ExchangeTrade, ...] = ()
         exchange_id = order.exchange_id or update.exchange_id
         if update.filled > order.filled and exchange_id is not None:
-            trades = await self._trades(order.symbol, exchange_id)
+            try:
+                trades = await self._trades(order.symbol, exchange_id)
+            except Exception as error:
+                if classify(error) is ErrorKind.FATAL:
+                    raise
+                # Filled, but not yet booked: the order stays working in the journal and the
+                # next refresh asks again (a fill is never booked without its trades).
+                log.warning(
+                    "trades of a filled order not fetched; asking again at the next refresh",
+                    extra={"client_id": order.client_id, "error": type(error).__name__},
+                )
+                return Outcome(order)
         advanced, fresh = advance(order, update, trades)
         if advanced != order:
             await self.journal.journal_update(self.bot_key, advanced)
