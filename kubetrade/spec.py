@@ -139,6 +139,11 @@ class ExchangeSpec(_Model):
         description="Secret holding apiKey/secret for live trading.",
     )
     sandbox: bool = Field(default=False, description="Use the exchange's testnet, if it has one.")
+    websocket: bool = Field(
+        default=True,
+        description="Live candles over the exchange's WebSocket where ccxt supports it (a gap "
+        "after a lost connection is filled by REST); false polls REST.",
+    )
 
     @model_validator(mode="after")
     def _replay_needs_uri(self) -> ExchangeSpec:

@@ -169,7 +169,7 @@ def test_defaults_are_kept_without_nulls() -> None:
     assert nodes[".spec.timeframe"]["default"] == "1h"
     assert nodes[".spec.risk.breakers.maxDrawdownPct"]["default"] == 15
     assert nodes[".spec.exchange"]["default"] == {
-        "name": "synthetic", "speed": 0.0, "seed": 7, "sandbox": False
+        "name": "synthetic", "speed": 0.0, "seed": 7, "sandbox": False, "websocket": True
     }  # fmt: skip
     for path, node in nodes.items():
         if "default" in node:

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import ccxt.async_support as ccxt_async
+import ccxt.pro as ccxt_pro
 from ccxt.base.errors import NetworkError
 
 from kubetrade.domain import Candle, timeframe_ms
@@ -45,12 +46,16 @@ class OhlcvExchange(Protocol):
         ...
 
 
-def create_exchange(name: str, config: dict[str, Any] | None = None) -> ccxt_async.Exchange:
+def create_exchange(
+    name: str, config: dict[str, Any] | None = None, *, websocket: bool = False
+) -> ccxt_async.Exchange:
     """An async ccxt exchange by id (``binance``, ``kraken``, ...), rate limiting on.
 
+    ``websocket``: the ccxt.pro class when ccxt has one for this exchange (it also speaks REST).
     The caller owns it and must ``await exchange.close()``.
     """
-    factory = getattr(ccxt_async, name, None)
+    factory = getattr(ccxt_pro, name, None) if websocket else None
+    factory = factory if isinstance(factory, type) else getattr(ccxt_async, name, None)
     if not isinstance(factory, type):
         raise ExchangeError(
             f"unknown exchange {name!r}; use a ccxt exchange id such as "

@@ -8,8 +8,9 @@ run and a backtest over the same candles comparable fill for fill.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
 import pandas as pd
 
@@ -113,26 +114,32 @@ async def candle_source(
         for candle in _finite_candles(bot, data_file, window):
             yield candle
         return
-    async for candle in _exchange_candles(bot):
-        yield candle
+    # Closed with this generator, so the exchange's connections close with it.
+    async with contextlib.aclosing(_exchange_candles(bot)) as candles:
+        async for candle in candles:
+            yield candle
 
 
-async def _exchange_candles(bot: TradingBot) -> AsyncIterator[Candle]:
-    """Poll every symbol concurrently; candles are yielded as each one closes."""
-    from kubetrade.market.exchange import create_exchange, poll_closed_candles
+async def _exchange_candles(bot: TradingBot) -> AsyncGenerator[Candle, None]:
+    """Every symbol concurrently (over the WebSocket, or polled by REST: ``exchange.websocket``);
+    candles are yielded as each one closes."""
+    from kubetrade.market.exchange import create_exchange
+    from kubetrade.market.stream import closed_candles
 
     spec = bot.spec
-    exchange = create_exchange(spec.exchange.name, {"sandbox": spec.exchange.sandbox})
+    websocket = spec.exchange.websocket
+    config = {"sandbox": spec.exchange.sandbox}
+    exchange = create_exchange(spec.exchange.name, config, websocket=websocket)
     queue: asyncio.Queue[Candle | BaseException] = asyncio.Queue(maxsize=10_000)
 
-    async def poll(symbol: str) -> None:
+    async def follow(symbol: str) -> None:
         try:
-            async for candle in poll_closed_candles(exchange, symbol, spec.timeframe):
+            async for candle in closed_candles(exchange, symbol, spec.timeframe, stream=websocket):
                 await queue.put(candle)
         except Exception as error:
             await queue.put(error)
 
-    tasks = [asyncio.create_task(poll(symbol)) for symbol in spec.symbols]
+    tasks = [asyncio.create_task(follow(symbol)) for symbol in spec.symbols]
     try:
         while True:
             item = await queue.get()

@@ -23,11 +23,19 @@ What a test controls:
   it) above which requests get 429 (-1003); ``X-MBX-USED-WEIGHT-1M`` reports the window's use.
 
 Every request is recorded in ``requests`` (method, path, parameters, API key).
+
+Candles: ``klines`` (rows ``[open time, open, high, low, close, volume]``) answer
+``GET /api/v3/klines`` (``startTime``, ``endTime``, ``limit``); the market streams at
+``/ws/<n>`` accept a ``SUBSCRIBE`` and then play the next script of ``ws_sessions``, one per
+connection: kline events (:func:`kline_event`) sent in order, ending with :data:`DROP` (the
+server closes the connection) or not (the last event is sent again every ``ws_repeat_s``, as
+Binance repeats the open candle; an empty script stays silent). ``ws_connections`` counts them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import itertools
@@ -41,6 +49,8 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 FillKind = Literal["full", "partial", "never"]
+# A step of a WebSocket session script: the server closes the connection here.
+DROP = "drop"
 
 OPEN_STATUSES = ("NEW", "PARTIALLY_FILLED")
 DEFAULT_RECV_WINDOW_MS = 5_000
@@ -161,6 +171,10 @@ class FakeBinance:
     trades: list[dict[str, Any]] = field(default_factory=list)
     locked: dict[str, Decimal] = field(default_factory=dict)
     rate_limited: int = 0
+    klines: list[list[Any]] = field(default_factory=list)
+    ws_sessions: deque[list[dict[str, Any] | str]] = field(default_factory=deque)
+    ws_connections: int = 0
+    ws_repeat_s: float = 0.05
 
     def __post_init__(self) -> None:
         self._order_ids = itertools.count(1_000_001)
@@ -176,6 +190,7 @@ class FakeBinance:
     async def start(self) -> str:
         """Serve on 127.0.0.1 on a free port; the base URL (``http://127.0.0.1:PORT``)."""
         app = web.Application()
+        app.router.add_get("/ws/{stream}", self._websocket)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -233,6 +248,45 @@ class FakeBinance:
         if isinstance(answer, web.Response):
             raise ValueError(f"the fake refused the order: {answer.text}")
         return answer
+
+    # -- market streams -----------------------------------------------------------------------
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.ws_connections += 1
+        script = self.ws_sessions.popleft() if self.ws_sessions else []
+        subscribe = await ws.receive_json(timeout=5)
+        await ws.send_json({"result": None, "id": subscribe["id"]})
+        for step in script:
+            if step == DROP:
+                await ws.close()
+                return ws
+            await ws.send_json(step)
+            await asyncio.sleep(0.005)
+        # Binance pushes the open candle again and again; so does the fake with the last event
+        # until the client leaves (a session without events stays silent).
+        while not ws.closed and script:
+            await ws.send_json(script[-1])
+            with contextlib.suppress(TimeoutError):
+                await ws.receive(timeout=self.ws_repeat_s)
+        async for _ in ws:
+            pass
+        return ws
+
+    def _klines(self, params: dict[str, str]) -> list[list[Any]]:
+        start = int(params.get("startTime", 0))
+        end = int(params.get("endTime", 2**63))
+        rows = [r for r in self.klines if start <= r[0] <= end]
+        limit = int(params.get("limit", 500))
+        rows = rows[:limit] if "startTime" in params else rows[-limit:]
+        step = int(rows[1][0] - rows[0][0]) if len(rows) > 1 else 60_000
+        # Binance's row: open time, OHLCV as strings, close time, quote volume, trades, taker
+        # buy base and quote volumes, an ignored field.
+        return [
+            [r[0], *(_fmt(_dec(v)) for v in r[1:6]), r[0] + step - 1, "0", 1, "0", "0", "0"]
+            for r in rows
+        ]
 
     # -- HTTP ---------------------------------------------------------------------------------
 
@@ -299,6 +353,8 @@ class FakeBinance:
             return web.json_response({"serverTime": now})
         if (method, path) == ("GET", "/api/v3/ping"):
             return web.json_response({})
+        if (method, path) == ("GET", "/api/v3/klines"):
+            return web.json_response(self._klines(params))
         refusal = self._authenticate(method, path, query, body, params, now)
         if refusal is not None:
             return refusal
@@ -573,6 +629,43 @@ class FakeBinance:
             "exchangeFilters": [],
             "symbols": [_symbol_info(rules) for rules in self.symbols],
         }
+
+
+def kline_event(
+    symbol: str,
+    interval: str,
+    interval_ms: int,
+    row: list[Any],
+    *,
+    closed: bool,
+) -> dict[str, Any]:
+    """A Binance kline stream event for ``row`` (``[open time, open, high, low, close,
+    volume]``); ``closed`` is its ``x`` flag (the candle's final update)."""
+    t = int(row[0])
+    return {
+        "e": "kline",
+        "E": t + interval_ms - 1 if closed else t + interval_ms // 2,
+        "s": symbol,
+        "k": {
+            "t": t,
+            "T": t + interval_ms - 1,
+            "s": symbol,
+            "i": interval,
+            "f": 100,
+            "L": 200,
+            "o": _fmt(_dec(row[1])),
+            "c": _fmt(_dec(row[4])),
+            "h": _fmt(_dec(row[2])),
+            "l": _fmt(_dec(row[3])),
+            "v": _fmt(_dec(row[5])),
+            "n": 101,
+            "x": closed,
+            "q": "0",
+            "V": "0",
+            "Q": "0",
+            "B": "0",
+        },
+    }
 
 
 def _symbol_info(rules: SymbolRules) -> dict[str, Any]:
