@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,12 @@ from tests import shared_data
 from tests.shared_data import BTC_CSV, require_shared
 
 quiet_environment()
+
+# A shell starts a background job (`./.ci/run &`) with SIGINT ignored, and every child inherits
+# that: the tests that interrupt a run or a fixture with SIGINT need it delivered. A handler,
+# unlike "ignored", is reset to the default in the processes the tests start.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 pytest_plugins = ["tests.fixtures_db", "tests.controlplane.fixtures"]
 
