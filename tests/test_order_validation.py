@@ -3,6 +3,8 @@ minimums ccxt does not check, order types; the paper broker refuses what the liv
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import ccxt
@@ -170,3 +172,21 @@ def test_the_engine_refuses_what_the_market_refuses_and_truncates_to_the_step() 
     engine = TradingEngine(make_bot(execution={"initialCapital": 20_000}), {"BTC/USDT": rules})
     [order] = feed(engine, flat(0, 60000.123), 0.7).orders
     assert order.quantity == 0.16666  # 10,000 / 60,000.123 = 0.1666663..., truncated
+
+
+def test_our_tick_size_mode_is_ccxts() -> None:
+    from kubetrade.trading import validation
+
+    assert validation.TICK_SIZE == ccxt.TICK_SIZE
+
+
+def test_a_paper_worker_does_not_import_ccxt() -> None:
+    """``import ccxt`` costs ~65 MiB of every process; the executor's memory limit is 256 MiB."""
+    code = (
+        "import sys, kubetrade.workers.executor, kubetrade.workers.feed; "
+        "print(sorted(m for m in sys.modules if m == 'ccxt' or m.startswith('ccxt.')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]", loaded

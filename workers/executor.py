@@ -21,6 +21,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -71,7 +72,9 @@ from kubetrade.trading import ControlCommand, EngineOutput, EventError, NoticeKi
 from kubetrade.trading.live_engine import LiveEngine
 from kubetrade.trading.outputs import HaltEvent, Refusal, halt_events, refusals
 from kubetrade.trading.validation import MarketRules
-from kubetrade.workers.live import LiveRouter, open_broker
+
+if TYPE_CHECKING:
+    from kubetrade.workers.live import LiveRouter
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("kubetrade.executor")
@@ -415,7 +418,12 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
     nc = await connect(settings.nats_url, f"{bot.key}/executor", link)
     js = nc.jetstream()
     live = bot.spec.mode.value == "live"
-    broker = await open_broker(bot, db, os.environ) if live else None
+    broker = None
+    if live:
+        # Only a live executor imports ccxt (~90 MiB of exchange classes in every process).
+        from kubetrade.workers.live import LiveRouter, open_broker
+
+        broker = await open_broker(bot, db, os.environ)
     markets = broker.markets if broker is not None else None
     executor = Executor(bot, db, js, limit, markets, live)
     await ensure_stream(js, executor.subjects, limit)

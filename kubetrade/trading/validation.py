@@ -21,15 +21,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from types import ModuleType
 from typing import Any
-
-from ccxt.base.decimal_to_precision import (
-    NO_PADDING,
-    ROUND,
-    TICK_SIZE,
-    TRUNCATE,
-    decimal_to_precision,
-)
 
 from kubetrade.domain import Order, Side
 from kubetrade.trading.outputs import Rejection
@@ -43,6 +36,18 @@ class OrderType(StrEnum):
 
 
 Refusal = Rejection  # a refused order: code and message, like a refused entry
+
+# ccxt's precision mode of the exchanges that quote tick sizes (its ``TICK_SIZE``; a test
+# checks the value), named here so that importing this module does not import ccxt.
+TICK_SIZE = 4
+
+
+def _ccxt_precision() -> ModuleType:
+    """ccxt's rounding module, imported when first needed: ``import ccxt`` loads every exchange
+    class (~65 MiB), which a paper bot without markets never needs."""
+    from ccxt.base import decimal_to_precision
+
+    return decimal_to_precision
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +113,9 @@ def truncate_amount(rules: MarketRules, amount: float) -> float:
     ``amount_to_precision`` does (0 when less than one step)."""
     if rules.amount_precision is None:
         return amount
-    text = decimal_to_precision(
-        amount, TRUNCATE, rules.amount_precision, rules.precision_mode, NO_PADDING
+    ccxt = _ccxt_precision()
+    text = ccxt.decimal_to_precision(
+        amount, ccxt.TRUNCATE, rules.amount_precision, rules.precision_mode, ccxt.NO_PADDING
     )
     return float(text)
 
@@ -118,8 +124,9 @@ def round_price(rules: MarketRules, price: float) -> float:
     """``price`` rounded to the market's price precision, as ccxt's ``price_to_precision``."""
     if rules.price_precision is None:
         return price
-    text = decimal_to_precision(
-        price, ROUND, rules.price_precision, rules.precision_mode, NO_PADDING
+    ccxt = _ccxt_precision()
+    text = ccxt.decimal_to_precision(
+        price, ccxt.ROUND, rules.price_precision, rules.precision_mode, ccxt.NO_PADDING
     )
     return float(text)
 
