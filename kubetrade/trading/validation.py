@@ -18,6 +18,7 @@ exception: the caller records and counts it and the bot carries on.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -45,9 +46,7 @@ TICK_SIZE = 4
 def _ccxt_precision() -> ModuleType:
     """ccxt's rounding module, imported when first needed: ``import ccxt`` loads every exchange
     class (~65 MiB), which a paper bot without markets never needs."""
-    from ccxt.base import decimal_to_precision
-
-    return decimal_to_precision
+    return importlib.import_module("ccxt.base.decimal_to_precision")
 
 
 @dataclass(frozen=True, slots=True)
