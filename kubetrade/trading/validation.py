@@ -110,22 +110,20 @@ def _number(value: Any) -> float | None:
 def truncate_amount(rules: MarketRules, amount: float) -> float:
     """``amount`` truncated to the market's amount precision, as ccxt's
     ``amount_to_precision`` does (0 when less than one step)."""
-    if rules.amount_precision is None:
-        return amount
-    ccxt = _ccxt_precision()
-    text = ccxt.decimal_to_precision(
-        amount, ccxt.TRUNCATE, rules.amount_precision, rules.precision_mode, ccxt.NO_PADDING
-    )
-    return float(text)
+    return _to_precision(amount, "TRUNCATE", rules.amount_precision, rules.precision_mode)
 
 
 def round_price(rules: MarketRules, price: float) -> float:
     """``price`` rounded to the market's price precision, as ccxt's ``price_to_precision``."""
-    if rules.price_precision is None:
-        return price
+    return _to_precision(price, "ROUND", rules.price_precision, rules.precision_mode)
+
+
+def _to_precision(value: float, rounding: str, precision: float | None, mode: int) -> float:
+    if precision is None:
+        return value
     ccxt = _ccxt_precision()
     text = ccxt.decimal_to_precision(
-        price, ccxt.ROUND, rules.price_precision, rules.precision_mode, ccxt.NO_PADDING
+        value, getattr(ccxt, rounding), precision, mode, ccxt.NO_PADDING
     )
     return float(text)
 
