@@ -392,36 +392,26 @@ class TradingEngine:
         fee = self._broker.fee(quantity, price)
         held = self._portfolio.positions.get(order.symbol)
         if held is not None and held.entry_order_id == order.client_order_id:
-            out.fills.append(
-                Fill(
-                    client_order_id=order.client_order_id,
+            realized = self._portfolio.add(order.symbol, quantity, price, fee)
+        else:
+            side = (
+                PositionSide.LONG if order.reason is OrderReason.ENTRY_LONG else PositionSide.SHORT
+            )
+            levels = protective_levels(self._bot.spec.risk, side, price, pending.stop_distance)
+            realized = self._portfolio.open(
+                Position(
                     symbol=order.symbol,
-                    side=order.side,
+                    side=side,
                     quantity=quantity,
-                    price=price,
-                    fee=fee,
-                    time=candle.open_time,
-                    reason=order.reason,
-                    realized_pnl=self._portfolio.add(order.symbol, quantity, price, fee),
+                    entry_price=price,
+                    entry_time=candle.open_time,
+                    entry_fee=fee,
+                    entry_order_id=order.client_order_id,
+                    stop_price=levels.stop_price,
+                    take_profit_price=levels.take_profit_price,
+                    best_price=price,
                 )
             )
-            return
-        side = PositionSide.LONG if order.reason is OrderReason.ENTRY_LONG else PositionSide.SHORT
-        levels = protective_levels(self._bot.spec.risk, side, price, pending.stop_distance)
-        realized = self._portfolio.open(
-            Position(
-                symbol=order.symbol,
-                side=side,
-                quantity=quantity,
-                entry_price=price,
-                entry_time=candle.open_time,
-                entry_fee=fee,
-                entry_order_id=order.client_order_id,
-                stop_price=levels.stop_price,
-                take_profit_price=levels.take_profit_price,
-                best_price=price,
-            )
-        )
         out.fills.append(
             Fill(
                 client_order_id=order.client_order_id,
