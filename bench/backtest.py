@@ -14,8 +14,9 @@ candles; backtesting.py's includes its indicators.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
-import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,9 +26,10 @@ from kubetrade.backtest import run_backtest
 from kubetrade.market import generate, to_candles
 from kubetrade.spec import TradingBot, parse_bot
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.test_peer_agreement import CAPITAL, FEE, run_peer
+
 FAST, SLOW = 10, 30
-CAPITAL = 1e9
-FEE = 0.001
 
 
 def candles_frame(n: int) -> pd.DataFrame:
@@ -90,36 +92,12 @@ def kubetrade_rate(frame: pd.DataFrame, full_risk: bool) -> tuple[float, int]:
 
 
 def peer_rate(frame: pd.DataFrame) -> tuple[float, int]:
-    """Candles per second of backtesting.py's SmaCross (long only), and its trades."""
-    import backtesting
-    from backtesting.lib import crossover
+    """Candles per second of backtesting.py's SmaCross (long only), and its trades: the very
+    peer the agreement test checks trade by trade (tests/test_peer_agreement.py)."""
+    import backtesting  # noqa: F401  (imported before the clock starts)
 
-    class SmaCross(backtesting.Strategy):  # type: ignore[misc]
-        def init(self) -> None:
-            close = pd.Series(self.data.Close)
-            self.fast = self.I(lambda: close.rolling(FAST).mean().to_numpy())
-            self.slow = self.I(lambda: close.rolling(SLOW).mean().to_numpy())
-
-        def next(self) -> None:
-            if crossover(self.fast, self.slow):
-                self.buy(size=1 - 1e-12)
-            elif crossover(self.slow, self.fast) and self.position:
-                self.position.close()
-
-    data = pd.DataFrame(
-        {
-            "Open": frame["open"].to_numpy(),
-            "High": frame["high"].to_numpy(),
-            "Low": frame["low"].to_numpy(),
-            "Close": frame["close"].to_numpy(),
-            "Volume": frame["volume"].to_numpy(),
-        },
-        index=pd.to_datetime(frame["open_time"], unit="ms"),
-    )
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        stats = backtesting.Backtest(data, SmaCross, cash=CAPITAL, commission=FEE).run()
+    stats = run_peer(frame, FAST, SLOW)
     return len(frame) / (time.perf_counter() - start), int(stats["# Trades"])
 
 
