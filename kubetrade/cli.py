@@ -314,6 +314,14 @@ _attach_training()
     show_default=True,
     help="Seconds a deletion waits for positions to flatten.",
 )
+@click.option(
+    "--resync-interval",
+    type=float,
+    default=60.0,
+    envvar="KUBETRADE_RESYNC_INTERVAL",
+    show_default=True,
+    help="Seconds between reads of every owned object (restores drift no watch event showed).",
+)
 @click.option("--log-level", default="INFO", envvar="KUBETRADE_LOG_LEVEL")
 def operator_command(
     namespaces: tuple[str, ...],
@@ -335,6 +343,7 @@ def operator_command(
     status_interval: float,
     heartbeat_timeout: float,
     finalizer_timeout: float,
+    resync_interval: float,
     log_level: str,
 ) -> None:
     """Run the TradingBot operator (kopf): one replica per cluster."""
@@ -360,6 +369,7 @@ def operator_command(
         status_interval=status_interval,
         heartbeat_timeout=heartbeat_timeout,
         finalizer_timeout=finalizer_timeout,
+        resync_interval=resync_interval,
         log_level=log_level,
     )
     run_operator(options)

@@ -17,7 +17,7 @@ import kopf
 from kubetrade.operator.config import OperatorConfig
 from kubetrade.operator.handlers import register
 from kubetrade.operator.kubeapi import Connection, KubeApi
-from kubetrade.operator.metrics import MetricsServer
+from kubetrade.operator.metrics import RESYNCS, MetricsServer
 from kubetrade.operator.reconciler import Reconciler
 from kubetrade.operator.statusloop import StatusLoop, cancel
 from kubetrade.operator.wiring import Collaborators
@@ -43,6 +43,7 @@ class Operator:
             MetricsServer(config.metrics_host, config.metrics_port) if config.metrics_port else None
         )
         self._loop_task: asyncio.Task[None] | None = None
+        self._resync_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Connect to NATS, serve metrics and start the status loop (kopf's startup)."""
@@ -50,6 +51,7 @@ class Operator:
         if self.metrics is not None:
             await self.metrics.start()
         self._loop_task = asyncio.create_task(self.status.run(), name="status-loop")
+        self._resync_task = asyncio.create_task(self._resync_forever(), name="resync")
         log.info(
             "operator started",
             extra={
@@ -62,11 +64,24 @@ class Operator:
     async def stop(self) -> None:
         """Stop the loop, NATS, metrics and the API session (kopf's cleanup)."""
         await cancel(self._loop_task)
+        await cancel(self._resync_task)
         await self.heartbeats.stop()
         if self.metrics is not None:
             await self.metrics.stop()
         await self.api.close()
         await self.status_api.close()
+
+    async def _resync_forever(self) -> None:
+        """Resync every ``resync_interval_s``; a failing pass is logged and the next one runs."""
+        while True:
+            await asyncio.sleep(self.config.resync_interval_s)
+            try:
+                await self.reconciler.resync()
+            except Exception:
+                RESYNCS.labels("error").inc()
+                log.exception("resync failed")
+            else:
+                RESYNCS.labels("ok").inc()
 
     async def finalize(self, body: Mapping[str, Any]) -> None:
         """A bot is being deleted: the reconciler's finalizer, then forget its bookkeeping."""

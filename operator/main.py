@@ -35,6 +35,7 @@ class OperatorOptions:
     status_interval: float = 5.0
     heartbeat_timeout: float = 10.0
     finalizer_timeout: float = 60.0
+    resync_interval: float = 60.0
     log_level: str = "INFO"
 
     def config(self) -> OperatorConfig:
@@ -63,6 +64,7 @@ class OperatorOptions:
             trading_interval_s=self.status_interval,
             heartbeat_timeout_s=self.heartbeat_timeout,
             finalizer_timeout_s=self.finalizer_timeout,
+            resync_interval_s=self.resync_interval,
             metrics_host=self.metrics_host,
             metrics_port=self.metrics_port,
             liveness_endpoint=self.liveness,

@@ -40,6 +40,12 @@ RESTORED = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+RESYNCS = Counter(
+    "kubetrade_operator_resyncs_total",
+    "Periodic reads of every owned object, by outcome (ok: the pass completed)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 STATUS_WRITES = Counter(
     "kubetrade_operator_status_writes_total",
     "TradingBot status writes, by outcome",

@@ -2,7 +2,8 @@
 
 ``reconcile`` renders the bot with the same pure ``render`` that ``kubetrade run`` uses and
 server-side applies every object under one field manager. ``restore`` puts back an owned
-object that was deleted or edited by hand. ``finalize`` runs when a bot is deleted: it
+object that was deleted or edited by hand; ``resync`` does the same from a periodic read, for
+changes no watch event reported. ``finalize`` runs when a bot is deleted: it
 flattens or leaves positions as ``spec.onDelete`` says, bounded by a timeout, then deletes
 what the bot owns.
 """
@@ -23,7 +24,7 @@ from kubetrade.messages import ControlMessage
 from kubetrade.operator.bots import BotRecord, config_hashes, object_key
 from kubetrade.operator.conditions import READY, condition, merge, timestamp
 from kubetrade.operator.drift import differences
-from kubetrade.operator.kubeapi import KINDS, ApiError
+from kubetrade.operator.kubeapi import KINDS, ApiError, kind_of
 from kubetrade.operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, RESTORED
 from kubetrade.operator.status import (
     KILL_REASON,
@@ -107,6 +108,9 @@ class Reconciler:
         self.events = parts.events
         self._clock = clock
         self._applying: set[str] = set()
+        # Owned objects deleted or edited while their bot was being applied: the apply may
+        # have sent them before the change, so they are applied again once it ends.
+        self._changed_while_applying: dict[str, set[str]] = {}
         # Bots applied at once: hundreds of bots arriving together are applied a batch at a
         # time instead of queueing thousands of requests on the connection pool.
         self._concurrent = asyncio.Semaphore(CONCURRENT_RECONCILES)
@@ -140,6 +144,7 @@ class Reconciler:
                     await asyncio.gather(
                         *(self.api.apply(o, self.config.field_manager) for o in objects)
                     )
+                    await self._apply_changed_meanwhile(key, record)
             except ApiError as error:
                 RECONCILE_ERRORS.labels("api").inc()
                 RECONCILES.labels(trigger, "error").inc()
@@ -154,6 +159,7 @@ class Reconciler:
                 raise InvalidBotError(str(error)) from error
             finally:
                 self._applying.discard(key)
+                self._changed_while_applying.pop(key, None)
             record.applied_generation = bot.metadata.generation
             record.reconcile_error = None
             RECONCILES.labels(trigger, "applied").inc()
@@ -216,36 +222,89 @@ class Reconciler:
         except ApiError as write_error:
             log.warning("could not write status", extra={"bot": key, "error": str(write_error)})
 
+    async def _apply_changed_meanwhile(self, key: str, record: BotRecord) -> None:
+        """Apply again the objects of ``key`` changed by someone else during its apply."""
+        while names := self._changed_while_applying.pop(key, None):
+            await asyncio.gather(
+                *(
+                    self.api.apply(record.objects[name], self.config.field_manager)
+                    for name in sorted(names)
+                    if name in record.objects
+                )
+            )
+
     async def restore(self, event_type: str | None, obj: Mapping[str, Any]) -> bool:
         """Put an owned object back as rendered when it was deleted or edited; True if it was."""
         meta = obj.get("metadata", {})
         bot_name = (meta.get("labels") or {}).get(BOT_LABEL)
-        key = f"{meta.get('namespace')}/{bot_name}"
-        record = self.bots.get(key)
-        if record is None or record.deleting or key in self._applying:
+        record = self.bots.get(f"{meta.get('namespace')}/{bot_name}")
+        if record is None:
             return False
-        if record.applied_generation is None or record.reconcile_error is not None:
-            return False
-        name = object_key(obj)
+        live = None if event_type == "DELETED" else obj
+        return await self._restore(record, object_key(obj), live)
+
+    async def resync(self) -> int:
+        """Check every owned object of every bot against the API server; restore what drifted.
+
+        Watch events are not enough on their own: an object deleted while the operator was
+        starting (after its bot was applied, before the watch of its kind listed) has no event
+        to come. Returns how many objects were restored.
+        """
+        records = [r for r in self.bots if r.objects and not r.deleting]
+        # One list per namespace and kind (list and watch are all the chart's Role grants).
+        wanted = {(ns, kind_of(o)) for r in records for o in r.objects.values()
+                  for ns in [o["metadata"]["namespace"]]}  # fmt: skip
+        live: dict[str, dict[str, Any]] = {}
+        unread: set[tuple[str, str]] = set()
+        for namespace, kind in wanted:
+            try:
+                items = await self.api.list(kind, namespace, BOT_LABEL)
+            except ApiError as error:
+                log.warning(
+                    "could not list owned objects",
+                    extra={"namespace": namespace, "kind": kind.kind, "error": str(error)},
+                )
+                unread.add((namespace, kind.kind))
+                continue
+            for item in items:
+                # Items of a list carry neither field; the rendered objects do.
+                obj = {"apiVersion": kind.api_version, "kind": kind.kind, **item}
+                live[f"{namespace}/{object_key(obj)}"] = obj
+        restored = 0
+        for record in records:
+            for name, desired in list(record.objects.items()):
+                namespace = desired["metadata"]["namespace"]
+                if (namespace, desired["kind"]) not in unread:
+                    restored += await self._restore(record, name, live.get(f"{namespace}/{name}"))
+        return restored
+
+    async def _restore(self, record: BotRecord, name: str, live: Mapping[str, Any] | None) -> bool:
+        """Apply ``name`` of ``record`` again if ``live`` (None: deleted) differs from it."""
+        key = record.key
         desired = record.objects.get(name)
-        if desired is None:
+        if desired is None or record.deleting:
             return False
-        if event_type == "DELETED":
+        if live is None:
             what = "was deleted"
         else:
-            changed = differences(desired, obj)
+            changed = differences(desired, live)
             if not changed:
                 return False
             what = "was changed at " + ", ".join(changed[:5])
+        if key in self._applying:
+            self._changed_while_applying.setdefault(key, set()).add(name)
+            return False
+        if record.applied_generation is None or record.reconcile_error is not None:
+            return False
         try:
             await self.api.apply(desired, self.config.field_manager)
         except ApiError as error:
-            # The object's next event (or the bot's next reconcile) tries again.
+            # The object's next event (or the next resync) tries again.
             log.warning(
                 "could not restore", extra={"bot": key, "object": name, "error": str(error)}
             )
             return False
-        RESTORED.labels(obj.get("kind", "")).inc()
+        RESTORED.labels(desired.get("kind", "")).inc()
         await self.events.post(
             record.reference(),
             EventSpec("Normal", "ObjectRestored", f"{name} {what}; restored as rendered"),

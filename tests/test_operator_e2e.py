@@ -49,6 +49,7 @@ GROUP, VERSION, PLURAL = "kubetrade.io", "v1alpha1", "tradingbots"
 MODEL = "kubetrade-baseline"
 HEARTBEAT_TIMEOUT = 3.0
 FINALIZER_TIMEOUT = 6.0
+RESYNC_INTERVAL = 2.0
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -291,6 +292,18 @@ class OperatorProcess:
             return bool(response.status == 200)
         return False
 
+    def read_metrics(self) -> str:
+        """The operator's Prometheus exposition text."""
+        with urllib.request.urlopen(self.metrics, timeout=5) as response:
+            return str(response.read().decode())
+
+    def metric(self, sample: str) -> float:
+        """The value of one sample (``name{labels}``), 0 when it was never set."""
+        for line in self.read_metrics().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[-1])
+        return 0.0
+
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
@@ -367,6 +380,7 @@ def operator_process(
         "--status-interval", "1",
         "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT),
         "--finalizer-timeout", str(FINALIZER_TIMEOUT),
+        "--resync-interval", str(RESYNC_INTERVAL),
         "--image", "registry.example/kubetrade:test",
     ]  # fmt: skip
     operator = OperatorProcess(command, env, work, ports)
@@ -780,8 +794,7 @@ def test_credentials_stay_in_their_secret(
 def test_metrics_liveness_and_spans(cluster: Cluster, operator_process: OperatorProcess) -> None:
     cluster.apply(bot_manifest("lambda"))
     wait_for(lambda: cluster.phase("lambda"), "a first status")
-    with urllib.request.urlopen(operator_process.metrics, timeout=5) as response:
-        metrics = response.read().decode()
+    metrics = operator_process.read_metrics()
     for name in (
         "kubetrade_operator_reconciles_total",
         "kubetrade_operator_reconcile_errors_total",
@@ -840,6 +853,17 @@ def test_a_restarted_operator_resumes_every_bot_and_keeps_its_status(
         wait_for(written, f"the resumed operator to write equity {equity}")
     assert cluster.condition("mu", "Ready") == before
     assert cluster.event_reasons("mu").count("Running") == phase_events
-    with urllib.request.urlopen(operator_process.metrics, timeout=5) as response:
-        metrics = response.read().decode()
+    metrics = operator_process.read_metrics()
     assert 'kubetrade_operator_reconciles_total{outcome="applied",trigger="resume"}' in metrics
+    # Two whole resyncs of the resumed operator find nothing else to restore: the deleted
+    # Deployment was put back once (by the watch, the resume or a resync), nothing of the
+    # untouched bot differs from what it rendered.
+    passes = operator_process.metric('kubetrade_operator_resyncs_total{outcome="ok"}')
+    wait_for(
+        lambda: (
+            operator_process.metric('kubetrade_operator_resyncs_total{outcome="ok"}') >= passes + 2
+        ),
+        "two more resync passes",
+        timeout=RESYNC_INTERVAL * 4,
+    )
+    assert cluster.event_reasons("mu").count("ObjectRestored") <= 1
