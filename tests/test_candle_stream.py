@@ -13,8 +13,8 @@ import ccxt.pro as ccxt_pro
 import pytest
 
 from kubetrade.domain import Candle
-from kubetrade.live.exchange import EXCHANGE_OPTIONS, point_at
 from kubetrade.market import exchange as market_exchange
+from kubetrade.market.exchange import EXCHANGE_OPTIONS, point_at
 from kubetrade.market.sources import candle_source
 from kubetrade.market.stream import closed_candles, stream_closed_candles, streams
 from kubetrade.spec import parse_bot
@@ -180,9 +180,11 @@ def test_rest_polling_is_the_fallback() -> None:
 
 
 @pytest.mark.parametrize("websocket", [True, False])
-def test_the_feed_source_follows_spec_exchange_websocket(
+def test_the_feed_source_follows_spec_exchange_websocket_and_the_api_base(
     websocket: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The feed's exchange client goes where the executor's does: KUBETRADE_EXCHANGE_API_BASE
+    sends its REST and WebSocket requests to the fake (no other candle source needed)."""
     document = {
         "apiVersion": "kubetrade.io/v1alpha1",
         "kind": "TradingBot",
@@ -204,12 +206,15 @@ def test_the_feed_source_follows_spec_exchange_websocket(
         asked: list[bool] = []
         made: list[Any] = []
 
-        def create(name: str, config: Any = None, *, websocket: bool = False) -> Any:
-            asked.append(websocket)
-            made.append(pro_binance(base) if websocket else rest_binance(base))
+        real = market_exchange.create_exchange
+
+        def create(name: str, config: Any = None, **options: Any) -> Any:
+            asked.append(options["websocket"])
+            made.append(real(name, config, **options))
             return made[-1]
 
         monkeypatch.setattr(market_exchange, "create_exchange", create)
+        monkeypatch.setenv("KUBETRADE_EXCHANGE_API_BASE", base)
         source = candle_source(bot)
         assert isinstance(source, AsyncGenerator)
         try:

@@ -39,8 +39,9 @@ from dataclasses import dataclass
 from kubetrade.errors import InvalidInputError
 from kubetrade.live.broker import LiveBroker
 from kubetrade.live.budget import AccountBudget
-from kubetrade.live.exchange import ENV_EXCHANGE_API_BASE, Credentials, connect_exchange
+from kubetrade.live.exchange import Credentials, connect_exchange
 from kubetrade.live.reconcile import Reconciliation, reconcile
+from kubetrade.market.exchange import exchange_api_base
 from kubetrade.market.symbols import base_currency
 from kubetrade.spec import TradingBot
 from kubetrade.store import AsyncStore
@@ -81,7 +82,7 @@ async def open_broker(bot: TradingBot, store: AsyncStore, environ: Mapping[str, 
         exchange_spec.name,
         credentials,
         sandbox=exchange_spec.sandbox,
-        api_base=environ.get(ENV_EXCHANGE_API_BASE) or None,
+        api_base=exchange_api_base(environ),
         timeout_ms=int(_number(environ, ENV_TIMEOUT_MS, 10_000)),
     )
     try:

@@ -65,8 +65,22 @@ from kubetrade.trading.validation import MarketRules, OrderType, check_order
 
 log = logging.getLogger(__name__)
 
-# Exchanges whose fetch_order finds an order by client id, and the parameter it takes.
-FETCH_BY_CLIENT_ID = {"binance": "origClientOrderId"}
+# How each exchange finds an order by its client id: ccxt methods tried in turn, each with the
+# parameter that carries the id (the exchange filters server-side), or None where the exchange
+# has no such filter and the recent orders are matched here (Coinbase Advanced's order list).
+# Binance's GET /api/v3/order takes origClientOrderId; Bybit's /v5/order/realtime and
+# /v5/order/history take orderLinkId; Kraken's OpenOrders and ClosedOrders take cl_ord_id (which
+# ccxt fills from clientOrderId); Kraken's AddOrder does not echo it, so this is how its orders
+# are found again.
+FIND_BY_CLIENT_ID: dict[str, tuple[tuple[str, str | None], ...]] = {
+    "binance": (("fetch_order", "origClientOrderId"),),
+    "bybit": (
+        ("fetch_open_orders", "orderLinkId"),
+        ("fetch_canceled_and_closed_orders", "orderLinkId"),
+    ),
+    "kraken": (("fetch_open_orders", "clientOrderId"), ("fetch_closed_orders", "clientOrderId")),
+    "coinbase": (("fetch_orders", None),),
+}
 # Exchanges whose fetch_my_trades filters by order id server-side.
 TRADES_BY_ORDER_ID = {"binance": "orderId"}
 
@@ -155,8 +169,11 @@ class LiveBroker:
         self._clock = clock
         self._unresolved_since: dict[str, float] = {}
         # The account's request budget shared with the other bots on it (None: ccxt's own
-        # per-process limiter only).
+        # per-process limiter only). Where the budget governs, ccxt's limiter is off: it knows
+        # nothing of the other bots and only spaced this process's requests (~200 ms each on
+        # Binance) beneath a limit the budget already keeps.
         self.budget = budget
+        exchange.enableRateLimit = budget is None
 
     @classmethod
     async def open(
@@ -285,15 +302,19 @@ class LiveBroker:
     async def cancel(self, client_id: str) -> Outcome:
         """Cancel an open order; its fills so far stay."""
         order = self.orders[client_id]
-        if order.is_terminal:
+        if order.exchange_id is None and not order.is_terminal:
+            # Sent, but its answer was lost: the exchange's id comes from a lookup by client id.
+            order = (await self.refresh(client_id)).order
+        if order.is_terminal or order.exchange_id is None:
             return Outcome(order)
-        if order.exchange_id is not None:
-            # An order already gone (filled, expired) is no error: the refresh says how.
-            with contextlib.suppress(OrderNotFound):
-                await self._call(
-                    lambda: self.exchange.cancel_order(order.exchange_id, order.symbol),
-                    method="cancel_order",
-                )
+        exchange_id = order.exchange_id
+        # An order already gone (filled, expired) is no error: the refresh says how. Binance
+        # and Kraken answer "unknown order" (OrderNotFound), Coinbase a failed cancel.
+        with contextlib.suppress(OrderNotFound, BadRequest, InvalidOrder):
+            await self._call(
+                lambda: self.exchange.cancel_order(exchange_id, order.symbol),
+                method="cancel_order",
+            )
         return await self.refresh(client_id)
 
     async def balances(self) -> dict[str, float]:
@@ -370,35 +391,27 @@ class LiveBroker:
 
     async def _find(self, order: LiveOrder) -> dict[str, Any] | None:
         """The exchange's order with this client id, or None if it has none."""
-        param = FETCH_BY_CLIENT_ID.get(self.exchange_name)
-        if param is not None:
-            try:
-                found: dict[str, Any] = await self._call(
-                    lambda: self.exchange.fetch_order(
-                        order.exchange_id, order.symbol, {param: order.client_id}
-                    ),
-                    reads=True,
-                    method="fetch_order",
+        for method, param in FIND_BY_CLIENT_ID[self.exchange_name]:
+            params = {} if param is None else {param: order.client_id}
+            fetch = getattr(self.exchange, method)
+            if method == "fetch_order":
+                try:
+                    candidates = [
+                        await self._call(
+                            partial(fetch, order.exchange_id, order.symbol, params), True, method
+                        )
+                    ]
+                except OrderNotFound:
+                    continue
+            else:
+                candidates = await self._call(
+                    partial(fetch, order.symbol, None, None, params), True, method
                 )
-            except OrderNotFound:
-                return None
-            return found
-        candidates = await self._call(
-            lambda: self.exchange.fetch_open_orders(order.symbol),
-            reads=True,
-            method="fetch_open_orders",
-        )
-        if self.exchange.has.get("fetchClosedOrders"):
-            candidates += await self._call(
-                lambda: self.exchange.fetch_closed_orders(order.symbol),
-                reads=True,
-                method="fetch_closed_orders",
-            )
-        for candidate in candidates:
-            if candidate.get("clientOrderId") == order.client_id or (
-                order.exchange_id is not None and candidate.get("id") == order.exchange_id
-            ):
-                return dict(candidate)
+            for candidate in candidates:
+                if candidate.get("clientOrderId") == order.client_id or (
+                    order.exchange_id is not None and candidate.get("id") == order.exchange_id
+                ):
+                    return dict(candidate)
         return None
 
     async def _trades(self, symbol: str, exchange_id: str) -> tuple[ExchangeTrade, ...]:

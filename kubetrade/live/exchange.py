@@ -8,33 +8,27 @@ stored or reported, and :class:`Credentials` never shows them in a ``repr``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import ccxt.async_support as ccxt_async
 
-from kubetrade.errors import ExchangeError, InvalidInputError
-from kubetrade.market.exchange import create_exchange
+from kubetrade.errors import InvalidInputError
+from kubetrade.market.exchange import ENV_EXCHANGE_API_BASE, EXCHANGE_OPTIONS, create_exchange
 from kubetrade.render import ENV_EXCHANGE_API_KEY, ENV_EXCHANGE_SECRET
+
+# ENV_EXCHANGE_API_BASE is the feed's override too (``market.exchange.exchange_api_base``).
+__all__ = [
+    "ENV_EXCHANGE_API_BASE",
+    "ENV_EXCHANGE_PASSWORD",
+    "EXCHANGE_OPTIONS",
+    "Credentials",
+    "connect_exchange",
+]
 
 # Optional third credential some exchanges need (e.g. a passphrase).
 ENV_EXCHANGE_PASSWORD = "KUBETRADE_EXCHANGE_PASSWORD"
-# Every request of the live executor to this host instead (``http://127.0.0.1:PORT``): a local
-# stand-in for the exchange, as the tests use.
-ENV_EXCHANGE_API_BASE = "KUBETRADE_EXCHANGE_API_BASE"
-
-_HOST = re.compile(r"^https?://[^/]+")
-
-# Binance answers a spot-only market load from exchangeInfo alone with these options.
-EXCHANGE_OPTIONS: dict[str, dict[str, Any]] = {
-    "binance": {
-        "fetchMarkets": {"types": ["spot"]},
-        "fetchCurrencies": False,
-        "fetchMargins": False,
-    },
-}
 
 
 @dataclass(frozen=True, repr=False)
@@ -65,15 +59,6 @@ class Credentials:
         return cls(api_key=api_key, secret=secret, password=environ.get(ENV_EXCHANGE_PASSWORD))
 
 
-def point_at(exchange: ccxt_async.Exchange, base_url: str) -> None:
-    """Send every request of ``exchange`` to ``base_url`` (``http://host:port``), keeping each
-    API's path: how tests put a local fake exchange in place of the real one."""
-    api = exchange.urls["api"]
-    for key, value in list(api.items()):
-        if isinstance(value, str):
-            api[key] = _HOST.sub(base_url, value)
-
-
 def connect_exchange(
     name: str,
     credentials: Credentials,
@@ -96,15 +81,4 @@ def connect_exchange(
     }
     if credentials.password is not None:
         config["password"] = credentials.password
-    exchange = create_exchange(name, config)
-    if sandbox:
-        try:
-            exchange.set_sandbox_mode(True)
-        except ccxt_async.NotSupported:
-            raise ExchangeError(
-                f"exchange {name} has no testnet in ccxt; set spec.exchange.sandbox: false "
-                "(real orders) or trade on an exchange with a sandbox"
-            ) from None
-    if api_base is not None:
-        point_at(exchange, api_base)
-    return exchange
+    return create_exchange(name, config, sandbox=sandbox, api_base=api_base)

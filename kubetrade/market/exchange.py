@@ -5,6 +5,10 @@ it closes; publishing it would feed the model a candle that never existed. So ea
 only candles whose close time has passed on the exchange's clock, drops those already
 delivered, de-duplicates, and advances a cursor. The parsing and selection are pure functions
 (tested on recorded responses); ``poll_closed_candles`` is the async loop around them.
+
+:func:`create_exchange` makes the ccxt client of the feed and of the live executor alike, so
+both take the same testnet (``sandbox``) and the same stand-in host
+(``KUBETRADE_EXCHANGE_API_BASE``, :func:`exchange_api_base`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+import os
+import re
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import ccxt.async_support as ccxt_async
@@ -24,6 +30,23 @@ from kubetrade.errors import ExchangeError
 from kubetrade.market.symbols import normalize_symbol
 
 log = logging.getLogger(__name__)
+
+# Every request of the bot's exchange client (REST and WebSocket, feed and executor alike) to
+# this host instead (``http://127.0.0.1:PORT``): a local stand-in for the exchange, as tests use.
+ENV_EXCHANGE_API_BASE = "KUBETRADE_EXCHANGE_API_BASE"
+
+# Binance answers a spot-only market load from exchangeInfo alone with these options: what the
+# live executor trades (Binance spot) and all a local stand-in serves.
+EXCHANGE_OPTIONS: dict[str, dict[str, Any]] = {
+    "binance": {
+        "fetchMarkets": {"types": ["spot"]},
+        "fetchCurrencies": False,
+        "fetchMargins": False,
+    },
+}
+
+_HTTP_HOST = re.compile(r"^https?://[^/]+")
+_WS_HOST = re.compile(r"^wss?://[^/]+")
 
 
 class OhlcvExchange(Protocol):
@@ -46,13 +69,42 @@ class OhlcvExchange(Protocol):
         ...
 
 
+def exchange_api_base(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The host every exchange request goes to instead (``KUBETRADE_EXCHANGE_API_BASE``), if
+    set: read the same way by the feed and the executor."""
+    return environ.get(ENV_EXCHANGE_API_BASE) or None
+
+
+def point_at(exchange: ccxt_async.Exchange, base_url: str) -> None:
+    """Send every request of ``exchange`` to ``base_url`` (``http://host:port``), keeping each
+    API's path: REST hosts become ``base_url``, WebSocket hosts its ``ws://`` twin."""
+    ws_base = _HTTP_HOST.sub(lambda m: m.group(0).replace("http", "ws", 1), base_url)
+
+    def rewrite(urls: dict[str, Any]) -> None:
+        for key, value in list(urls.items()):
+            if isinstance(value, dict):
+                rewrite(value)
+            elif isinstance(value, str):
+                urls[key] = _WS_HOST.sub(ws_base, _HTTP_HOST.sub(base_url, value))
+
+    rewrite(exchange.urls["api"])
+
+
 def create_exchange(
-    name: str, config: dict[str, Any] | None = None, *, websocket: bool = False
+    name: str,
+    config: dict[str, Any] | None = None,
+    *,
+    websocket: bool = False,
+    sandbox: bool = False,
+    api_base: str | None = None,
 ) -> ccxt_async.Exchange:
-    """An async ccxt exchange by id (``binance``, ``kraken``, ...), rate limiting on.
+    """An async ccxt exchange by id (``binance``, ``kraken``, ...), ccxt's rate limiting on
+    (the live broker turns it off where the account's shared budget governs).
 
     ``websocket``: the ccxt.pro class when ccxt has one for this exchange (it also speaks REST).
-    The caller owns it and must ``await exchange.close()``.
+    ``sandbox``: the exchange's testnet (refused for an exchange ccxt knows none for).
+    ``api_base``: every request to that host (:func:`point_at`), with the options a stand-in
+    needs (:data:`EXCHANGE_OPTIONS`). The caller owns it and must ``await exchange.close()``.
     """
     factory = getattr(ccxt_pro, name, None) if websocket else None
     factory = factory if isinstance(factory, type) else getattr(ccxt_async, name, None)
@@ -61,7 +113,24 @@ def create_exchange(
             f"unknown exchange {name!r}; use a ccxt exchange id such as "
             f"{', '.join(ccxt_async.exchanges[:6])} (full list: ccxt.exchanges)"
         )
-    exchange: ccxt_async.Exchange = factory({"enableRateLimit": True, **(config or {})})
+    settings: dict[str, Any] = {"enableRateLimit": True, **(config or {})}
+    if api_base is not None:
+        settings["options"] = {**EXCHANGE_OPTIONS.get(name, {}), **settings.get("options", {})}
+    exchange: ccxt_async.Exchange = factory(settings)
+    if sandbox:
+        try:
+            # ccxt lists Kraken's and Coinbase's testnet as None: set_sandbox_mode would fail
+            # with a TypeError instead of NotSupported.
+            if not exchange.urls.get("test"):
+                raise ccxt_async.NotSupported(name)
+            exchange.set_sandbox_mode(True)
+        except ccxt_async.NotSupported:
+            raise ExchangeError(
+                f"exchange {name} has no testnet in ccxt; set spec.exchange.sandbox: false "
+                "(real orders) or trade on an exchange with a sandbox"
+            ) from None
+    if api_base is not None:
+        point_at(exchange, api_base)
     return exchange
 
 

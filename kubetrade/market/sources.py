@@ -123,13 +123,19 @@ async def candle_source(
 async def _exchange_candles(bot: TradingBot) -> AsyncGenerator[Candle, None]:
     """Every symbol concurrently (over the WebSocket, or polled by REST: ``exchange.websocket``);
     candles are yielded as each one closes."""
-    from kubetrade.market.exchange import create_exchange
+    from kubetrade.market.exchange import create_exchange, exchange_api_base
     from kubetrade.market.stream import closed_candles
 
     spec = bot.spec
     websocket = spec.exchange.websocket
-    config = {"sandbox": spec.exchange.sandbox}
-    exchange = create_exchange(spec.exchange.name, config, websocket=websocket)
+    # The executor's connection takes the same testnet and the same stand-in host, so a live
+    # bot's candles and orders come from one exchange.
+    exchange = create_exchange(
+        spec.exchange.name,
+        websocket=websocket,
+        sandbox=spec.exchange.sandbox,
+        api_base=exchange_api_base(),
+    )
     queue: asyncio.Queue[Candle | BaseException] = asyncio.Queue(maxsize=10_000)
 
     async def follow(symbol: str) -> None:
