@@ -78,3 +78,23 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             red=True,
             bold=True,
         )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """At exit, drop log handlers left writing to a stream pytest has closed by then.
+
+    A test that runs a worker in-process points the root logger at the stderr pytest captured;
+    at interpreter exit pgserver's cleanup logs through it and Python prints a "Logging error"
+    traceback after the results. Registered now, this runs before that cleanup (atexit is
+    last in, first out).
+    """
+    import atexit
+    import logging
+
+    def drop_closed() -> None:
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            if getattr(getattr(handler, "stream", None), "closed", False):
+                root.removeHandler(handler)
+
+    atexit.register(drop_closed)
