@@ -1,11 +1,14 @@
 """Backtest speed beside a peer: the SMA(10/30) crossover on the same candles in kubetrade and in
-backtesting.py, candles per second of each and their ratio, in one run.
+backtesting.py, candles per second of each and their ratio, in one run; then kubetrade's
+threshold strategy on a loaded XGBoost model, and ten symbols.
 
-kubetrade runs its event-driven engine twice: with the peer's conventions (docs/
+kubetrade runs its event-driven engine with the peer's conventions (docs/
 backtest-conventions.md: next-open fills, fee both sides, all equity, no stops or breakers),
-and with full risk (ATR stop-loss, take-profit, trailing stop, time exit, every breaker). The
-time is the backtest alone (features, strategy, risk, broker, equity points), not making the
-candles; backtesting.py's includes its indicators.
+and with full risk (ATR stop-loss, take-profit, trailing stop, time exit, every breaker): the
+crossover on one symbol, the model bot (an XGBoost model trained on other generated candles
+first, in a private model store, not timed) on one symbol, and both on ten symbols sharing the
+same number of candles in all. The time is the backtest alone (features, model, strategy, risk,
+broker, equity points), not making the candles; backtesting.py's includes its indicators.
 
     .venv/bin/python bench/backtest.py                   # 1,000,000 candles
     .venv/bin/python bench/backtest.py --candles 100000  # quicker
@@ -14,7 +17,9 @@ candles; backtesting.py's includes its indicators.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,12 +29,15 @@ import pandas as pd
 
 from kubetrade.backtest import run_backtest
 from kubetrade.market import generate, to_candles
+from kubetrade.signals import Predictor
 from kubetrade.spec import TradingBot, parse_bot
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.test_peer_agreement import CAPITAL, FEE, run_peer
 
 FAST, SLOW = 10, 30
+TEN = [f"S{i}/USDT" for i in range(10)]
+MODEL = "bench-xgboost"
 
 
 def candles_frame(n: int) -> pd.DataFrame:
@@ -42,8 +50,11 @@ def candles_frame(n: int) -> pd.DataFrame:
     return frame
 
 
-def bot(full_risk: bool) -> TradingBot:
-    """The crossover bot: the peer's conventions, or with every risk rule on."""
+def bot(
+    full_risk: bool, symbols: tuple[str, ...] = ("BTC/USDT",), model: bool = False
+) -> TradingBot:
+    """The crossover bot: the peer's conventions, or with every risk rule on; with ``model``,
+    the threshold strategy on the bench's XGBoost model instead of the crossover."""
     risk: dict[str, Any] = {
         "sizing": {"method": "fixed-fraction", "fractionPct": 100, "maxPositionPct": 100},
         "stopLoss": None,
@@ -69,13 +80,17 @@ def bot(full_risk: bool) -> TradingBot:
                 "maxTradesPerDay": 1_000,
             },
         }
+    strategy: dict[str, Any] = {"type": "sma-crossover", "params": {"fast": FAST, "slow": SLOW}}
+    if model:
+        strategy = {"type": "threshold", "longAbove": 0.55, "exitBelow": 0.5}
     return parse_bot(
         {
             "metadata": {"name": "bench"},
             "spec": {
-                "symbols": ["BTC/USDT"],
+                "symbols": list(symbols),
                 "timeframe": "1h",
-                "strategy": {"type": "sma-crossover", "params": {"fast": FAST, "slow": SLOW}},
+                **({"model": {"name": MODEL, "version": "1"}} if model else {}),
+                "strategy": strategy,
                 "risk": risk,
                 "execution": {"initialCapital": CAPITAL, "feeRate": FEE, "slippageBps": 0},
             },
@@ -83,11 +98,33 @@ def bot(full_risk: bool) -> TradingBot:
     )
 
 
-def kubetrade_rate(frame: pd.DataFrame, full_risk: bool) -> tuple[float, int]:
+def ten_symbols(n: int) -> pd.DataFrame:
+    """``n`` generated hourly candles in all, a tenth per symbol, in stream order."""
+    return generate(TEN, "1h", n // len(TEN), seed=2, start_price=100.0)
+
+
+def xgboost_model() -> Predictor:
+    """The bench's XGBoost model, trained on other generated candles into a private store."""
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="kubetrade-bench-")
+    from kubetrade.modelstore.predictor import OnnxPredictor
+    from kubetrade.onnx_export.pipeline import TrainConfig, train_and_register
+
+    train_and_register(
+        {"BTC/USDT": generate(["BTC/USDT"], "1h", 6000, seed=99)},
+        TrainConfig(name=MODEL, timeframe="1h", source="synthetic seed 99", version="1"),
+    )
+    return OnnxPredictor.load(MODEL, "1")
+
+
+def kubetrade_rate(
+    frame: pd.DataFrame, trading_bot: TradingBot, predictor: Predictor | None = None
+) -> tuple[float, int]:
     """Candles per second of ``kubetrade backtest``'s core, and the fills it made."""
     candles = to_candles(frame, "1h")
     start = time.perf_counter()
-    result = run_backtest(bot(full_risk), candles, None)
+    result = run_backtest(trading_bot, candles, predictor)
     return len(candles) / (time.perf_counter() - start), len(result.fills)
 
 
@@ -102,20 +139,31 @@ def peer_rate(frame: pd.DataFrame) -> tuple[float, int]:
 
 
 def main() -> None:
-    """Print the three rates and kubetrade's ratios to backtesting.py."""
+    """Print the rates, and kubetrade's ratios to backtesting.py."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candles", type=int, default=1_000_000)
     args = parser.parse_args()
+    predictor = xgboost_model()
     frame = candles_frame(args.candles)
     print(f"SMA({FAST}/{SLOW}) crossover on {len(frame):,} generated 1h candles")
     peer, trades = peer_rate(frame)
     print(f"  backtesting.py                 {peer:>12,.0f} candles/s   {trades:,} trades")
     for label, full_risk in (("peer conventions", False), ("full risk", True)):
-        rate, fills = kubetrade_rate(frame, full_risk)
+        rate, fills = kubetrade_rate(frame, bot(full_risk))
         print(
             f"  kubetrade, {label:<19} {rate:>12,.0f} candles/s   {fills:,} fills   "
             f"{rate / peer:.2f}x backtesting.py"
         )
+    ten = ten_symbols(args.candles)
+    print(f"kubetrade with full risk on {len(frame):,} candles of one symbol, {len(ten):,} of ten")
+    runs = (
+        ("crossover, ten symbols", ten, bot(True, tuple(TEN)), None),
+        ("XGBoost threshold, one symbol", frame, bot(True, model=True), predictor),
+        ("XGBoost threshold, ten symbols", ten, bot(True, tuple(TEN), model=True), predictor),
+    )
+    for label, candles, trading_bot, model in runs:
+        rate, fills = kubetrade_rate(candles, trading_bot, model)
+        print(f"  {label:<30} {rate:>12,.0f} candles/s   {fills:,} fills")
 
 
 if __name__ == "__main__":

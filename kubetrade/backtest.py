@@ -12,12 +12,12 @@ first candle after it, so no candle the model learned from is traded. ``kubetrad
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from kubetrade.domain import Candle, EquityPoint, Fill, Order, timeframe_ms
+from kubetrade.domain import Candle, EquityPoint, Fill, MarketEvent, Order, timeframe_ms
 from kubetrade.errors import InvalidInputError
 from kubetrade.market.sources import load_source_candles
 from kubetrade.modelstore.metadata import ModelMetadata
@@ -58,33 +58,36 @@ def run_backtest(
     pipeline = SignalPipeline.for_bot(bot, predictor)
     engine = TradingEngine(bot)
     result = BacktestResult()
-    batch: list[Candle] = []
-
-    def flush() -> None:
-        for event in pipeline.process(batch):
-            if isinstance(event, Rejected):
-                raise InvalidInputError(f"candle refused by the feature engine: {event.reason}")
-            out = engine.on_event(event)
-            result.candles += 1
-            if event.prediction is not None:
-                result.signals += 1
-                if result.first_signal_time is None:
-                    result.first_signal_time = event.candle.open_time
-            result.last_candle_time = event.candle.open_time
-            result.orders.extend(out.orders)
-            result.fills.extend(out.fills)
-            result.equity.extend(out.equity)
+    for event in _events(pipeline, list(candles)):
+        if isinstance(event, Rejected):
+            raise InvalidInputError(f"candle refused by the feature engine: {event.reason}")
+        out = engine.on_event(event)
+        result.candles += 1
+        if event.prediction is not None:
+            result.signals += 1
+            if result.first_signal_time is None:
+                result.first_signal_time = event.candle.open_time
+        result.last_candle_time = event.candle.open_time
+        result.orders.extend(out.orders)
+        result.fills.extend(out.fills)
+        result.equity.extend(out.equity)
+        if out.notices:  # most candles raise none
             result.halts.extend(halt_events(out.notices))
             result.refusals.extend(refusals(out.notices))
-        batch.clear()
-
-    for candle in candles:
-        batch.append(candle)
-        if len(batch) >= BATCH:
-            flush()
-    flush()
     result.equity.extend(engine.flush().equity)
     return result
+
+
+def _events(pipeline: SignalPipeline, candles: list[Candle]) -> Iterator[MarketEvent | Rejected]:
+    """The pipeline's events for ``candles``: replayed with each symbol's features computed at
+    once when the candles allow it (the same events, see ``SignalPipeline.replay``), else
+    candle by candle in batches as the live bridge sees them."""
+    replayed = pipeline.replay(candles)
+    if replayed is not None:
+        yield from replayed
+        return
+    for start in range(0, len(candles), BATCH):
+        yield from pipeline.process(candles[start : start + BATCH])
 
 
 def iso_time(ms: int) -> str:

@@ -1,7 +1,10 @@
 """Candles in, market events out: rolling features per symbol, then one ONNX call per batch.
 
 The NATS bridge and the in-process backtest both run this class, so a live paper run and a
-backtest over the same candles see the same predictions.
+backtest over the same candles see the same predictions. A backtest that has every candle up
+front takes ``replay``: the same events, with each symbol's features computed at once by the
+vectorized path (bit for bit what the incremental path gives, see ``kubetrade.features.series``)
+and the model run on large batches.
 
 A tabular model (``window == 1``) gets one feature row per candle, shape ``[n, features]``; a
 sequence model (LSTM, Transformer, or an ensemble holding one) gets the last ``window`` rows of
@@ -10,16 +13,22 @@ the symbol, shape ``[n, window, features]``, and predicts once that many rows ex
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
-from kubetrade.domain import Candle, Direction, MarketEvent, Prediction
-from kubetrade.features import FeatureEngine, FeatureSpec, check_computable
+from kubetrade.domain import Candle, Direction, MarketEvent, Prediction, timeframe_ms
+from kubetrade.features import FeatureEngine, FeatureSpec, check_computable, compute_features
 from kubetrade.spec import TradingBot
+
+# Rows per model call when a whole series is replayed: a tree ensemble gives a row the same
+# probability in any batch (the live bridge predicts whatever is queued).
+REPLAY_BATCH = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,3 +198,89 @@ class SignalPipeline:
                     event, prediction=to_prediction(float(prob), self.predictor)
                 )
         return results
+
+    def replay(self, candles: Sequence[Candle]) -> Iterator[MarketEvent] | None:
+        """The events ``process`` would give for ``candles`` fed in order to this fresh
+        pipeline, with each symbol's features computed by the vectorized path; None when
+        ``process`` could tell them apart: a symbol's candles with a gap (which the incremental
+        engine fills), a duplicate, one out of order, impossible prices or mixed timeframes
+        (which it rejects), or a pipeline that has already seen candles."""
+        if self._engines or self._strategy_engines or not candles:
+            return None
+        timeframe = candles[0].timeframe
+        positions: dict[str, list[int]] = {}
+        for index, candle in enumerate(candles):
+            if candle.timeframe != timeframe:
+                return None
+            positions.setdefault(candle.symbol, []).append(index)
+        series = {symbol: [candles[i] for i in at] for symbol, at in positions.items()}
+        if not all(_regular(rows, timeframe_ms(timeframe)) for rows in series.values()):
+            return None
+        return self._replay(candles, series)
+
+    def _replay(
+        self, candles: Sequence[Candle], series: dict[str, list[Candle]]
+    ) -> Iterator[MarketEvent]:
+        per_symbol = {symbol: self._symbol_events(rows) for symbol, rows in series.items()}
+        for candle in candles:
+            yield next(per_symbol[candle.symbol])
+
+    def _symbol_events(self, rows: list[Candle]) -> Iterator[MarketEvent]:
+        """One symbol's events, in order."""
+        frame: dict[str, Sequence[float]] = {
+            "open_time": [c.open_time for c in rows],
+            "open": [c.open for c in rows],
+            "high": [c.high for c in rows],
+            "low": [c.low for c in rows],
+            "close": [c.close for c in rows],
+            "volume": [c.volume for c in rows],
+        }
+        predictions = self._predictions(frame, len(rows))
+        spec = self.strategy_features
+        values: list[dict[str, float] | None] = [None] * len(rows)
+        if spec is not None:
+            matrix = compute_features(frame, spec)
+            names = spec.names
+            for index, row in enumerate(matrix[spec.warmup - 1 :].tolist(), spec.warmup - 1):
+                values[index] = dict(zip(names, row, strict=True))
+        previous: dict[str, float] | None = None
+        for candle, prediction, now in zip(rows, predictions, values, strict=True):
+            yield MarketEvent(candle, prediction, now, None if now is None else previous)
+            previous = now
+
+    def _predictions(self, frame: Mapping[str, Sequence[float]], n: int) -> list[Prediction | None]:
+        """Each candle's prediction (None while the model warms up), the model called on
+        batches of ``REPLAY_BATCH`` rows or windows."""
+        predictor = self.predictor
+        predictions: list[Prediction | None] = [None] * n
+        if predictor is None:
+            return predictions
+        warm = compute_features(frame, predictor.feature_spec)[predictor.feature_spec.warmup - 1 :]
+        first = predictor.feature_spec.warmup - 1 + predictor.window - 1
+        if predictor.window > 1:
+            if len(warm) < predictor.window:
+                return predictions
+            # Each candle's window: its row and the window - 1 before it, oldest first.
+            warm = sliding_window_view(warm, (predictor.window, warm.shape[1]))[:, 0]
+        for start in range(0, len(warm), REPLAY_BATCH):
+            probs = predictor.predict_proba(warm[start : start + REPLAY_BATCH]).tolist()
+            for offset, prob in enumerate(probs, first + start):
+                predictions[offset] = to_prediction(prob, predictor)
+        return predictions
+
+
+def _regular(rows: Sequence[Candle], step: int) -> bool:
+    """Whether one symbol's candles follow each other one ``step`` apart with possible prices:
+    the candles the incremental feature engine takes as they are (no gap fill, no rejection)."""
+    previous: int | None = None
+    for c in rows:
+        if previous is not None and c.open_time - previous != step:
+            return False
+        previous = c.open_time
+        if not (
+            0 < c.low <= min(c.open, c.close)
+            and max(c.open, c.close) <= c.high < math.inf
+            and 0 <= c.volume < math.inf
+        ):
+            return False
+    return True

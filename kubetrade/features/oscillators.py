@@ -27,6 +27,7 @@ from kubetrade.features.series import (
     safe_ratio,
     settle,
     sliding_windows,
+    window_sums,
 )
 
 
@@ -180,8 +181,8 @@ class CommodityChannel(Indicator):
         view = sliding_windows(tp, w)
         if view is None:
             return [nans(len(bars))]
-        mean = view.sum(axis=1) / w
-        deviation = np.abs(view - mean[:, None]).sum(axis=1) / w
+        mean = window_sums(view) / w
+        deviation = window_sums(np.abs(view - mean[:, None])) / w
         flat = ~(deviation > FLAT * mean)
         cci = np.where(flat, 0.0, (tp[w - 1 :] - mean) / (1.5 * np.where(flat, 1.0, deviation)))
         return [placed(cci, len(bars), w)]

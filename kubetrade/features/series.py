@@ -1,5 +1,10 @@
 """Vectorized helpers of the batch path: every windowed value sits at the window's last row,
-rows before are NaN; and the settling length of a recursive filter."""
+rows before are NaN; and the settling length of a recursive filter.
+
+Window sums add a window's values one at a time, oldest first, from 0.0: the additions the
+incremental path's ``sum(buffer)`` makes (Python 3.11's ``sum`` of floats is plain sequential
+addition), so both paths give the same bits and a backtest may use either (numpy's own ``sum``
+adds pairwise, which differs in the last bits)."""
 
 from __future__ import annotations
 
@@ -41,14 +46,22 @@ def rolling(x: Array, w: int, reduce: Callable[[Array], Array]) -> Array:
     return nans(x.shape[0]) if view is None else placed(reduce(view), x.shape[0], w)
 
 
+def window_sums(view: Array) -> Array:
+    """The sum of each row of ``view`` (windows as rows), added left to right from 0.0."""
+    total = 0.0 + view[:, 0]
+    for k in range(1, view.shape[1]):
+        total += view[:, k]
+    return total
+
+
 def rolling_sum(x: Array, w: int) -> Array:
     """Rolling sum over w rows."""
-    return rolling(x, w, lambda v: v.sum(axis=1))
+    return rolling(x, w, window_sums)
 
 
 def rolling_mean(x: Array, w: int) -> Array:
     """Rolling mean over w rows."""
-    return rolling(x, w, lambda v: v.sum(axis=1) / w)
+    return rolling(x, w, lambda v: window_sums(v) / w)
 
 
 def rolling_max(x: Array, w: int) -> Array:
@@ -66,9 +79,9 @@ def rolling_std(x: Array, w: int) -> tuple[Array, Array]:
     view = sliding_windows(x, w)
     if view is None:
         return nans(x.shape[0]), nans(x.shape[0])
-    mean = view.sum(axis=1) / w
+    mean = window_sums(view) / w
     deviation = view - mean[:, None]
-    std = np.sqrt((deviation * deviation).sum(axis=1) / w)
+    std = np.sqrt(window_sums(deviation * deviation) / w)
     return placed(mean, x.shape[0], w), placed(std, x.shape[0], w)
 
 

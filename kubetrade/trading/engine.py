@@ -147,6 +147,8 @@ class TradingEngine:
         self._name = bot.metadata.name
         self._symbols = tuple(spec.symbols)
         self._timeframe_ms = timeframe_ms(spec.timeframe)
+        # Read once, not per candle: the spec does not change during the engine's life.
+        self._max_holding_seconds = spec.risk.max_holding_seconds
         self._strategy = spec.strategy.build()
         self._broker = PaperBroker.from_spec(spec.execution, markets)
         capital = spec.execution.initial_capital
@@ -172,13 +174,15 @@ class TradingEngine:
         """Process one closed candle and its prediction (None while the model warms up)."""
         candle = event.candle
         self._validate(candle)
+        # _validate checked the timeframe: this is candle.close_time without the lookup.
+        close_time = candle.open_time + self._timeframe_ms
         out = EngineOutput()
         previous = self._last_open.get(candle.symbol)
         if previous is not None and candle.open_time <= previous:
             out.notices.append(
                 Notice(
                     NoticeKind.EVENT_IGNORED,
-                    candle.close_time,
+                    close_time,
                     "stale_candle",
                     f"{candle.key}: a candle opening at {previous} was already processed; "
                     "redelivered or out-of-order candles are ignored",
@@ -199,7 +203,7 @@ class TradingEngine:
             out.notices.append(
                 Notice(
                     NoticeKind.EVENT_IGNORED,
-                    candle.close_time,
+                    close_time,
                     "no_volume",
                     f"{candle.key}: no volume traded (a filled gap or a vendor's flat candle): "
                     "nothing fills and no decision is taken on it; orders wait for the next "
@@ -210,12 +214,15 @@ class TradingEngine:
         self._portfolio.mark(candle.symbol, candle.close)
         self._charge_borrow(candle)
         self._last_open[candle.symbol] = candle.open_time
-        self._last_event_time = max(self._last_event_time or 0, candle.close_time)
+        self._last_event_time = max(self._last_event_time or 0, close_time)
         inputs = StrategyInputs(event.prediction, event.features, event.previous_features)
         ready = self._strategy.ready(inputs)
         if ready:
-            self._last_signal_time = candle.close_time
-        self._update_breakers(candle.close_time, out)
+            self._last_signal_time = close_time
+        # Deciding on the signal changes no cash, position or mark, so the breakers and this
+        # time's equity point share one valuation.
+        equity = self._portfolio.equity()
+        self._update_breakers(close_time, equity, out)
         if ready and traded:
             self._act_on_signal(candle, inputs, out)
         if (
@@ -223,7 +230,7 @@ class TradingEngine:
             and candle.open_time == self._bucket
             and not self._bucket_emitted
         ):
-            self._emit_equity(candle.open_time, out)
+            self._emit_equity(candle.open_time, out, equity)
         return out
 
     def flush(self) -> EngineOutput:
@@ -256,15 +263,18 @@ class TradingEngine:
             if self._bucket is not None and not self._bucket_emitted:
                 self._emit_equity(self._bucket, out)
             self._bucket, self._bucket_emitted = candle.open_time, False
-        self._breakers = start_day(
-            self._breakers, utc_day(candle.open_time), self._portfolio.equity()
-        )
+        day = utc_day(candle.open_time)
+        if self._breakers.day is None or day > self._breakers.day:
+            # Only a new day needs the equity it starts at.
+            self._breakers = start_day(self._breakers, day, self._portfolio.equity())
 
     def _update_atr(self, candle: Candle) -> None:
         stop_loss = self._bot.spec.risk.stop_loss
         if stop_loss is None:
             return
-        state = self._atr.get(candle.symbol, AtrState(period=stop_loss.atr_period))
+        state = self._atr.get(candle.symbol)
+        if state is None:
+            state = AtrState(period=stop_loss.atr_period)
         self._atr[candle.symbol] = update_atr(state, candle)
 
     # -- fills --------------------------------------------------------------------------------
@@ -492,7 +502,7 @@ class TradingEngine:
         position.best_price, position.trailing_armed = advance_trailing(
             position, candle, risk.trailing_stop
         )
-        if time_exit_due(position, candle.close_time, risk.max_holding_seconds):
+        if time_exit_due(position, candle.close_time, self._max_holding_seconds):
             self._queue_exit(candle, OrderReason.TIME_EXIT, position, out)
 
     def _liquidation_price(self, position: Position) -> float | None:
@@ -618,11 +628,10 @@ class TradingEngine:
 
     # -- risk and strategy --------------------------------------------------------------------
 
-    def _update_breakers(self, now: int, out: EngineOutput) -> None:
+    def _update_breakers(self, now: int, equity: float, out: EngineOutput) -> None:
         spec = self._bot.spec.risk.breakers
         state = self._breakers
         previous = state.tripped
-        equity = self._portfolio.equity()
         cooled = drawdown_cooldown_over(spec, state, now)
         if cooled:
             # The drawdown cooldown is over: current equity is the new high-water mark.
@@ -754,9 +763,12 @@ class TradingEngine:
 
     # -- equity -------------------------------------------------------------------------------
 
-    def _emit_equity(self, bucket: int, out: EngineOutput) -> None:
+    def _emit_equity(self, bucket: int, out: EngineOutput, equity: float | None = None) -> None:
+        """The equity point of ``bucket``; ``equity`` when the caller has just valued the
+        unchanged portfolio."""
         portfolio = self._portfolio
-        equity = portfolio.equity()
+        if equity is None:
+            equity = portfolio.equity()
         self._breakers = observe_equity_point(self._breakers, equity)
         peak = self._breakers.peak_equity
         out.equity.append(

@@ -1,0 +1,131 @@
+"""A backtest's replay gives the events the live pipeline gives, bit for bit.
+
+``SignalPipeline.replay`` computes each symbol's features with the vectorized path and runs the
+model on large batches; ``SignalPipeline.process`` (the live bridge's path) computes them candle
+by candle. A backtest may only take the first because the two cannot be told apart: same
+features, same predictions (rows and windows), same previous values, in the input's order. Where
+``process`` would fill a gap or reject a candle, ``replay`` declines.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from kubetrade.domain import Candle, MarketEvent
+from kubetrade.features import FeatureSpec, default_feature_spec, feature_spec
+from kubetrade.market import generate, to_candles
+from kubetrade.signals import SignalPipeline
+
+SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
+STRATEGY = feature_spec(
+    {"sma_ratio": {"windows": [10, 30]}, "bollinger": {"window": 20, "width": 2.0}}
+)
+
+
+class Weighted:
+    """A model whose probability depends on every feature of every row it is given, so a row
+    that differs in its last bit, or a window shifted by one row, changes the prediction."""
+
+    model_name = "weighted"
+    model_version = "1"
+
+    def __init__(self, spec: FeatureSpec, window: int) -> None:
+        self.feature_spec = spec
+        self.window = window
+
+    def predict_proba(self, rows: np.ndarray) -> np.ndarray:
+        flat = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
+        # Summed column by column, not with a matrix product (whose rounding may depend on
+        # the batch): a row gets the same probability in any batch, as from a tree ensemble.
+        total = np.zeros(len(flat))
+        for k in range(flat.shape[1]):
+            total += flat[:, k] * math.sin(k + 1.0)
+        return np.asarray(1.0 / (1.0 + np.exp(-total)), dtype=np.float64)
+
+
+def _candles(n: int = 1_200) -> list[Candle]:
+    """Three symbols interleaved by time, each in the spec's order."""
+    frame = generate(SYMBOLS, "1h", n, seed=12)
+    order = {s: i for i, s in enumerate(SYMBOLS)}
+    frame = frame.assign(rank=frame["symbol"].map(order)).sort_values(["open_time", "rank"])
+    return to_candles(frame.drop(columns="rank"), "1h")
+
+
+def _processed(pipeline: SignalPipeline, candles: list[Candle]) -> list[MarketEvent]:
+    events = []
+    for start in range(0, len(candles), 500):
+        for event in pipeline.process(candles[start : start + 500]):
+            assert isinstance(event, MarketEvent)
+            events.append(event)
+    return events
+
+
+@pytest.mark.parametrize("window", [1, 4])
+def test_replay_gives_the_live_pipelines_events_bit_for_bit(window: int) -> None:
+    candles = _candles()
+    model = Weighted(default_feature_spec(), window)
+
+    replayed = SignalPipeline(model, strategy_features=STRATEGY).replay(candles)
+    live = _processed(SignalPipeline(model, strategy_features=STRATEGY), candles)
+
+    assert replayed is not None
+    events = list(replayed)
+    assert events == live  # candles, predictions (probabilities exactly), features, previous
+    warm = [e for e in events if e.prediction is not None]
+    assert len(warm) == len(candles) - len(SYMBOLS) * (default_feature_spec().warmup + window - 2)
+    assert all(e.features is not None and e.previous_features is not None for e in warm)
+
+
+def test_replay_without_a_model_hands_on_the_strategys_features() -> None:
+    candles = _candles(300)
+
+    replayed = SignalPipeline(None, strategy_features=STRATEGY).replay(candles)
+
+    assert replayed is not None
+    assert list(replayed) == _processed(SignalPipeline(None, strategy_features=STRATEGY), candles)
+
+
+def _with(candles: list[Candle], index: int, **changes: object) -> list[Candle]:
+    return [*candles[:index], replace(candles[index], **changes), *candles[index + 1 :]]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "gap",
+        "duplicate",
+        "out of order",
+        "impossible prices",
+        "infinite volume",
+        "another timeframe",
+    ],
+)
+def test_replay_declines_what_the_live_pipeline_would_fill_or_reject(change: str) -> None:
+    candles = _candles(200)
+    i = 150  # a BTC/USDT candle
+    if change == "gap":
+        candles = candles[:i] + candles[i + 1 :]
+    elif change == "duplicate":
+        candles = [*candles[: i + 1], candles[i], *candles[i + 1 :]]
+    elif change == "out of order":
+        candles[i], candles[i + 3] = candles[i + 3], candles[i]
+    elif change == "impossible prices":
+        candles = _with(candles, i, low=candles[i].high * 2)
+    elif change == "infinite volume":
+        candles = _with(candles, i, volume=math.inf)
+    else:
+        candles = _with(candles, i, timeframe="4h")
+
+    assert SignalPipeline(None, strategy_features=STRATEGY).replay(candles) is None
+
+
+def test_replay_declines_a_pipeline_that_has_seen_candles() -> None:
+    candles = _candles(100)
+    pipeline = SignalPipeline(None, strategy_features=STRATEGY)
+    pipeline.warm_up(candles[:30])
+
+    assert pipeline.replay(candles[30:]) is None
