@@ -4,9 +4,12 @@ fake Binance (real ccxt, journal in PostgreSQL) and the fills back, the kill swi
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
+
+import pytest
 
 from kubetrade.domain import HaltCause, OrderReason
 from kubetrade.live.broker import LiveBroker
@@ -123,3 +126,63 @@ def test_markets_are_reloaded_and_the_engine_refuses_by_the_new_rules(db_url: st
     assert out.orders == []
     assert [(n.kind, n.code) for n in out.notices] == [(NoticeKind.ORDER_REFUSED, "min_notional")]
     assert sum(r["path"] == "/api/v3/exchangeInfo" for r in fake.requests) == 2
+
+
+def bnb_fees_fake(**extra: Any) -> FakeBinance:
+    """A fake that charges fees in BNB (Binance's "pay fees with BNB"), BNB at 600 USDT."""
+    return FakeBinance(
+        symbols=(
+            SymbolRules("BTCUSDT", "BTC", "USDT"),
+            SymbolRules("BNBUSDT", "BNB", "USDT", step_size="0.001", min_qty="0.001"),
+        ),
+        balances={"USDT": Decimal(10_000), "BTC": Decimal(0), "BNB": Decimal(1)},
+        prices={"BTCUSDT": Decimal(60_000), "BNBUSDT": Decimal(600)},
+        fee_asset="BNB",
+        **extra,
+    )
+
+
+def round_trip(fake: FakeBinance, bot_key: str, db_url: str) -> tuple[Any, LiveRouter]:
+    async def scenario(fake: FakeBinance, router: LiveRouter) -> Any:
+        engine = router.engine
+        feed(engine, flat(0, 60_000.0), 0.7)
+        await router.step(1)
+        engine.control(kill())
+        out, _ = await router.step(2)
+        assert [f.reason for f in out.fills] == [OrderReason.FLATTEN]
+        return engine.summary(), router
+
+    result: tuple[Any, LiveRouter] = run(db_url, bot_key, scenario, fake)
+    return result
+
+
+def test_fees_charged_in_bnb_are_converted_into_equity_at_the_exchanges_price(db_url: str) -> None:
+    fake = bnb_fees_fake()
+    summary, router = round_trip(fake, "itest/router-bnb-fees", db_url)
+    trades = fake.trades
+    assert [t["commissionAsset"] for t in trades] == ["BNB", "BNB"]
+    bnb_spent = sum(Decimal(t["commission"]) for t in trades)
+    assert fake.balances["BNB"] == 1 - bnb_spent > 0
+    # The whole position was bought and sold (no fee taken from it) and the ledger's cash is
+    # the account's USDT less the BNB the fees took, at the ticker's price.
+    assert summary.open_positions == 0 and fake.balances["BTC"] == 0
+    assert summary.cash == pytest.approx(float(fake.balances["USDT"] - bnb_spent * 600), abs=1e-6)
+    assert router.unconverted_fees == {}
+    tickers = [r for r in fake.requests if r["path"] == "/api/v3/ticker/24hr"]
+    assert len(tickers) == 1  # read once, then cached
+
+
+def test_a_fee_in_a_currency_without_a_price_is_recorded_and_said(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = bnb_fees_fake()
+    # The exchange lists no BNB market, so nothing prices BNB (the fake still charges it).
+    fake.symbols = (SymbolRules("BTCUSDT", "BTC", "USDT"),)
+    fake._rules = {s.symbol: s for s in fake.symbols}
+    caplog.set_level(logging.ERROR, logger="kubetrade.workers.live")
+    summary, router = round_trip(fake, "itest/router-bnb-unpriced", db_url)
+    bnb_spent = sum(Decimal(t["commission"]) for t in fake.trades)
+    assert router.unconverted_fees == {"BNB": pytest.approx(float(bnb_spent))}
+    assert summary.cash == pytest.approx(float(fake.balances["USDT"]), abs=1e-6)
+    said = [r for r in caplog.records if "left out of equity" in r.getMessage()]
+    assert len(said) == 2 and {getattr(r, "currency", None) for r in said} == {"BNB"}

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kubetrade.errors import InvalidInputError
 from kubetrade.live.broker import LiveBroker
@@ -100,21 +100,26 @@ async def open_broker(bot: TradingBot, store: AsyncStore, environ: Mapping[str, 
         raise
 
 
-def progress_of(order: LiveOrder, now_ms: int) -> OrderProgress:
-    """A journaled order as the engine books it: cumulative amounts, fees in the quote."""
-    base = base_currency(order.symbol)
-    quote = order.symbol.split("/")[1].split(":")[0]
+def quote_currency(symbol: str) -> str:
+    """``BTC/USDT`` -> ``USDT`` (``BTC/USDT:USDT`` too)."""
+    return symbol.split("/")[1].split(":", maxsplit=1)[0]
+
+
+def third_currency_fees(order: LiveOrder) -> dict[str, float]:
+    """The order's fees charged in neither its base nor its quote (e.g. Binance's BNB)."""
+    pair = (base_currency(order.symbol), quote_currency(order.symbol))
+    return {c: a for c, a in order.fees.items() if c not in pair and a}
+
+
+def progress_of(
+    order: LiveOrder, now_ms: int, rates: Mapping[str, float] | None = None
+) -> OrderProgress:
+    """A journaled order as the engine books it: cumulative amounts, fees in the quote (a fee
+    in a third currency at ``rates``, quote per unit; one without a rate is left out)."""
+    base, quote = base_currency(order.symbol), quote_currency(order.symbol)
     price = order.average_price or order.price or 0.0
-    fee = fee_in_quote(order.fees, base=base, quote=quote, price=price)
-    if fee is None:
-        # A fee in a third currency (e.g. BNB) has no price here: equity leaves it out.
-        log.warning("fee not converted", extra={"client_id": order.client_id})
-        fee = fee_in_quote(
-            {c: a for c, a in order.fees.items() if c in (base, quote)},
-            base=base,
-            quote=quote,
-            price=price,
-        )
+    known = {c: a for c, a in order.fees.items() if c in (base, quote) or c in (rates or {})}
+    fee = fee_in_quote(known, base=base, quote=quote, price=price, rates=rates)
     return OrderProgress(
         client_order_id=order.decision_id,
         filled=order.filled,
@@ -137,9 +142,44 @@ class LiveRouter:
     verdict: Reconciliation | None = None
     clock: Callable[[], float] = time.monotonic
     markets_every_s: float = MARKETS_EVERY_S
+    # Fees charged in a currency no price was found for (currency -> amount), left out of
+    # equity: logged as errors when their order ends.
+    unconverted_fees: dict[str, float] = field(default_factory=dict)
     _polled_at: float = float("-inf")
     _reconciled_at: float = float("-inf")
     _markets_at: float | None = None
+    # Each order's conversion rates for third-currency fees, fixed when first read so that its
+    # cumulative fee in the quote never moves with the price between two reports.
+    _fee_rates: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    async def fee_rates(self, order: LiveOrder) -> dict[str, float]:
+        """Quote per unit of each third currency ``order`` paid fees in, as far as known; an
+        order that ends with a fee still unpriced records it in ``unconverted_fees``."""
+        fees = third_currency_fees(order)
+        if not fees:
+            return {}
+        rates = self._fee_rates.setdefault(order.client_id, {})
+        quote = quote_currency(order.symbol)
+        for currency in fees.keys() - rates.keys():
+            price = await self.broker.conversion_price(currency, quote)
+            if price is not None:
+                rates[currency] = price
+        if order.is_terminal:
+            del self._fee_rates[order.client_id]
+            for currency in fees.keys() - rates.keys():
+                self.unconverted_fees[currency] = (
+                    self.unconverted_fees.get(currency, 0.0) + fees[currency]
+                )
+                log.error(
+                    "fee left out of equity: the exchange has no price for its currency",
+                    extra={
+                        "client_id": order.client_id,
+                        "currency": currency,
+                        "amount": fees[currency],
+                        "quote": quote,
+                    },
+                )
+        return rates
 
     async def reconcile(self) -> Reconciliation:
         """Complete the journal from the exchange; arm the engine only if it agrees."""
@@ -190,7 +230,8 @@ class LiveRouter:
                 live = (await self.broker.cancel(client_id)).order
             elif not live.is_terminal and poll:
                 live = (await self.broker.refresh(client_id)).order
-            step = self.engine.on_order_progress(progress_of(live, now_ms))
+            rates = await self.fee_rates(live)
+            step = self.engine.on_order_progress(progress_of(live, now_ms, rates))
             changed = changed or live.is_terminal or bool(step.fills)
             out.extend(step)
         return out, changed

@@ -152,6 +152,7 @@ class LiveBroker:
         unresolved_grace_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         budget: AccountBudget | None = None,
+        price_max_age_s: float = 60.0,
     ) -> None:
         client_id_params(exchange_name, "probe")  # an unsupported exchange fails here
         self.exchange = exchange
@@ -168,6 +169,10 @@ class LiveBroker:
         self._grace_s = unresolved_grace_s
         self._clock = clock
         self._unresolved_since: dict[str, float] = {}
+        # Conversion prices read from tickers (symbol -> (price, when)), used for at most
+        # ``price_max_age_s``.
+        self._prices: dict[str, tuple[float, float]] = {}
+        self._price_max_age_s = price_max_age_s
         # The account's request budget shared with the other bots on it (None: ccxt's own
         # per-process limiter only). Where the budget governs, ccxt's limiter is off: it knows
         # nothing of the other bots and only spaced this process's requests (~200 ms each on
@@ -332,6 +337,39 @@ class LiveBroker:
                 )
             )
         return found
+
+    async def conversion_price(self, currency: str, quote: str) -> float | None:
+        """What one unit of ``currency`` is worth in ``quote`` (a fee charged in a third
+        currency, e.g. Binance's BNB): the last price of the exchange's ``currency/quote``
+        ticker (or the inverse of ``quote/currency``'s), read at most every
+        ``price_max_age_s``; None when the exchange lists neither market or its ticker cannot
+        be read now."""
+        listed = self.exchange.markets or {}
+        for symbol, inverse in ((f"{currency}/{quote}", False), (f"{quote}/{currency}", True)):
+            if symbol not in listed:
+                continue
+            now = self._clock()
+            cached = self._prices.get(symbol)
+            if cached is None or now - cached[1] >= self._price_max_age_s:
+                try:
+                    ticker = await self._call(
+                        partial(self.exchange.fetch_ticker, symbol), True, "fetch_ticker"
+                    )
+                except Exception as error:
+                    if classify(error) is ErrorKind.FATAL:
+                        raise
+                    log.warning(
+                        "conversion price not read",
+                        extra={"symbol": symbol, "error": type(error).__name__},
+                    )
+                    return None
+                last = ticker.get("last") or ticker.get("close")
+                if not last or float(last) <= 0:
+                    return None
+                cached = (float(last), now)
+                self._prices[symbol] = cached
+            return 1.0 / cached[0] if inverse else cached[0]
+        return None
 
     # -- internals ----------------------------------------------------------------------------
 

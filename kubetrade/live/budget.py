@@ -48,6 +48,7 @@ WEIGHTS: dict[str, dict[str, int]] = {
         "fetch_closed_orders": 20,
         "fetch_my_trades": 20,
         "fetch_balance": 20,
+        "fetch_ticker": 2,
     },
 }
 

@@ -5,13 +5,16 @@ recorded payloads show it): ``exchangeInfo`` with PRICE_FILTER / LOT_SIZE / MARK
 NOTIONAL filters, HMAC-SHA256 signed requests (``timestamp``, ``recvWindow``, ``signature`` over
 the query string followed by the form body, key in ``X-MBX-APIKEY``), orders with
 ``newClientOrderId`` and ``newOrderRespType`` ACK / RESULT / FULL, ``openOrders``, ``allOrders``,
-``myTrades`` and ``account``, errors as ``{"code": -NNNN, "msg": ...}``, and the
+``myTrades``, ``account`` and ``ticker/24hr``, errors as ``{"code": -NNNN, "msg": ...}``, and the
 ``X-MBX-USED-WEIGHT-1M`` header on every answer.
 
 What a test controls:
 
 - ``balances`` (free amounts per asset; limit orders lock what they may spend);
-- ``prices`` (the price market orders fill at);
+- ``prices`` (the price market orders fill at, and each symbol's ticker);
+- ``fee_asset``: None, fees in the asset received (Binance's default); ``"BNB"``, fees in BNB
+  at ``prices["BNB<quote>"]`` while the account holds enough BNB (Binance's "pay fees with
+  BNB"), else in the asset received;
 - ``fill_script``: how each new order fills, consumed in order, then ``default_fill``:
   ``"full"`` (at once), ``"partial"`` (``partial_fraction`` of it at once, the rest open until
   :meth:`FakeBinance.fill`), ``"never"`` (rests open; a market order expires unfilled, and so
@@ -66,6 +69,7 @@ WEIGHTS = {
     ("GET", "/api/v3/allOrders"): 20,
     ("GET", "/api/v3/myTrades"): 20,
     ("GET", "/api/v3/account"): 20,
+    ("GET", "/api/v3/ticker/24hr"): 2,
 }
 
 
@@ -159,6 +163,7 @@ class FakeBinance:
         default_factory=lambda: {"BTCUSDT": Decimal("60000"), "ETHUSDT": Decimal("3000")}
     )
     fee_rate: Decimal = Decimal("0.001")
+    fee_asset: str | None = None
     default_fill: FillKind = "full"
     partial_fraction: Decimal = Decimal("0.5")
     weight_limit: int | None = None
@@ -355,6 +360,11 @@ class FakeBinance:
             return web.json_response({})
         if (method, path) == ("GET", "/api/v3/klines"):
             return web.json_response(self._klines(params))
+        if (method, path) == ("GET", "/api/v3/ticker/24hr"):
+            ticker = self._ticker(params.get("symbol", ""), now)
+            if ticker is None:
+                return _error(400, -1121, "Invalid symbol.")
+            return web.json_response(ticker)
         refusal = self._authenticate(method, path, query, body, params, now)
         if refusal is not None:
             return refusal
@@ -501,10 +511,16 @@ class FakeBinance:
             spent_asset, spent, got_asset, got = rules.quote, quote, rules.base, qty
         else:
             spent_asset, spent, got_asset, got = rules.base, qty, rules.quote, quote
-        commission = got * self.fee_rate  # Binance charges the asset received
+        commission, fee_asset = got * self.fee_rate, got_asset  # Binance's default
+        fee_price = self.prices.get(f"{self.fee_asset}{rules.quote}")
+        if self.fee_asset is not None and fee_price:
+            in_fee_asset = (quote * self.fee_rate / fee_price).quantize(Decimal("1e-8"))
+            if self.balances.get(self.fee_asset, Decimal(0)) >= in_fee_asset:
+                commission, fee_asset = in_fee_asset, self.fee_asset
         self.locked[spent_asset] -= spent
         order["_locked"] -= spent
-        self.balances[got_asset] = self.balances.get(got_asset, Decimal(0)) + got - commission
+        self.balances[got_asset] = self.balances.get(got_asset, Decimal(0)) + got
+        self.balances[fee_asset] -= commission
         trade_id = next(self._trade_ids)
         order["executedQty"] = _fmt(_dec(order["executedQty"]) + qty)
         order["cummulativeQuoteQty"] = _fmt(_dec(order["cummulativeQuoteQty"]) + quote)
@@ -514,7 +530,7 @@ class FakeBinance:
                 "price": _fmt(price),
                 "qty": _fmt(qty),
                 "commission": _fmt(commission),
-                "commissionAsset": got_asset,
+                "commissionAsset": fee_asset,
                 "tradeId": trade_id,
             }
         )
@@ -528,7 +544,7 @@ class FakeBinance:
                 "qty": _fmt(qty),
                 "quoteQty": _fmt(quote),
                 "commission": _fmt(commission),
-                "commissionAsset": got_asset,
+                "commissionAsset": fee_asset,
                 "time": now,
                 "isBuyer": order["side"] == "BUY",
                 "isMaker": order["type"] != "MARKET",
@@ -589,6 +605,35 @@ class FakeBinance:
         if "startTime" in params:
             found = [t for t in found if t["time"] >= int(params["startTime"])]
         return found[: int(params.get("limit", 500))]
+
+    def _ticker(self, symbol: str, now: int) -> dict[str, Any] | None:
+        price = self.prices.get(symbol)
+        if price is None:
+            return None
+        tick = price * Decimal("0.0001")
+        return {
+            "symbol": symbol,
+            "priceChange": "0.00000000",
+            "priceChangePercent": "0.000",
+            "weightedAvgPrice": _fmt(price),
+            "prevClosePrice": _fmt(price),
+            "lastPrice": _fmt(price),
+            "lastQty": "1.00000000",
+            "bidPrice": _fmt(price - tick),
+            "bidQty": "1.00000000",
+            "askPrice": _fmt(price + tick),
+            "askQty": "1.00000000",
+            "openPrice": _fmt(price),
+            "highPrice": _fmt(price),
+            "lowPrice": _fmt(price),
+            "volume": "100.00000000",
+            "quoteVolume": _fmt(price * 100),
+            "openTime": now - 86_400_000,
+            "closeTime": now,
+            "firstId": 1,
+            "lastId": 100,
+            "count": 100,
+        }
 
     def _account(self, now: int) -> dict[str, Any]:
         assets = sorted(set(self.balances) | set(self.locked))
