@@ -7,14 +7,16 @@ Reports, in one run on this machine:
   call to ccxt's ``create_order`` answer, so the validator, the journal commit of the intent
   before the send and the budget's take are in it; also the whole submit (a filled order's
   trades fetched and the journal updated) and the journal commit, budget take and
-  ``create_order`` call alone. Once as the executor runs, with ccxt's own per-instance rate
-  limiter on (it holds each request back by the previous request's cost x ``rateLimit``, 50 ms
-  for Binance: 200 ms after a ``myTrades``), and once with it off (the shared budget alone);
+  ``create_order`` call alone. Once as the executor runs (the shared budget alone: the live
+  broker turns ccxt's own per-instance rate limiter off where the budget governs), and once
+  with ccxt's limiter on as well, as the executor ran before (it holds each request back by
+  the previous request's cost x ``rateLimit``, 50 ms for Binance: 200 ms after a ``myTrades``);
 - orders per second through one account's shared budget with N bots (market orders, each filled
   and its trades fetched: 21 request weight), at a weight limit that binds (Binance's 6,000 a
   minute scaled to the same 100 a second in shorter windows, so the run takes seconds), and with
-  no limit in reach and ccxt's limiter off (the machinery alone); requests the fake refused for
-  rate (0 expected), and the same bots without the budget as the control (refusals expected);
+  no limit in reach (the machinery alone); requests the fake refused for rate (0 expected), and
+  the same bots without the budget (ccxt's limiter on, as a broker without a budget keeps it)
+  as the control (refusals expected);
 - the machine's load average before and after, and the CPU seconds this process used.
 
 Bots, ccxt clients and the fake share one process and one event loop (each bot has its own ccxt
@@ -111,19 +113,18 @@ async def open_bot(
     db_url: str,
     key: str,
     limit: WeightLimit | None,
-    ccxt_limiter: bool = True,
+    ccxt_limiter: bool | None = None,
     **options: Any,
 ) -> Bot:
     """A live broker on the fake's account, its budget at ``limit`` (None: no shared budget);
-    ``ccxt_limiter`` False turns off ccxt's own per-instance rate limiter (the executor keeps
-    it on)."""
+    ``ccxt_limiter`` forces ccxt's own per-instance rate limiter on or off (None: as the
+    broker sets it, off under a shared budget and on without, as the executor runs)."""
     store = await AsyncStore.connect(db_url)
     stack.push_async_callback(store.close)
     exchange = connect_exchange(
         "binance", Credentials(fake.api_key, fake.secret), api_base=fake.base_url
     )
     stack.push_async_callback(exchange.close)
-    exchange.enableRateLimit = ccxt_limiter
     budget = (
         None
         if limit is None
@@ -138,6 +139,8 @@ async def open_bot(
         budget=budget,
         **options,
     )
+    if ccxt_limiter is not None:
+        exchange.enableRateLimit = ccxt_limiter
     timings = Timings()
     timings.wrap(exchange, "create_order")
     timings.wrap(store, "journal_intent")
@@ -155,9 +158,11 @@ def ms(values: np.ndarray) -> dict[str, float]:
     }
 
 
-async def latency(db_url: str, orders: int, ccxt_limiter: bool) -> dict[str, Any]:
-    """One bot, one order at a time, market and limit alternating, under Binance's own limit."""
-    tag = f"latency-ccxt-limiter-{'on' if ccxt_limiter else 'off'}"
+async def latency(db_url: str, orders: int, ccxt_limiter: bool | None) -> dict[str, Any]:
+    """One bot, one order at a time, market and limit alternating, under Binance's own limit;
+    ``ccxt_limiter`` as in :func:`open_bot`."""
+    mode = {None: "as-executor", True: "on", False: "off"}[ccxt_limiter]
+    tag = f"latency-ccxt-limiter-{mode}"
     fake = FakeBinance(api_key=f"bench-{tag}", weight_limit=int(BINANCE.weight))
     fake.balances = rich_account()
     await fake.start()
@@ -188,6 +193,7 @@ async def latency(db_url: str, orders: int, ccxt_limiter: bool) -> dict[str, Any
             whole[kind.value].append((done - start) * 1000)
         assert bot.broker.budget is not None
         return {
+            "ccxt_rate_limiter": bool(bot.broker.exchange.enableRateLimit),
             "orders": orders,
             "statuses": dict(statuses),
             "decision_to_ack_ms": {k: ms(np.array(v)) for k, v in ack.items()},
@@ -209,7 +215,7 @@ async def throughput(
     seconds: float,
     limit: WeightLimit | None,
     budget: bool,
-    ccxt_limiter: bool = True,
+    ccxt_limiter: bool | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """``bots`` bots on one account submit market orders back to back for ``seconds``; the
@@ -289,22 +295,21 @@ async def run(db_url: str, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await store.close()
     binding = WeightLimit(args.weight_limit, int(args.window_s * 1000), BINANCE.header)
-    # As the executor runs (ccxt's limiter on: after each request it holds the next one back
-    # for the request's cost x 50 ms), and without it (the shared budget alone).
+    # As the executor runs (the shared budget alone), and with ccxt's limiter on as well, as
+    # the executor ran before (after each request it holds the next one back for the request's
+    # cost x 50 ms).
     figures: dict[str, Any] = {
-        "latency": await latency(db_url, args.orders, ccxt_limiter=True),
-        "latency_ccxt_limiter_off": await latency(db_url, args.orders, ccxt_limiter=False),
+        "latency": await latency(db_url, args.orders, ccxt_limiter=None),
+        "latency_with_ccxt_limiter": await latency(db_url, args.orders, ccxt_limiter=True),
     }
     figures["throughput_at_limit"] = [
         await throughput(db_url, f"limit-{n}", n, args.seconds, binding, budget=True)
         for n in args.bots
     ]
-    # The machinery alone: no limit in reach, ccxt's limiter off (on, it caps a bot at about
-    # 4.5 filled market orders a second by itself).
-    figures["throughput_no_limit_ccxt_limiter_off"] = [
-        await throughput(
-            db_url, f"free-{n}", n, args.seconds / 3, None, budget=True, ccxt_limiter=False
-        )
+    # The machinery alone: no limit in reach (with ccxt's limiter on, as before, a bot was
+    # capped at about 4.5 filled market orders a second by it).
+    figures["throughput_no_limit"] = [
+        await throughput(db_url, f"free-{n}", n, args.seconds / 3, None, budget=True)
         for n in args.bots
     ]
     # The control: the most bots, the same limit, no shared budget (each bot's own ccxt
