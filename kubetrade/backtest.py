@@ -2,7 +2,10 @@
 
 Candles go through the same :class:`SignalPipeline` (features and ONNX model) and the same
 :class:`TradingEngine` (strategy, risk, paper broker) as in ``kubetrade run``, in the same
-order, so both produce identical fills on the same candles.
+order, so both produce identical fills on the same candles. Having every candle up front, the
+backtest takes the pipeline's ``replay`` (each symbol's features at once by the vectorized path,
+bit for bit the incremental path's; the model on large batches) unless the candles hold
+something only the incremental path handles (a gap, a duplicate), and then streams them.
 
 A replay is out of sample by default: ``plan_sample`` reads the model's training period from
 its metadata, and the replay then starts just early enough for the features to be warm on the

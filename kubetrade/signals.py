@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -214,27 +214,27 @@ class SignalPipeline:
                 return None
             positions.setdefault(candle.symbol, []).append(index)
         series = {symbol: [candles[i] for i in at] for symbol, at in positions.items()}
-        if not all(_regular(rows, timeframe_ms(timeframe)) for rows in series.values()):
+        frames = {symbol: _columns(rows) for symbol, rows in series.items()}
+        if not all(_regular(frame, timeframe_ms(timeframe)) for frame in frames.values()):
             return None
-        return self._replay(candles, series)
+        return self._replay(candles, series, frames)
 
     def _replay(
-        self, candles: Sequence[Candle], series: dict[str, list[Candle]]
+        self,
+        candles: Sequence[Candle],
+        series: dict[str, list[Candle]],
+        frames: dict[str, dict[str, np.ndarray]],
     ) -> Iterator[MarketEvent]:
-        per_symbol = {symbol: self._symbol_events(rows) for symbol, rows in series.items()}
+        per_symbol = {
+            symbol: self._symbol_events(rows, frames[symbol]) for symbol, rows in series.items()
+        }
         for candle in candles:
             yield next(per_symbol[candle.symbol])
 
-    def _symbol_events(self, rows: list[Candle]) -> Iterator[MarketEvent]:
-        """One symbol's events, in order."""
-        frame: dict[str, Sequence[float]] = {
-            "open_time": [c.open_time for c in rows],
-            "open": [c.open for c in rows],
-            "high": [c.high for c in rows],
-            "low": [c.low for c in rows],
-            "close": [c.close for c in rows],
-            "volume": [c.volume for c in rows],
-        }
+    def _symbol_events(
+        self, rows: list[Candle], frame: dict[str, np.ndarray]
+    ) -> Iterator[MarketEvent]:
+        """One symbol's events, in order, from its candles and their columns."""
         predictions = self._predictions(frame, len(rows))
         spec = self.strategy_features
         values: list[dict[str, float] | None] = [None] * len(rows)
@@ -248,7 +248,7 @@ class SignalPipeline:
             yield MarketEvent(candle, prediction, now, None if now is None else previous)
             previous = now
 
-    def _predictions(self, frame: Mapping[str, Sequence[float]], n: int) -> list[Prediction | None]:
+    def _predictions(self, frame: dict[str, np.ndarray], n: int) -> list[Prediction | None]:
         """Each candle's prediction (None while the model warms up), the model called on
         batches of ``REPLAY_BATCH`` rows or windows."""
         predictor = self.predictor
@@ -269,18 +269,27 @@ class SignalPipeline:
         return predictions
 
 
-def _regular(rows: Sequence[Candle], step: int) -> bool:
+def _columns(rows: Sequence[Candle]) -> dict[str, np.ndarray]:
+    """One symbol's candles as the columns the vectorized path reads."""
+    return {
+        "open_time": np.array([c.open_time for c in rows], dtype=np.int64),
+        **{
+            name: np.array([getattr(c, name) for c in rows], dtype=np.float64)
+            for name in ("open", "high", "low", "close", "volume")
+        },
+    }
+
+
+def _regular(frame: dict[str, np.ndarray], step: int) -> bool:
     """Whether one symbol's candles follow each other one ``step`` apart with possible prices:
-    the candles the incremental feature engine takes as they are (no gap fill, no rejection)."""
-    previous: int | None = None
-    for c in rows:
-        if previous is not None and c.open_time - previous != step:
-            return False
-        previous = c.open_time
-        if not (
-            0 < c.low <= min(c.open, c.close)
-            and max(c.open, c.close) <= c.high < math.inf
-            and 0 <= c.volume < math.inf
-        ):
-            return False
-    return True
+    the candles the incremental feature engine takes as they are (no gap fill, no rejection).
+    A NaN fails every comparison, so it is never regular."""
+    o, h, lo, c, v = (frame[k] for k in ("open", "high", "low", "close", "volume"))
+    return bool(
+        (np.diff(frame["open_time"]) == step).all()
+        and (lo > 0).all()
+        and (lo <= np.minimum(o, c)).all()
+        and (np.maximum(o, c) <= h).all()
+        and (h < math.inf).all()
+        and ((v >= 0) & (v < math.inf)).all()
+    )

@@ -130,8 +130,10 @@ def evaluate(spec: BreakerSpec, state: BreakerState, equity: float, now: int) ->
 
 def drawdown_cooldown_over(spec: BreakerSpec, state: BreakerState, now: int) -> bool:
     """Whether the tripped drawdown breaker has waited out ``drawdownCooldown`` at ``now``."""
+    if spec.drawdown_cooldown is None:
+        return False
     since = state.tripped_at.get(Breaker.DRAWDOWN.value)
-    if spec.drawdown_cooldown is None or since is None:
+    if since is None:
         return False
     return now - since >= parse_duration(spec.drawdown_cooldown) * 1000
 

@@ -148,7 +148,10 @@ class TradingEngine:
         self._symbols = tuple(spec.symbols)
         self._timeframe_ms = timeframe_ms(spec.timeframe)
         # Read once, not per candle: the spec does not change during the engine's life.
+        self._timeframe = spec.timeframe
         self._max_holding_seconds = spec.risk.max_holding_seconds
+        self._stop_loss = spec.risk.stop_loss
+        self._borrow_pct_per_day = spec.execution.margin.borrow_pct_per_day
         self._strategy = spec.strategy.build()
         self._broker = PaperBroker.from_spec(spec.execution, markets)
         capital = spec.execution.initial_capital
@@ -246,7 +249,7 @@ class TradingEngine:
                 f"{candle.key}: bot {self._name} trades {', '.join(self._symbols)}, "
                 f"not {candle.symbol}; route only the bot's symbols to its engine"
             )
-        if candle.timeframe != self._bot.spec.timeframe:
+        if candle.timeframe != self._timeframe:
             raise EventError(
                 f"{candle.key}: bot {self._name} trades {self._bot.spec.timeframe} candles, "
                 f"not {candle.timeframe}"
@@ -269,7 +272,7 @@ class TradingEngine:
             self._breakers = start_day(self._breakers, day, self._portfolio.equity())
 
     def _update_atr(self, candle: Candle) -> None:
-        stop_loss = self._bot.spec.risk.stop_loss
+        stop_loss = self._stop_loss
         if stop_loss is None:
             return
         state = self._atr.get(candle.symbol)
@@ -563,9 +566,11 @@ class TradingEngine:
 
     def _charge_borrow(self, candle: Candle) -> None:
         """A short pays its borrow or funding cost for this candle, on its notional at the close."""
+        rate = self._borrow_pct_per_day
+        if rate == 0:
+            return
         position = self._portfolio.positions.get(candle.symbol)
-        rate = self._bot.spec.execution.margin.borrow_pct_per_day
-        if position is None or position.side is not PositionSide.SHORT or rate == 0:
+        if position is None or position.side is not PositionSide.SHORT:
             return
         share_of_day = self._timeframe_ms / 86_400_000
         self._portfolio.charge(position.quantity * candle.close * rate / 100 * share_of_day)
