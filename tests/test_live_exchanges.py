@@ -27,6 +27,7 @@ from kubetrade.domain import Side
 from kubetrade.errors import ExchangeError
 from kubetrade.live.broker import FIND_BY_CLIENT_ID, LiveBroker
 from kubetrade.live.exchange import Credentials, connect_exchange
+from kubetrade.market.exchange import create_exchange
 from kubetrade.trading.client_ids import CLIENT_ID_PARAMS, exchange_client_id
 from kubetrade.trading.order_state import LiveOrder, LiveStatus
 from tests.test_client_ids import coinbase_pem, market
@@ -270,6 +271,8 @@ def coinbase_answer(seen: Seen, cancelled: bool) -> tuple[int, Any]:
         other = {**coinbase_order("OPEN"), "order_id": "other", "client_order_id": "other"}
         mine = coinbase_order("CANCELLED" if cancelled else "OPEN")
         return 200, {"orders": [other, mine], "sequence": "0", "has_next": False, "cursor": ""}
+    if seen.path == f"/api/v3/brokerage/orders/historical/{COINBASE_ID}":
+        return 200, {"order": coinbase_order("CANCELLED" if cancelled else "OPEN")}
     if seen.path == "/api/v3/brokerage/orders/batch_cancel":
         result = {"success": True, "failure_reason": "UNKNOWN_CANCEL_FAILURE_REASON"}
         return 200, {"results": [{**result, "order_id": COINBASE_ID}]}
@@ -405,6 +408,9 @@ def test_coinbase_finds_by_client_order_id_and_cancels_by_order_id() -> None:
     assert "order_status" not in lookup.query
     (cancel,) = requests_to(venue, "/api/v3/brokerage/orders/batch_cancel")
     assert cancel.method == "POST" and cancel.body == {"order_ids": [COINBASE_ID]}
+    # Once its id is known, the order is asked for by it (it may be older than the list's 100).
+    (by_id,) = requests_to(venue, f"/api/v3/brokerage/orders/historical/{COINBASE_ID}")
+    assert by_id.method == "GET"
     assert cancelled.status is LiveStatus.CANCELLED
 
 
@@ -418,6 +424,8 @@ def test_coinbase_cancel_of_a_finished_order_is_no_error() -> None:
             return 200, {"results": [{**failed, "order_id": COINBASE_ID}]}
         # Open when found, expired by the time the cancel arrives.
         mine = coinbase_order("EXPIRED" if cancelled else "OPEN")
+        if seen.path.endswith(COINBASE_ID):
+            return 200, {"order": mine}
         return 200, {"orders": [mine], "sequence": "0", "has_next": False, "cursor": ""}
 
     venue, (found, after) = lost_answer_then_cancel("coinbase", answer)
@@ -448,6 +456,15 @@ def test_sandbox_uses_the_exchanges_testnet(name: str, testnet_host: str) -> Non
 def test_sandbox_on_an_exchange_without_testnet_is_refused_by_name(name: str) -> None:
     with pytest.raises(ExchangeError, match=rf"{name} has no testnet.*sandbox: false"):
         connect_exchange(name, Credentials("k", "s"), sandbox=True)
+
+
+def test_the_feeds_websocket_client_takes_the_testnet_too() -> None:
+    client = create_exchange("binance", websocket=True, sandbox=True)
+    try:
+        ws = json.dumps(client.urls["api"]["ws"])
+        assert "testnet.binance.vision" in ws and "stream.binance.com" not in ws
+    finally:
+        asyncio.run(client.close())
 
 
 def test_live_broker_leaves_ccxt_rate_limiter_on_only_without_a_shared_budget() -> None:

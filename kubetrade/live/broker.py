@@ -67,7 +67,8 @@ log = logging.getLogger(__name__)
 
 # How each exchange finds an order by its client id: ccxt methods tried in turn, each with the
 # parameter that carries the id (the exchange filters server-side), or None where the exchange
-# has no such filter and the recent orders are matched here (Coinbase Advanced's order list).
+# has no such filter: ``fetch_order`` then asks by the exchange's id once it is known, a list
+# is matched here on the client id (Coinbase Advanced's order list: its latest 100).
 # Binance's GET /api/v3/order takes origClientOrderId; Bybit's /v5/order/realtime and
 # /v5/order/history take orderLinkId; Kraken's OpenOrders and ClosedOrders take cl_ord_id (which
 # ccxt fills from clientOrderId); Kraken's AddOrder does not echo it, so this is how its orders
@@ -79,7 +80,7 @@ FIND_BY_CLIENT_ID: dict[str, tuple[tuple[str, str | None], ...]] = {
         ("fetch_canceled_and_closed_orders", "orderLinkId"),
     ),
     "kraken": (("fetch_open_orders", "clientOrderId"), ("fetch_closed_orders", "clientOrderId")),
-    "coinbase": (("fetch_orders", None),),
+    "coinbase": (("fetch_order", None), ("fetch_orders", None)),
 }
 # Exchanges whose fetch_my_trades filters by order id server-side.
 TRADES_BY_ORDER_ID = {"binance": "orderId"}
@@ -433,6 +434,8 @@ class LiveBroker:
             params = {} if param is None else {param: order.client_id}
             fetch = getattr(self.exchange, method)
             if method == "fetch_order":
+                if param is None and order.exchange_id is None:
+                    continue  # asks by the exchange's id, not known yet
                 try:
                     candidates = [
                         await self._call(
