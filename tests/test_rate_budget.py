@@ -18,7 +18,7 @@ from tests.test_live_broker import decision
 
 BOTS, ORDERS = 5, 3
 # A small window and limit so that the test takes seconds, counted the way Binance counts.
-LIMIT = WeightLimit(100, 1_000, "x-mbx-used-weight-1m")
+LIMIT = WeightLimit(100, 2_000, "x-mbx-used-weight-1m")
 
 
 def five_bots(db_url: str, tag: str, shared: bool) -> tuple[FakeBinance, list[Any]]:

@@ -6,7 +6,9 @@ per account, the weight used in the current window, the same way the exchange co
 request takes its weight before it is sent, or learns how long to wait for the next window.
 The window is read from the database server's clock, which every bot shares. An answer's
 used-weight header raises the count to what the exchange saw (requests the budget did not
-see, or a window boundary the two clocks place differently).
+see, or a window boundary the two clocks place differently). Nothing is taken in the last
+twentieth of a window (at most a second): a request sent then could reach the exchange in its
+next window, on top of that window's full budget.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ MIGRATION_SQL = (
 )
 
 _NOW = "(SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms)"
+GUARD_FRACTION, GUARD_MAX_MS = 0.05, 1_000.0
 
 
 def take_weight_op(account: str, weight: float, limit: float, window_ms: int) -> Op[float]:
@@ -48,8 +51,10 @@ def _take(account: str, weight: float, limit: float, window_ms: int) -> Op[float
         {"account": account, "window": window_ms},
     )
     window_start, used, now = (float(v) for v in rows[0])
-    if used + weight > limit and used > 0:
-        return max(window_start + window_ms - now, 1.0) / 1000
+    until_next = window_start + window_ms - now
+    in_guard = until_next <= min(window_ms * GUARD_FRACTION, GUARD_MAX_MS)
+    if in_guard or (used + weight > limit and used > 0):
+        return max(until_next, 1.0) / 1000
     yield Execute("UPDATE rate_budgets SET used = used + %s WHERE account = %s", (weight, account))
     return 0.0
 
