@@ -27,6 +27,7 @@ from kubetrade.domain import TIMEFRAME_MS, HaltCause
 from kubetrade.errors import InvalidInputError
 from kubetrade.strategies import Strategy, StrategyError, make_strategy
 from kubetrade.strategies.builtin import Threshold, ThresholdParams
+from kubetrade.venues import LIVE_VENUES, live_venue_problem
 from kubetrade.yaml_documents import DocumentError, read_documents
 
 API_GROUP = "kubetrade.io"
@@ -492,6 +493,14 @@ class TradingBotSpec(_Model):
                 raise ValueError("live mode needs exchange.credentialsSecret")
             if not self.live_confirmed:
                 raise ValueError("live mode needs liveConfirmed: true (it sends real orders)")
+            problem = live_venue_problem(self.exchange.name, self.exchange.sandbox)
+            if problem is not None:
+                raise ValueError(problem)
+        elif self.exchange.sandbox and self.exchange.name in LIVE_VENUES:
+            # The feed reads candles from the testnet too: refuse one that does not exist.
+            problem = live_venue_problem(self.exchange.name, sandbox=True)
+            if problem is not None:
+                raise ValueError(problem)
         return self
 
 

@@ -17,6 +17,7 @@ from kubetrade.spec import (
     parse_bot,
     parse_duration,
 )
+from kubetrade.venues import LIVE_VENUES
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "k8s" / "examples").glob("*.yaml"))
 
@@ -149,6 +150,45 @@ def test_live_mode_is_never_one_field_away(
     document = manifest(mode="live", exchange=exchange, liveConfirmed=confirmed)
 
     assert errors_of(document) == [f"spec: {expected}"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "exchange", "expected"),
+    [
+        (
+            "live",
+            {"name": "okx", "credentialsSecret": "keys"},
+            "live trading on 'okx' is not supported; live exchanges: binance, bybit, coinbase, "
+            "kraken (paper mode works on any ccxt exchange)",
+        ),
+        (
+            "live",
+            {"name": "kraken", "credentialsSecret": "keys", "sandbox": True},
+            "exchange kraken has no testnet; set exchange.sandbox: false (real orders) or use "
+            "one with a testnet: binance, bybit",
+        ),
+        (
+            "paper",
+            {"name": "coinbase", "sandbox": True},
+            "exchange coinbase has no testnet; set exchange.sandbox: false (real orders) or use "
+            "one with a testnet: binance, bybit",
+        ),
+    ],
+)
+def test_a_live_exchange_or_testnet_the_executor_cannot_use_is_refused_before_any_pod(
+    mode: str, exchange: dict[str, Any], expected: str
+) -> None:
+    document = manifest(mode=mode, exchange=exchange, liveConfirmed=True)
+
+    assert errors_of(document) == [f"spec: {expected}"]
+
+
+def test_the_live_venues_testnets_are_the_ones_ccxt_knows() -> None:
+    import ccxt.async_support as ccxt_async
+
+    for name, venue in LIVE_VENUES.items():
+        exchange = getattr(ccxt_async, name)()
+        assert bool(exchange.urls.get("test")) is venue.testnet, name
 
 
 def test_live_mode_with_keys_and_confirmation_is_accepted() -> None:

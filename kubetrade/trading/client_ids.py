@@ -22,17 +22,13 @@ import re
 import uuid
 
 from kubetrade.errors import ExchangeError
+from kubetrade.venues import LIVE_VENUES
 
 # Fixed forever: changing it would rename every order a running bot has on an exchange.
 NAMESPACE = uuid.UUID("5f1e6a52-9d0b-4c3e-8a8f-6b7574726164")
 
 # The parameter each exchange reads its client order id from, as ccxt passes it through.
-CLIENT_ID_PARAMS: dict[str, str] = {
-    "binance": "newClientOrderId",
-    "coinbase": "client_order_id",
-    "bybit": "orderLinkId",
-    "kraken": "cl_ord_id",
-}
+CLIENT_ID_PARAMS: dict[str, str] = {name: v.client_id_param for name, v in LIVE_VENUES.items()}
 
 VALID = re.compile(r"^[0-9a-f]{32}$")
 
