@@ -234,39 +234,41 @@ class SignalPipeline:
     def _symbol_events(
         self, rows: list[Candle], frame: dict[str, np.ndarray]
     ) -> Iterator[MarketEvent]:
-        """One symbol's events, in order, from its candles and their columns."""
-        predictions = self._predictions(frame, len(rows))
+        """One symbol's events, in order, from its candles and their columns. Predictions and
+        feature mappings are built as each event is handed on, not held for the whole series."""
+        predictor = self.predictor
+        probabilities = [] if predictor is None else self._probabilities(predictor, frame)
         spec = self.strategy_features
-        values: list[dict[str, float] | None] = [None] * len(rows)
-        if spec is not None:
-            matrix = compute_features(frame, spec)
-            names = spec.names
-            for index, row in enumerate(matrix[spec.warmup - 1 :].tolist(), spec.warmup - 1):
-                values[index] = dict(zip(names, row, strict=True))
+        names = () if spec is None else spec.names
+        values = [] if spec is None else compute_features(frame, spec).tolist()
+        first_values = len(rows) if spec is None else spec.warmup - 1
         previous: dict[str, float] | None = None
-        for candle, prediction, now in zip(rows, predictions, values, strict=True):
+        for index, candle in enumerate(rows):
+            prob = probabilities[index] if probabilities else None
+            prediction = (
+                None if prob is None or predictor is None else to_prediction(prob, predictor)
+            )
+            now = dict(zip(names, values[index], strict=True)) if index >= first_values else None
             yield MarketEvent(candle, prediction, now, None if now is None else previous)
             previous = now
 
-    def _predictions(self, frame: dict[str, np.ndarray], n: int) -> list[Prediction | None]:
-        """Each candle's prediction (None while the model warms up), the model called on
+    @staticmethod
+    def _probabilities(predictor: Predictor, frame: dict[str, np.ndarray]) -> list[float | None]:
+        """Each candle's probability (None while the model warms up), the model called on
         batches of ``REPLAY_BATCH`` rows or windows."""
-        predictor = self.predictor
-        predictions: list[Prediction | None] = [None] * n
-        if predictor is None:
-            return predictions
-        warm = compute_features(frame, predictor.feature_spec)[predictor.feature_spec.warmup - 1 :]
-        first = predictor.feature_spec.warmup - 1 + predictor.window - 1
+        spec = predictor.feature_spec
+        probabilities: list[float | None] = [None] * len(frame["open_time"])
+        warm = compute_features(frame, spec)[spec.warmup - 1 :]
+        first = spec.warmup - 1 + predictor.window - 1
         if predictor.window > 1:
             if len(warm) < predictor.window:
-                return predictions
+                return probabilities
             # Each candle's window: its row and the window - 1 before it, oldest first.
             warm = sliding_window_view(warm, (predictor.window, warm.shape[1]))[:, 0]
         for start in range(0, len(warm), REPLAY_BATCH):
-            probs = predictor.predict_proba(warm[start : start + REPLAY_BATCH]).tolist()
-            for offset, prob in enumerate(probs, first + start):
-                predictions[offset] = to_prediction(prob, predictor)
-        return predictions
+            batch = predictor.predict_proba(warm[start : start + REPLAY_BATCH]).tolist()
+            probabilities[first + start : first + start + len(batch)] = batch
+        return probabilities
 
 
 def _columns(rows: Sequence[Candle]) -> dict[str, np.ndarray]:
