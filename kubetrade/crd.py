@@ -37,6 +37,7 @@ from kubetrade.spec import (
     TradingBotStatus,
 )
 from kubetrade.strategies.builtin import BUILTINS
+from kubetrade.venues import LIVE_VENUES
 
 Schema = dict[str, Any]
 
@@ -105,6 +106,12 @@ _RULES: dict[str, list[Schema]] = {
             "message": "live mode needs liveConfirmed: true (it sends real orders)",
             "fieldPath": ".liveConfirmed",
         },
+        {
+            "rule": "self.mode != 'live' || self.exchange.name in ['synthetic', 'replay']"
+            f" || self.exchange.name in {sorted(LIVE_VENUES)}",
+            "message": "live trading is supported on " + ", ".join(sorted(LIVE_VENUES)),
+            "fieldPath": ".exchange.name",
+        },
         # The built-ins only: whether an installed strategy needs a model, the model knows.
         {
             "rule": f"has(self.model) || !(self.strategy.type in {_MODEL_STRATEGIES})",
@@ -119,6 +126,12 @@ _RULES: dict[str, list[Schema]] = {
         },
     ],
     "spec.exchange": [
+        {
+            "rule": "!(has(self.sandbox) && self.sandbox)"
+            f" || !(self.name in {sorted(n for n, v in LIVE_VENUES.items() if not v.testnet)})",
+            "message": "this exchange has no testnet: set exchange.sandbox: false",
+            "fieldPath": ".sandbox",
+        },
         {
             "rule": "self.name != 'replay' || (has(self.uri) && size(self.uri) > 0)",
             "message": "exchange.name 'replay' needs exchange.uri (a CSV or Parquet file)",

@@ -205,10 +205,12 @@ def test_cel_rules_mirror_the_model_validators() -> None:
         "live mode needs a real exchange, not synthetic or replay",
         "live mode needs exchange.credentialsSecret",
         "live mode needs liveConfirmed: true (it sends real orders)",
+        "live trading is supported on binance, bybit, coinbase, kraken",
         "the strategy needs a model: set spec.model",
         "the strategy uses no model: remove spec.model (or use hybrid)",
     ]
     assert messages[".spec.exchange"] == [
+        "this exchange has no testnet: set exchange.sandbox: false",
         "exchange.name 'replay' needs exchange.uri (a CSV or Parquet file)",
         URL_NEEDS_SHA256,
     ]
@@ -395,6 +397,18 @@ REFUSED = {
     "live unconfirmed": (
         {"mode": "live", "exchange": {"name": "binance", "credentialsSecret": "binance-keys"}},
         "needs liveConfirmed: true",
+    ),
+    "live on an unsupported exchange": (
+        {
+            "mode": "live",
+            "liveConfirmed": True,
+            "exchange": {"name": "okx", "credentialsSecret": "k"},
+        },
+        "live trading",
+    ),
+    "a testnet that does not exist": (
+        {"exchange": {"name": "kraken", "sandbox": True}},
+        "has no testnet",
     ),
     "exit above entry": ({"strategy": {"longAbove": 0.4, "exitBelow": 0.5}}, "exitBelow"),
     "short exit below entry": (
