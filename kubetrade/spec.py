@@ -571,6 +571,11 @@ class TradingSummary(_Model):
     halted_since: str | None = Field(
         default=None, description="When the oldest halt still in force began (ISO 8601 UTC)."
     )
+    unconverted_fees: dict[str, float] | None = Field(
+        default=None,
+        description="Live fees charged in a currency the executor could find no price for, per "
+        "currency: they are not in equity, which is that much too high.",
+    )
 
 
 class ModelFailure(_Model):

@@ -132,6 +132,16 @@ def test_all_workers_running_make_the_bot_ready_with_its_figures() -> None:
     assert (status.model.active, status.model.transition) == ("btc-xgb:2", "UpToDate")
 
 
+def test_live_fees_left_out_of_equity_are_shown_beside_it() -> None:
+    trading = {**TRADING, "reconciled": True, "unconvertedFees": {"BNB": 0.0123}}
+    status = status_of(state(), running(trading=trading))
+
+    assert status.trading is not None
+    assert status.trading.unconverted_fees == {"BNB": 0.0123}
+    dumped = status.model_dump(by_alias=True, exclude_none=True)
+    assert dumped["trading"]["unconvertedFees"] == {"BNB": 0.0123}
+
+
 def test_a_rule_bot_without_a_model_is_ready_once_inference_computes_its_signals() -> None:
     rule = state(model=None)
     seen = heard(

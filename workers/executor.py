@@ -397,6 +397,8 @@ class Executor:
         disarmed = self.engine.disarmed if isinstance(self.engine, LiveEngine) else None
         if isinstance(self.engine, LiveEngine):
             self.status.trading["reconciled"] = disarmed is None
+            if self.router is not None and self.router.unconverted_fees:
+                self.status.trading["unconvertedFees"] = dict(self.router.unconverted_fees)
             self.status.counters["orders_working"] = len(self.engine.pending_orders())
         if summary.halted:
             self.status.state, self.status.message = "halted", summary.halt_reason or "halted"
