@@ -105,11 +105,12 @@ def ten_symbols(n: int) -> pd.DataFrame:
     return generate(TEN, "1h", n // len(TEN), seed=2, start_price=100.0)
 
 
-def xgboost_model() -> Predictor:
-    """The bench's XGBoost model, trained on other generated candles into a private store."""
+def xgboost_model(store: str) -> Predictor:
+    """The bench's XGBoost model, trained on other generated candles into the model store
+    ``store`` (the session keeps the model: the store may go once it is loaded)."""
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="kubetrade-bench-")
+    os.environ["BENTOML_HOME"] = store
     from kubetrade.modelstore.predictor import OnnxPredictor
     from kubetrade.onnx_export.pipeline import TrainConfig, train_and_register
 
@@ -165,7 +166,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candles", type=int, default=1_000_000)
     args = parser.parse_args()
-    predictor = xgboost_model()
+    with tempfile.TemporaryDirectory(prefix="kubetrade-bench-") as store:
+        predictor = xgboost_model(store)
     frame = candles_frame(args.candles)
     print(f"SMA({FAST}/{SLOW}) crossover on {len(frame):,} generated 1h candles", flush=True)
     peer, trades = peer_rate(frame)
