@@ -1,6 +1,6 @@
 """execution.maxVolumePct: an order takes at most that share of a candle's volume; the rest
-waits for the next candle. Parts add up to the order, a round trip's PnL counts every part, and
-a stop overtaking the rest cancels it."""
+waits for the next candle. Parts add up to the order, a round trip's PnL counts every part, a
+stop overtaking the rest cancels it, and a stop takes no more of the candle than any order."""
 
 from __future__ import annotations
 
@@ -53,12 +53,25 @@ def test_a_stop_overtakes_the_rest_of_an_entry() -> None:
         feed(
             engine, Candle(BTC, "1h", T0 + i * H, 100, 101, 99, 100, 1_000), 0.7 if i == 2 else None
         )
-    feed(engine, candle(3, 100, 100))  # 10 of the 50 fill; stop at 98
-    out = feed(engine, candle(4, 100, 100, low=97))
-    assert [f.reason for f in out.fills] == [OrderReason.ENTRY_LONG, OrderReason.STOP_LOSS]
+    first = feed(engine, candle(3, 100, 100))  # 10 of the 50 fill; stop at 98
+    out = feed(engine, candle(4, 100, 100, low=97))  # 10 more, then the stop: 10 of the 20
+    assert [(f.reason, f.quantity, f.price) for f in out.fills] == [
+        (OrderReason.ENTRY_LONG, 10, 100),
+        (OrderReason.STOP_LOSS, 10, 98),
+    ]
     assert (NoticeKind.ORDER_CANCELLED, "overtaken") in kinds(out)
+    assert (NoticeKind.PARTIALLY_FILLED, "volume_cap") in kinds(out)
+    assert engine.summary().open_positions == 1, "the stop's rest waits for the next candle"
+    rest = feed(engine, candle(5, 99, 100))
+    assert [(f.reason, f.quantity, f.price) for f in rest.fills] == [
+        (OrderReason.STOP_LOSS, 10, 99)
+    ]
     assert engine.summary().open_positions == 0
-    assert feed(engine, candle(5, 100, 100)).fills == [], "nothing of the entry is left"
+    assert feed(engine, candle(6, 100, 100)).fills == [], "nothing of the entry is left"
+    # One round trip of 20 units, its PnL over both parts of the stop (no costs in make_bot).
+    [trip] = round_trips(first.fills + out.fills + rest.fills)
+    assert trip.pnl == pytest.approx(10 * (98 - 100) + 10 * (99 - 100))
+    assert engine.summary().equity == pytest.approx(10_000 + trip.pnl)
 
 
 def test_a_snapshot_keeps_the_rest_waiting() -> None:

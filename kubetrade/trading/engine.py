@@ -96,7 +96,7 @@ from kubetrade.trading.breakers import (
     start_day,
     utc_day,
 )
-from kubetrade.trading.broker import PaperBroker
+from kubetrade.trading.broker import Execution, PaperBroker
 from kubetrade.trading.control import ControlAction, ControlCommand
 from kubetrade.trading.exits import (
     advance_trailing,
@@ -327,28 +327,35 @@ class TradingEngine:
         self, pending: PendingOrder, candle: Candle, out: EngineOutput, cap: float
     ) -> None:
         """Fill ``cap`` of an exit order at this open; the rest waits for the next candle."""
-        order = pending.order
         if cap > 0:
-            execution = self._broker.market(order.side, cap, candle.open)
-            part = self._portfolio.reduce(
-                order.symbol, cap, execution.price, execution.fee, close=False
-            )
-            earlier = self._partial_exit_pnl.get(order.symbol, 0.0)
-            self._partial_exit_pnl[order.symbol] = earlier + part.fill_realized_pnl
-            out.fills.append(
-                Fill(
-                    client_order_id=order.client_order_id,
-                    symbol=order.symbol,
-                    side=order.side,
-                    quantity=cap,
-                    price=execution.price,
-                    fee=execution.fee,
-                    time=candle.open_time,
-                    reason=order.reason,
-                    realized_pnl=part.fill_realized_pnl,
-                )
-            )
+            order = pending.order
+            self._book_exit_part(order, cap, self._broker.market(order.side, cap, candle.open),
+                                 candle.open_time, out)  # fmt: skip
         self._carry(pending, cap, candle, out)
+
+    def _book_exit_part(
+        self, order: Order, quantity: float, execution: Execution, time: int, out: EngineOutput
+    ) -> None:
+        """Book ``quantity`` of an exit whose rest keeps the position open; its PnL counts
+        toward the round trip when the position finally closes."""
+        part = self._portfolio.reduce(
+            order.symbol, quantity, execution.price, execution.fee, close=False
+        )
+        earlier = self._partial_exit_pnl.get(order.symbol, 0.0)
+        self._partial_exit_pnl[order.symbol] = earlier + part.fill_realized_pnl
+        out.fills.append(
+            Fill(
+                client_order_id=order.client_order_id,
+                symbol=order.symbol,
+                side=order.side,
+                quantity=quantity,
+                price=execution.price,
+                fee=execution.fee,
+                time=time,
+                reason=order.reason,
+                realized_pnl=part.fill_realized_pnl,
+            )
+        )
 
     def _fill_entry(
         self, pending: PendingOrder, candle: Candle, out: EngineOutput, cap: float | None = None
@@ -499,8 +506,21 @@ class TradingEngine:
                 reference_price=hit.price,
             )
             out.orders.append(order)
-            self._fill_exit(order, hit.price, hit.is_limit, candle.open_time, out)
             self._drop_rest(candle.symbol, candle.open_time, out)
+            cap = self._volume_cap(candle)
+            if cap is not None and order.quantity > cap:
+                # maxVolumePct holds for stops and take-profits too: what the candle's volume
+                # allows fills at the trigger, the rest waits for the next open as a market exit.
+                if cap > 0:
+                    execution = (
+                        self._broker.limit(cap, hit.price)
+                        if hit.is_limit
+                        else self._broker.market(order.side, cap, hit.price)
+                    )
+                    self._book_exit_part(order, cap, execution, candle.open_time, out)
+                self._carry(PendingOrder(order), cap, candle, out)
+                return
+            self._fill_exit(order, hit.price, hit.is_limit, candle.open_time, out)
             return
         position.best_price, position.trailing_armed = advance_trailing(
             position, candle, risk.trailing_stop
