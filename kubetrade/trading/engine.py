@@ -69,7 +69,6 @@ from typing import Any
 from kubetrade.domain import (
     Candle,
     EquityPoint,
-    Fill,
     HaltCause,
     MarketEvent,
     Order,
@@ -110,6 +109,7 @@ from kubetrade.trading.orders import (
     client_order_id,
     entry_side,
     exit_side,
+    fill_of,
 )
 from kubetrade.trading.outputs import EngineOutput, Notice, NoticeKind, Rejection
 from kubetrade.trading.portfolio import Portfolio, Position
@@ -329,8 +329,8 @@ class TradingEngine:
         """Fill ``cap`` of an exit order at this open; the rest waits for the next candle."""
         if cap > 0:
             order = pending.order
-            self._book_exit_part(order, cap, self._broker.market(order.side, cap, candle.open),
-                                 candle.open_time, out)  # fmt: skip
+            execution = self._broker.market(order.side, cap, candle.open)
+            self._book_exit_part(order, cap, execution, candle.open_time, out)
         self._carry(pending, cap, candle, out)
 
     def _book_exit_part(
@@ -344,17 +344,7 @@ class TradingEngine:
         earlier = self._partial_exit_pnl.get(order.symbol, 0.0)
         self._partial_exit_pnl[order.symbol] = earlier + part.fill_realized_pnl
         out.fills.append(
-            Fill(
-                client_order_id=order.client_order_id,
-                symbol=order.symbol,
-                side=order.side,
-                quantity=quantity,
-                price=execution.price,
-                fee=execution.fee,
-                time=time,
-                reason=order.reason,
-                realized_pnl=part.fill_realized_pnl,
-            )
+            fill_of(order, quantity, execution.price, execution.fee, time, part.fill_realized_pnl)
         )
 
     def _fill_entry(
@@ -432,19 +422,7 @@ class TradingEngine:
                     best_price=price,
                 )
             )
-        out.fills.append(
-            Fill(
-                client_order_id=order.client_order_id,
-                symbol=order.symbol,
-                side=order.side,
-                quantity=quantity,
-                price=price,
-                fee=fee,
-                time=candle.open_time,
-                reason=order.reason,
-                realized_pnl=realized,
-            )
-        )
+        out.fills.append(fill_of(order, quantity, price, fee, candle.open_time, realized))
 
     def _fill_exit(
         self, order: Order, base_price: float, is_limit: bool, time: int, out: EngineOutput
@@ -459,16 +437,13 @@ class TradingEngine:
         net = closed.net_pnl + self._partial_exit_pnl.pop(order.symbol, 0.0)
         self._breakers = record_round_trip(self._bot.spec.risk.breakers, self._breakers, net, time)
         out.fills.append(
-            Fill(
-                client_order_id=order.client_order_id,
-                symbol=order.symbol,
-                side=order.side,
-                quantity=order.quantity,
-                price=execution.price,
-                fee=execution.fee,
-                time=time,
-                reason=order.reason,
-                realized_pnl=closed.fill_realized_pnl,
+            fill_of(
+                order,
+                order.quantity,
+                execution.price,
+                execution.fee,
+                time,
+                closed.fill_realized_pnl,
             )
         )
 
@@ -557,17 +532,7 @@ class TradingEngine:
             self._bot.spec.risk.breakers, self._breakers, net, candle.open_time
         )
         out.fills.append(
-            Fill(
-                client_order_id=order.client_order_id,
-                symbol=order.symbol,
-                side=order.side,
-                quantity=order.quantity,
-                price=price,
-                fee=fee,
-                time=candle.open_time,
-                reason=order.reason,
-                realized_pnl=closed.fill_realized_pnl,
-            )
+            fill_of(order, order.quantity, price, fee, candle.open_time, closed.fill_realized_pnl)
         )
         out.notices.append(
             Notice(

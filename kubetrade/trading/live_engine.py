@@ -34,13 +34,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from kubetrade.domain import Candle, Fill, Order, OrderReason, Side
+from kubetrade.domain import Candle, Order, OrderReason, Side
 from kubetrade.spec import TradingBot
 from kubetrade.strategies import PositionSide
 from kubetrade.trading.breakers import record_round_trip
 from kubetrade.trading.engine import TradingEngine
 from kubetrade.trading.exits import protective_levels
-from kubetrade.trading.orders import PendingOrder
+from kubetrade.trading.orders import PendingOrder, fill_of
 from kubetrade.trading.outputs import EngineOutput, Notice, NoticeKind, Rejection
 from kubetrade.trading.portfolio import Position
 from kubetrade.trading.validation import MarketRules
@@ -286,19 +286,7 @@ class LiveEngine(TradingEngine):
         realized: float,
         out: EngineOutput,
     ) -> None:
-        out.fills.append(
-            Fill(
-                client_order_id=order.client_order_id,
-                symbol=order.symbol,
-                side=order.side,
-                quantity=quantity,
-                price=price,
-                fee=fee,
-                time=time,
-                reason=order.reason,
-                realized_pnl=realized,
-            )
-        )
+        out.fills.append(fill_of(order, quantity, price, fee, time, realized))
 
     # -- what differs from paper --------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kubetrade.domain import Order, OrderReason, Side
+from kubetrade.domain import Fill, Order, OrderReason, Side
 from kubetrade.trading.strategy import PositionSide
 
 ENTRY_REASONS = frozenset({OrderReason.ENTRY_LONG, OrderReason.ENTRY_SHORT})
@@ -22,6 +22,23 @@ ENTRY_REASONS = frozenset({OrderReason.ENTRY_LONG, OrderReason.ENTRY_SHORT})
 def client_order_id(bot: str, symbol: str, candle_open_time: int, reason: OrderReason) -> str:
     """The deterministic id of the order for ``reason`` on ``symbol``'s candle."""
     return f"{bot}:{symbol}:{candle_open_time}:{reason.value}"
+
+
+def fill_of(
+    order: Order, quantity: float, price: float, fee: float, time: int, realized_pnl: float
+) -> Fill:
+    """A fill of ``quantity`` of ``order`` (all or part of it), with what it realized."""
+    return Fill(
+        client_order_id=order.client_order_id,
+        symbol=order.symbol,
+        side=order.side,
+        quantity=quantity,
+        price=price,
+        fee=fee,
+        time=time,
+        reason=order.reason,
+        realized_pnl=realized_pnl,
+    )
 
 
 def entry_side(side: PositionSide) -> Side:
