@@ -29,7 +29,13 @@ class FeatureEngine:
     def __init__(self, spec: FeatureSpec | None = None) -> None:
         self.spec = spec or default_feature_spec()
         self._indicators = indicators_for(self.spec)
+        # Bound once: looking the methods up per candle and indicator costs more than the
+        # cheapest indicators' steps.
+        self._starts = [indicator.start for indicator in self._indicators]
+        self._steps = [indicator.step for indicator in self._indicators]
         self._out = [NAN] * len(self.spec.names)
+        self._width = len(self._out)
+        self._warmup = self.spec.warmup
         self._tick = Tick()
         self._seen = 0
         self._symbol = ""
@@ -69,7 +75,11 @@ class FeatureEngine:
         self._advance(
             candle.open_time, candle.open, candle.high, candle.low, candle.close, candle.volume
         )
-        return np.array(self._out) if self._seen >= self.spec.warmup else None
+        if self._seen < self._warmup:
+            return None
+        # ``fromiter`` with the dtype and length given skips the type inference of
+        # ``np.array(list)``: the same float64 row in half the time.
+        return np.fromiter(self._out, np.float64, self._width)
 
     def _check_values(self, candle: Candle) -> None:
         o, h, lo, c, v = candle.open, candle.high, candle.low, candle.close, candle.volume
@@ -124,9 +134,9 @@ class FeatureEngine:
         tick.tr = (h if h > pc else pc) - (lo if lo < pc else pc)
         out = self._out
         if first:
-            for indicator in self._indicators:
-                indicator.start(tick)
-        for indicator in self._indicators:
-            indicator.step(tick, out)
+            for start in self._starts:
+                start(tick)
+        for step in self._steps:
+            step(tick, out)
         self._seen += 1
         self._last_time = t
