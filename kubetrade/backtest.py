@@ -15,7 +15,9 @@ first candle after it, so no candle the model learned from is traded. ``kubetrad
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -61,24 +63,57 @@ def run_backtest(
     pipeline = SignalPipeline.for_bot(bot, predictor)
     engine = TradingEngine(bot)
     result = BacktestResult()
-    for event in _events(pipeline, list(candles)):
+    with _collector_paused():
+        _replay_into(result, engine, _events(pipeline, list(candles)))
+    return result
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for the duration.
+
+    A backtest allocates millions of small objects that live until it ends (events, orders,
+    fills, equity points) and makes no reference cycles: the collector's passes over them
+    reclaim nothing and cost about a tenth of the run. Reference counting still frees
+    everything else as usual.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _replay_into(
+    result: BacktestResult, engine: TradingEngine, events: Iterator[MarketEvent | Rejected]
+) -> None:
+    """Drive ``engine`` with ``events`` and gather what it produces into ``result``."""
+    # Locals, not attributes, in the loop: it runs once per candle.
+    on_event, orders, fills, equity = engine.on_event, result.orders, result.fills, result.equity
+    candles = signals = 0
+    first_signal: int | None = None
+    last: int | None = None
+    for event in events:
         if isinstance(event, Rejected):
             raise InvalidInputError(f"candle refused by the feature engine: {event.reason}")
-        out = engine.on_event(event)
-        result.candles += 1
+        out = on_event(event)
+        candles += 1
+        last = event.candle.open_time
         if event.prediction is not None:
-            result.signals += 1
-            if result.first_signal_time is None:
-                result.first_signal_time = event.candle.open_time
-        result.last_candle_time = event.candle.open_time
-        result.orders.extend(out.orders)
-        result.fills.extend(out.fills)
-        result.equity.extend(out.equity)
+            signals += 1
+            if first_signal is None:
+                first_signal = last
+        orders.extend(out.orders)
+        fills.extend(out.fills)
+        equity.extend(out.equity)
         if out.notices:  # most candles raise none
             result.halts.extend(halt_events(out.notices))
             result.refusals.extend(refusals(out.notices))
+    result.candles, result.signals = candles, signals
+    result.first_signal_time, result.last_candle_time = first_signal, last
     result.equity.extend(engine.flush().equity)
-    return result
 
 
 def _events(pipeline: SignalPipeline, candles: list[Candle]) -> Iterator[MarketEvent | Rejected]:

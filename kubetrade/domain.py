@@ -2,6 +2,12 @@
 
 Times are integer milliseconds since the Unix epoch (UTC) everywhere inside the product, so
 ordering, hashing and idempotency keys never depend on float rounding or time zones.
+
+Value types are frozen, except those made once per candle on a backtest's hot path (prediction,
+market event, equity point): a frozen dataclass's ``__init__`` sets each field through
+``object.__setattr__`` and costs five to six times a plain one's (2.2 µs against 0.33 µs for an
+equity point here), a tenth of a backtest's time per candle. Nothing assigns to them after
+creation.
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ class Direction(StrEnum):
     FLAT = "flat"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per candle: not frozen, see the module doc
 class Prediction:
     """A model's opinion on one candle: probability that the price goes up next."""
 
@@ -78,7 +84,7 @@ class Prediction:
     feature_hash: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per candle: not frozen, see the module doc
 class MarketEvent:
     """What the executor acts on: a closed candle and, once the model is warm, its prediction;
     once the strategy's features are warm, their values on this candle and on the one before
@@ -139,7 +145,7 @@ class Fill:
     realized_pnl: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per candle: not frozen, see the module doc
 class EquityPoint:
     """Account value at the close of one candle time."""
 

@@ -55,7 +55,9 @@ class StrategyParams(BaseModel):
     )
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is made per candle, and a frozen dataclass's __init__ costs several times a
+# plain one's (see kubetrade.domain). Nothing assigns to it after creation.
+@dataclass(slots=True)
 class StrategyInputs:
     """What a strategy sees on one closed candle.
 

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from kubetrade.domain import Candle
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is made per candle, and a frozen dataclass's __init__ costs several times a
+# plain one's (see kubetrade.domain). ``update_atr`` makes a new one; nothing assigns to it.
+@dataclass(slots=True)
 class AtrState:
     """Running ATR of one symbol; ``value`` is None while warming up."""
 

@@ -54,12 +54,6 @@ class ExitHit:
     is_limit: bool
 
 
-@dataclass(frozen=True, slots=True)
-class _StopLevel:
-    price: float
-    reason: OrderReason
-
-
 def stop_distance(risk: RiskSpec, atr: float | None) -> float | None:
     """``atrMultiplier * ATR``, or None without a stop-loss or before the ATR is ready."""
     if risk.stop_loss is None or atr is None:
@@ -87,14 +81,18 @@ def trailing_level(position: Position, trailing: TrailingStopSpec | None) -> flo
     return position.best_price * (1 - position.side.sign * trailing.trail_pct / 100)
 
 
-def _effective_stop(position: Position, trailing: TrailingStopSpec | None) -> _StopLevel | None:
+def _effective_stop(
+    position: Position, trailing: TrailingStopSpec | None
+) -> tuple[float, OrderReason] | None:
+    """The stop in force (price, and whether the ATR stop or the trail), or None. A tuple, not a
+    dataclass: it is made on every candle a position is open."""
     stop = position.stop_price
     trail = trailing_level(position, trailing)
     if trail is None:
-        return None if stop is None else _StopLevel(stop, OrderReason.STOP_LOSS)
+        return None if stop is None else (stop, OrderReason.STOP_LOSS)
     if stop is None or position.side.sign * (trail - stop) > 0:
-        return _StopLevel(trail, OrderReason.TRAILING_STOP)
-    return _StopLevel(stop, OrderReason.STOP_LOSS)
+        return trail, OrderReason.TRAILING_STOP
+    return stop, OrderReason.STOP_LOSS
 
 
 def _adverse(side: PositionSide, price: float, level: float) -> bool:
@@ -116,12 +114,12 @@ def intrabar_exit(
     take_profit = position.take_profit_price
     worst = candle.low if side is PositionSide.LONG else candle.high
     best = candle.high if side is PositionSide.LONG else candle.low
-    if stop is not None and _adverse(side, candle.open, stop.price):
-        return ExitHit(stop.reason, candle.open, is_limit=False)
+    if stop is not None and _adverse(side, candle.open, stop[0]):
+        return ExitHit(stop[1], candle.open, is_limit=False)
     if take_profit is not None and _favourable(side, candle.open, take_profit):
         return ExitHit(OrderReason.TAKE_PROFIT, candle.open, is_limit=True)
-    if stop is not None and _adverse(side, worst, stop.price):
-        return ExitHit(stop.reason, stop.price, is_limit=False)
+    if stop is not None and _adverse(side, worst, stop[0]):
+        return ExitHit(stop[1], stop[0], is_limit=False)
     if take_profit is not None and _favourable(side, best, take_profit):
         return ExitHit(OrderReason.TAKE_PROFIT, take_profit, is_limit=True)
     return None

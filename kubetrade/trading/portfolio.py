@@ -142,6 +142,8 @@ class Portfolio:
     def unrealized_pnl(self) -> float:
         """Sum of open positions' gross unrealized PnL at their marks."""
         total = 0.0
+        if not self.positions:
+            return total  # flat: the common case, without sorting
         for symbol in sorted(self.positions):
             position = self.positions[symbol]
             total += position.unrealized_pnl(self._mark_of(position))
@@ -150,6 +152,8 @@ class Portfolio:
     def equity(self) -> float:
         """Cash plus the signed value of every position at its mark."""
         total = self.cash
+        if not self.positions:
+            return total  # flat: the common case, without sorting
         for symbol in sorted(self.positions):
             position = self.positions[symbol]
             total += position.side.sign * position.quantity * self._mark_of(position)
