@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import ClassVar
 
@@ -43,6 +44,27 @@ class Indicator(ABC):
     @abstractmethod
     def step(self, tick: Tick, out: list[float]) -> None:
         """Consume one candle; write this group's values at ``out[offset:]``."""
+
+
+def push_max(window: deque[float], value: float, top: float) -> float:
+    """Append ``value`` to the full ``window`` (a deque at its ``maxlen``) and return the
+    window's maximum, given ``top``, its maximum before: the value ``max(window)`` gives, but
+    scanned again only when the maximum leaves the window (``max`` of a 50-candle deque costs
+    more than a whole indicator's step)."""
+    dropped = window[0]
+    window.append(value)
+    if value >= top:
+        return value
+    return max(window) if dropped == top else top
+
+
+def push_min(window: deque[float], value: float, bottom: float) -> float:
+    """``push_max`` for the minimum."""
+    dropped = window[0]
+    window.append(value)
+    if value <= bottom:
+        return value
+    return min(window) if dropped == bottom else bottom
 
 
 def param_windows(params: GroupParams, name: str, group: str, minimum: int = 1) -> tuple[int, ...]:

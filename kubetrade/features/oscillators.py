@@ -14,6 +14,8 @@ from kubetrade.features.indicator import (
     check_keys,
     param_int,
     param_windows,
+    push_max,
+    push_min,
 )
 from kubetrade.features.inputs import Array, Bars, Tick
 from kubetrade.features.series import (
@@ -90,6 +92,7 @@ class Stochastic(Indicator):
         self._highs: deque[float] = deque()
         self._lows: deque[float] = deque()
         self._ks: deque[float] = deque()
+        self._highest = self._lowest = 0.0
 
     @classmethod
     def from_params(cls, params: GroupParams) -> Stochastic:
@@ -110,11 +113,11 @@ class Stochastic(Indicator):
         self._highs = deque([tick.h] * self.k, maxlen=self.k)
         self._lows = deque([tick.l] * self.k, maxlen=self.k)
         self._ks = deque([0.5] * self.d, maxlen=self.d)
+        self._highest, self._lowest = tick.h, tick.l
 
     def step(self, tick: Tick, out: list[float]) -> None:
-        self._highs.append(tick.h)
-        self._lows.append(tick.l)
-        highest, lowest = max(self._highs), min(self._lows)
+        highest = self._highest = push_max(self._highs, tick.h, self._highest)
+        lowest = self._lowest = push_min(self._lows, tick.l, self._lowest)
         pct_k = (tick.c - lowest) / (highest - lowest) if highest > lowest else 0.5
         self._ks.append(pct_k)
         out[self.offset] = pct_k
@@ -132,6 +135,7 @@ class WilliamsR(Indicator):
         self.window = window
         self._highs: deque[float] = deque()
         self._lows: deque[float] = deque()
+        self._highest = self._lowest = 0.0
 
     @classmethod
     def from_params(cls, params: GroupParams) -> WilliamsR:
@@ -149,11 +153,11 @@ class WilliamsR(Indicator):
     def start(self, tick: Tick) -> None:
         self._highs = deque([tick.h] * self.window, maxlen=self.window)
         self._lows = deque([tick.l] * self.window, maxlen=self.window)
+        self._highest, self._lowest = tick.h, tick.l
 
     def step(self, tick: Tick, out: list[float]) -> None:
-        self._highs.append(tick.h)
-        self._lows.append(tick.l)
-        highest, lowest = max(self._highs), min(self._lows)
+        highest = self._highest = push_max(self._highs, tick.h, self._highest)
+        lowest = self._lowest = push_min(self._lows, tick.l, self._lowest)
         out[self.offset] = -((highest - tick.c) / (highest - lowest)) if highest > lowest else -0.5
 
 

@@ -15,6 +15,8 @@ from kubetrade.features.indicator import (
     check_keys,
     param_float,
     param_int,
+    push_max,
+    push_min,
 )
 from kubetrade.features.inputs import NAN, Array, Bars, Tick
 from kubetrade.features.series import (
@@ -129,6 +131,7 @@ class Channel(Indicator):
         )
         self.donchian, self.extremes = donchian, extremes
         self._buffers: tuple[deque[float], ...] = ()
+        self._extremes = [0.0, 0.0, 0.0, 0.0]
 
     @classmethod
     def from_params(cls, params: GroupParams) -> Channel:
@@ -155,15 +158,17 @@ class Channel(Indicator):
             deque([tick.h] * e, maxlen=e),
             deque([tick.l] * e, maxlen=e),
         )
+        self._extremes = [tick.h, tick.l, tick.h, tick.l]
 
     def step(self, tick: Tick, out: list[float]) -> None:
         highs, lows, long_highs, long_lows = self._buffers
         h, lo, c = tick.h, tick.l, tick.c
-        highs.append(h)
-        lows.append(lo)
-        long_highs.append(h)
-        long_lows.append(lo)
+        extremes = self._extremes
+        highest = extremes[0] = push_max(highs, h, extremes[0])
+        lowest = extremes[1] = push_min(lows, lo, extremes[1])
+        long_highest = extremes[2] = push_max(long_highs, h, extremes[2])
+        long_lowest = extremes[3] = push_min(long_lows, lo, extremes[3])
         o = self.offset
-        out[o] = (max(highs) - min(lows)) / c
-        out[o + 1] = c / max(long_highs) - 1.0
-        out[o + 2] = c / min(long_lows) - 1.0
+        out[o] = (highest - lowest) / c
+        out[o + 1] = c / long_highest - 1.0
+        out[o + 2] = c / long_lowest - 1.0
