@@ -26,18 +26,13 @@ class AtrState:
     previous_close: float | None = None
 
 
-def true_range(candle: Candle, previous_close: float | None) -> float:
-    """The candle's true range given the previous candle's close (None for the first)."""
-    span = candle.high - candle.low
-    if previous_close is None:
-        return span
-    return max(span, abs(candle.high - previous_close), abs(candle.low - previous_close))
-
-
 def update_atr(state: AtrState, candle: Candle) -> AtrState:
     """The ATR state after ``candle``."""
-    # Built directly, not with dataclasses.replace: this runs once per candle.
-    tr = true_range(candle, state.previous_close)
+    # One function with locals, not a true-range helper: this runs once per candle.
+    high, low, previous_close = candle.high, candle.low, state.previous_close
+    tr = high - low
+    if previous_close is not None:
+        tr = max(tr, abs(high - previous_close), abs(low - previous_close))
     count = state.count + 1
     period = state.period
     if state.value is not None:

@@ -218,7 +218,10 @@ class TradingEngine:
                 self._fill_pending(candle, out)
             if symbol in portfolio.positions:
                 self._protective_exits(candle, out)
-            self._update_atr(candle)
+            stop_loss = self._stop_loss
+            if stop_loss is not None:  # the ATR sizes the stop
+                atr = self._atr.get(symbol) or AtrState(period=stop_loss.atr_period)
+                self._atr[symbol] = update_atr(atr, candle)
         else:
             out.notices.append(
                 Notice(
@@ -287,15 +290,6 @@ class TradingEngine:
         if current is None or day > current:
             # Only a new day needs the equity it starts at.
             self._breakers = start_day(self._breakers, day, self._portfolio.equity())
-
-    def _update_atr(self, candle: Candle) -> None:
-        stop_loss = self._stop_loss
-        if stop_loss is None:
-            return
-        state = self._atr.get(candle.symbol)
-        if state is None:
-            state = AtrState(period=stop_loss.atr_period)
-        self._atr[candle.symbol] = update_atr(state, candle)
 
     # -- fills --------------------------------------------------------------------------------
 
