@@ -225,6 +225,10 @@ class SignalPipeline:
         series: dict[str, list[Candle]],
         frames: dict[str, dict[str, np.ndarray]],
     ) -> Iterator[MarketEvent]:
+        if len(series) == 1:  # one symbol: its events are the stream's, in order
+            ((symbol, rows),) = series.items()
+            yield from self._symbol_events(rows, frames[symbol])
+            return
         per_symbol = {
             symbol: self._symbol_events(rows, frames[symbol]) for symbol, rows in series.items()
         }
