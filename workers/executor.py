@@ -102,9 +102,10 @@ class Pending:
         self.orders.extend(out.orders)
         self.fills.extend(out.fills)
         self.equity.extend(out.equity)
-        self.refused.extend(n.code for n in out.notices if n.kind is NoticeKind.ORDER_REFUSED)
-        self.halts.extend(halt_events(out.notices))
-        self.refusals.extend(refusals(out.notices))
+        if out.notices:  # most signals bring none: skip three scans of an empty list
+            self.refused.extend(n.code for n in out.notices if n.kind is NoticeKind.ORDER_REFUSED)
+            self.halts.extend(halt_events(out.notices))
+            self.refusals.extend(refusals(out.notices))
         for order in out.orders:
             data = encode(OrderMessage.from_order(order))
             self.outgoing.append(
@@ -174,6 +175,10 @@ class Executor:
         self.processed = 0
         self.controls: asyncio.Queue[tuple[ControlMessage, Msg]] = asyncio.Queue()
         self.admission = CandleAdmission(AdmissionPolicy.for_bot(bot), repeats=True)
+        # Per signal: the bot's key (built from its name each time it is read) and the
+        # latency histogram's child (a labelled lookup under a lock), looked up once.
+        self._key = bot.key
+        self._decision_seconds = DECISION_SECONDS.labels(self._key)
 
     def last_candle_close_ms(self) -> int | None:
         """Close time of the newest candle decided on (for the candle lag metric)."""
@@ -319,7 +324,7 @@ class Executor:
             self.status.count("dead_letters")
             return
         event = message.to_event()
-        attributes = {"kubetrade.bot": self.bot.key, "kubetrade.symbol": event.candle.symbol}
+        attributes = {"kubetrade.bot": self._key, "kubetrade.symbol": event.candle.symbol}
         if event.prediction is not None:
             attributes["kubetrade.model_version"] = event.prediction.model_version
         with hop(tracer, "executor.decide", delivery.msg.headers, attributes, {}) as onward:
@@ -340,7 +345,7 @@ class Executor:
             pending.add(out, self.subjects, onward)
         self.processed += 1
         published_us = message.candle.published_us
-        DECISION_SECONDS.labels(self.bot.key).observe(max(decided_us - published_us, 0) / 1e6)
+        self._decision_seconds.observe(max(decided_us - published_us, 0) / 1e6)
         p = event.prediction
         pending.signals.append(
             SignalRecord(
