@@ -56,11 +56,15 @@ class BacktestResult:
 
 
 def run_backtest(
-    bot: TradingBot, candles: Iterable[Candle], predictor: Predictor | None
+    bot: TradingBot,
+    candles: Iterable[Candle],
+    predictor: Predictor | None,
+    withhold: tuple[int, int] | None = None,
 ) -> BacktestResult:
     """Replay ``candles`` (time, then spec symbol order) through features, model (None for a
-    rule-only bot) and engine."""
-    pipeline = SignalPipeline.for_bot(bot, predictor)
+    rule-only bot) and engine; no prediction on candles inside ``withhold``
+    (``signals.withheld_period``), as in inference."""
+    pipeline = SignalPipeline.for_bot(bot, predictor, withhold)
     engine = TradingEngine(bot)
     result = BacktestResult()
     with _collector_paused():
@@ -265,11 +269,22 @@ def bot_sample_plan(
     metadata = (metadata_of or registered_metadata)(bot)
     model = bot.spec.model
     name = "none" if model is None else f"{model.name}:{model.version}"
+    in_sample = in_sample or (model is not None and model.in_sample)
     sample = plan_sample(name, metadata, bot.spec.timeframe, in_sample=in_sample)
     if not candles:
         return sample
     source = data_file or str(bot.spec.exchange.uri)
     return sample.resolve(candles[0].open_time, candles[-1].open_time, source)
+
+
+def trading_in_sample(bot: TradingBot) -> TradingBot:
+    """``bot`` with ``spec.model.inSample`` set (``--in-sample``): its inference then predicts
+    on candles inside the model's training period too."""
+    model = bot.spec.model
+    if model is None or model.in_sample:
+        return bot
+    spec = bot.spec.model_copy(update={"model": model.model_copy(update={"in_sample": True})})
+    return bot.model_copy(update={"spec": spec})
 
 
 def registered_metadata(bot: TradingBot) -> ModelMetadata | None:

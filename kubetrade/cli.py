@@ -143,10 +143,12 @@ def run(
     trace_file: Path | None,
 ) -> None:
     """Run a bot on this machine: feed, inference and executor as local processes."""
-    from kubetrade.backtest import bot_sample_plan
+    from kubetrade.backtest import bot_sample_plan, trading_in_sample
     from kubetrade.runner import RunOptions, run_bot
 
     bot = load_bot(manifest)
+    if in_sample:
+        bot = trading_in_sample(bot)  # the workers read it from the bot's config
     source = str(data_file) if data_file else None
     options = RunOptions(
         sample=bot_sample_plan(bot, source, in_sample),
@@ -173,12 +175,15 @@ def run(
 def backtest(manifest: Path, data_file: Path | None, in_sample: bool, report_dir: Path) -> None:
     """Backtest a bot in-process with the same features, model, strategy, risk and broker;
     out of sample unless --in-sample."""
-    from kubetrade.backtest import bot_sample_plan, run_backtest
+    from kubetrade.backtest import bot_sample_plan, replays_file, run_backtest, trading_in_sample
     from kubetrade.market.sources import load_source_candles
     from kubetrade.modelstore.predictor import OnnxPredictor
     from kubetrade.report import backtest_report
+    from kubetrade.signals import withheld_period
 
     bot = load_bot(manifest)
+    if in_sample:
+        bot = trading_in_sample(bot)
     model = bot.spec.model
     predictor = None if model is None else OnnxPredictor.load(model.name, model.version)
     source = str(data_file) if data_file else None
@@ -187,7 +192,9 @@ def backtest(manifest: Path, data_file: Path | None, in_sample: bool, report_dir
     candles = load_source_candles(bot, source)
     if sample is not None:
         candles = sample.select(candles, source or str(bot.spec.exchange.uri))
-    result = run_backtest(bot, candles, predictor)
+    training = None if predictor is None else predictor.training_period
+    withhold = withheld_period(bot, training, replays_file(bot, source))
+    result = run_backtest(bot, candles, predictor, withhold)
     backtest_report(bot, result, candles, sample, report_dir, Console())
 
 

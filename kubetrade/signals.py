@@ -47,6 +47,8 @@ class Predictor(Protocol):
     feature_spec: FeatureSpec
     # Feature rows per prediction: 1 for tabular models, the sequence length for the others.
     window: int
+    # The candles it learned from, [start, end) open times in ms (None: not known).
+    training_period: tuple[int, int] | None
 
     def predict_proba(self, rows: np.ndarray) -> np.ndarray:
         """Probability that the price goes up, one per row (``window == 1``: rows are
@@ -72,6 +74,20 @@ def to_prediction(prob_up: float, predictor: Predictor) -> Prediction:
     )
 
 
+def withheld_period(
+    bot: TradingBot, training_period: tuple[int, int] | None, replays_file: bool
+) -> tuple[int, int] | None:
+    """The open times on which ``bot``'s model makes no prediction: its training period
+    (``[start, end)``, ms) when the bot replays a file, the data the model may have learned
+    from, unless ``spec.model.inSample`` says to trade them. None otherwise: a live feed never
+    delivers candles of the past, and the synthetic market is not the data a model learned
+    from, whatever its timestamps."""
+    model = bot.spec.model
+    if training_period is None or model is None or model.in_sample or not replays_file:
+        return None
+    return training_period
+
+
 class SignalPipeline:
     """Keeps feature engines per symbol and predicts the warm ones in a single batch.
 
@@ -81,8 +97,14 @@ class SignalPipeline:
     """
 
     def __init__(
-        self, predictor: Predictor | None, *, strategy_features: FeatureSpec | None = None
+        self,
+        predictor: Predictor | None,
+        *,
+        strategy_features: FeatureSpec | None = None,
+        withhold: tuple[int, int] | None = None,
     ) -> None:
+        """``withhold`` (``[start, end)`` open times, ms): candles inside it feed the features
+        but get no prediction, so nothing is traded on them (see ``withheld_period``)."""
         if predictor is not None:
             # Refuse before the first candle: a model whose features this code does not
             # compute must never predict.
@@ -94,16 +116,36 @@ class SignalPipeline:
                 )
         self.predictor = predictor
         self.strategy_features = strategy_features
+        self.withhold = withhold
+        # Candles that got no prediction because they lie inside ``withhold``.
+        self.withheld = 0
         self._engines: dict[str, FeatureEngine] = {}
         self._rows: dict[str, deque[np.ndarray]] = {}
         self._strategy_engines: dict[str, FeatureEngine] = {}
         self._last_values: dict[str, dict[str, float]] = {}
 
     @classmethod
-    def for_bot(cls, bot: TradingBot, predictor: Predictor | None) -> SignalPipeline:
-        """The pipeline of ``bot``: its model (None for a rule-only bot) and the features its
-        strategy reads."""
-        return cls(predictor, strategy_features=bot.spec.strategy.build().feature_spec)
+    def for_bot(
+        cls,
+        bot: TradingBot,
+        predictor: Predictor | None,
+        withhold: tuple[int, int] | None = None,
+    ) -> SignalPipeline:
+        """The pipeline of ``bot``: its model (None for a rule-only bot), the features its
+        strategy reads, and the period it makes no prediction in (``withheld_period``)."""
+        return cls(
+            predictor,
+            strategy_features=bot.spec.strategy.build().feature_spec,
+            withhold=withhold,
+        )
+
+    def _withheld(self, candle: Candle) -> bool:
+        """Whether ``candle`` gets no prediction (inside ``withhold``); counts it."""
+        period = self.withhold
+        if period is None or not period[0] <= candle.open_time < period[1]:
+            return False
+        self.withheld += 1
+        return True
 
     @property
     def history_needed(self) -> int:
@@ -186,7 +228,7 @@ class SignalPipeline:
                 results.append(Rejected(candle, str(error)))
                 continue
             results.append(MarketEvent(candle, None, values, previous))
-            if row is not None:
+            if row is not None and not self._withheld(candle):
                 rows.append(row)
                 warm.append(index)
         if rows and self.predictor is not None:
@@ -242,6 +284,10 @@ class SignalPipeline:
         feature mappings are built as each event is handed on, not held for the whole series."""
         predictor = self.predictor
         probabilities = [] if predictor is None else self._probabilities(predictor, frame)
+        if probabilities and self.withhold is not None:
+            for index, candle in enumerate(rows):
+                if probabilities[index] is not None and self._withheld(candle):
+                    probabilities[index] = None
         spec = self.strategy_features
         names = () if spec is None else spec.names
         values = [] if spec is None else compute_features(frame, spec).tolist()

@@ -181,6 +181,13 @@ class ModelRef(_Model):
         description="Model image built by `kubetrade model image` (a modelcar): an init "
         "container copies its /models into the inference pod, which imports them at start.",
     )
+    in_sample: bool = Field(
+        default=False,
+        description="Trade replayed candles inside the model's training period too (research "
+        "only: the model has seen them, so the results flatter it). Without it a replay is out "
+        "of sample: inference makes no prediction on those candles, and `kubetrade run` and "
+        "`backtest` do not replay them; reports say which.",
+    )
 
 
 class BadFieldsError(ValueError):

@@ -266,6 +266,8 @@ class NativePredictor:
     model_name: str = "walk-forward"
     model_version: str = "fold"
     window: int = field(init=False)
+    # Each fold is tested on candles after its own training rows: nothing to withhold.
+    training_period: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         self.window = self.model.window

@@ -24,6 +24,7 @@ from typing import Any
 from opentelemetry.trace import Tracer
 
 from kubetrade.admission import AdmissionError, AdmissionPolicy, CandleAdmission
+from kubetrade.backtest import replays_file
 from kubetrade.bus import (
     BatchConsumer,
     Connectivity,
@@ -55,7 +56,7 @@ from kubetrade.runtime import (
     quietly,
 )
 from kubetrade.settings import WorkerSettings
-from kubetrade.signals import Predictor, Rejected, SignalPipeline
+from kubetrade.signals import Predictor, Rejected, SignalPipeline, withheld_period
 from kubetrade.subjects import Subjects
 from kubetrade.telemetry import hop, setup_tracing
 
@@ -157,12 +158,20 @@ async def _serve(
     watchdog: asyncio.Task[None] | None = None
     try:
         try:
-            pipeline = SignalPipeline.for_bot(bot, predictor)
+            training = None if predictor is None else predictor.training_period
+            withhold = withheld_period(bot, training, replays_file(bot, settings.data_file))
+            pipeline = SignalPipeline.for_bot(bot, predictor, withhold)
         except FeatureMismatchError as error:
             status.state, status.message = "degraded", str(error)
             log.error("model refused: feature mismatch", extra={"error": str(error)})
             await stop.wait()
             return
+        if withhold is not None:
+            log.info(
+                "out of sample: no prediction on candles inside the model's training period "
+                "(spec.model.inSample trades them)",
+                extra={"training_start_ms": withhold[0], "training_end_ms": withhold[1]},
+            )
         admission = CandleAdmission(AdmissionPolicy.for_bot(bot))
         consumer = BatchConsumer(
             js, subjects, subjects.all_candles, subjects.durable("inference"), link
@@ -304,6 +313,8 @@ async def _handle(
     sent = await publish_started(js, outgoing, link)
     SIGNALS_PUBLISHED.labels(bot).inc(predicted)
     status.count("signals", predicted)
+    if pipeline.withheld:
+        status.counters["in_sample_withheld"] = pipeline.withheld
     return sent
 
 

@@ -72,6 +72,7 @@ class Fixed:
     """A predictor stand-in whose probability is the first feature's sign."""
 
     model_name, model_version, window = "fixed", "1", 1
+    training_period: tuple[int, int] | None = None
 
     def __init__(self, spec: FeatureSpec) -> None:
         self.feature_spec = spec

@@ -18,6 +18,7 @@ import yaml
 from click.testing import CliRunner
 
 from kubetrade.cli import main
+from kubetrade.domain import MarketEvent
 from kubetrade.errors import InvalidInputError
 from kubetrade.market import generate
 from kubetrade.modelstore.registry import resolve
@@ -160,3 +161,69 @@ def test_kubetrade_run_replays_exactly_the_candles_the_backtest_does(
 
     assert asyncio.run(stream()) == replayed
     assert expected_candles(bot, trained, sample) == len(replayed)
+
+
+def test_inference_makes_no_prediction_inside_the_training_period_of_a_replay(
+    trained: Path, tmp_path: Path
+) -> None:
+    """A replay bot in a cluster streams its whole file: its feed knows no model. Inference
+    (serving/bridge.py builds its pipeline this way) predicts nothing on the candles the model
+    learned from, candle by candle as in a pod and replayed at once as in a backtest, unless
+    the manifest says ``inSample``; the synthetic market and live feeds are never withheld."""
+    from kubetrade.backtest import replays_file, trading_in_sample
+    from kubetrade.market.sources import load_source_candles
+    from kubetrade.modelstore.predictor import OnnxPredictor
+    from kubetrade.signals import SignalPipeline, withheld_period
+    from kubetrade.spec import load_bot
+
+    bot = load_bot(_manifest(tmp_path, trained))
+    predictor = OnnxPredictor.load(NAME, "latest")
+    start, end = predictor.training_period or (0, 0)
+    withhold = withheld_period(bot, predictor.training_period, replays_file(bot, None))
+    assert withhold == (start, end)
+    candles = load_source_candles(bot, None)
+    inside = [c for c in candles if start <= c.open_time < end]
+    assert inside and len(inside) < len(candles)
+
+    full = SignalPipeline.for_bot(bot, predictor).process(candles)  # nothing withheld
+    live = SignalPipeline.for_bot(bot, predictor, withhold)
+    streamed = [e for i in range(0, len(candles), 64) for e in live.process(candles[i : i + 64])]
+    at_once = SignalPipeline.for_bot(bot, predictor, withhold)
+    replay = at_once.replay(candles)
+    assert replay is not None
+    replayed = list(replay)
+    learned = sum(
+        1
+        for e in full
+        if isinstance(e, MarketEvent) and e.prediction and start <= e.candle.open_time < end
+    )
+    assert learned > 0
+    assert live.withheld == at_once.withheld == learned
+    for events in (streamed, replayed):
+        assert len(events) == len(full)
+        for event, unwithheld in zip(events, full, strict=True):
+            assert isinstance(event, MarketEvent) and isinstance(unwithheld, MarketEvent)
+            inside_period = start <= event.candle.open_time < end
+            assert event.prediction == (None if inside_period else unwithheld.prediction)
+
+    in_sample = trading_in_sample(bot)
+    assert in_sample.spec.model is not None and in_sample.spec.model.in_sample
+    assert withheld_period(in_sample, predictor.training_period, True) is None
+    # Not a file replay (the synthetic market, a live feed): its timestamps say nothing.
+    assert withheld_period(bot, predictor.training_period, False) is None
+
+
+def test_a_manifest_in_sample_trades_the_training_period_and_says_so(
+    trained: Path, tmp_path: Path
+) -> None:
+    manifest = _manifest(tmp_path, trained)
+    document = yaml.safe_load(manifest.read_text())
+    document["spec"]["model"]["inSample"] = True
+    manifest.write_text(yaml.safe_dump(document))
+    _, end = resolve(NAME).metadata.training_period()
+    from kubetrade.backtest import iso_time
+
+    output, report, fills = _backtest(manifest, trained, tmp_path / "is")
+    assert output.splitlines()[0].startswith("IN-SAMPLE: the candles evaluated")
+    assert report["sample"] == "in-sample"
+    assert min(f["time"] for f in fills) < iso_time(end)

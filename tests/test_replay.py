@@ -32,6 +32,7 @@ class Weighted:
 
     model_name = "weighted"
     model_version = "1"
+    training_period: tuple[int, int] | None = None
 
     def __init__(self, spec: FeatureSpec, window: int) -> None:
         self.feature_spec = spec

@@ -57,6 +57,7 @@ class OnnxPredictor:
         self.model_name = model_name
         self.model_version = model_version
         self.feature_spec = metadata.spec()
+        self.training_period: tuple[int, int] | None = metadata.training_period()
         self.feature_names: tuple[str, ...] = tuple(metadata.feature_names)
         self.feature_hash = metadata.feature_hash
         self.warmup = metadata.warmup
