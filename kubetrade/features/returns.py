@@ -139,8 +139,7 @@ class Efficiency(Indicator):
     def __init__(self, windows: tuple[int, ...]) -> None:
         super().__init__([f"efficiency_{w}" for w in windows], max(windows) + 1)
         self.windows = windows
-        self._changes: list[deque[float]] = []
-        self._paths: list[deque[float]] = []
+        self._pairs: list[tuple[deque[float], deque[float]]] = []
 
     @classmethod
     def from_params(cls, params: GroupParams) -> Efficiency:
@@ -159,14 +158,16 @@ class Efficiency(Indicator):
         ]
 
     def start(self, tick: Tick) -> None:
-        self._changes = [deque([0.0] * w, maxlen=w) for w in self.windows]
-        self._paths = [deque([0.0] * w, maxlen=w) for w in self.windows]
+        # (changes, distances) per window, paired once rather than zipped per candle.
+        self._pairs = [
+            (deque([0.0] * w, maxlen=w), deque([0.0] * w, maxlen=w)) for w in self.windows
+        ]
 
     def step(self, tick: Tick, out: list[float]) -> None:
         change = tick.c - tick.pc
         distance = abs(change)
         o = self.offset
-        for i, (changes, paths) in enumerate(zip(self._changes, self._paths, strict=True)):
+        for i, (changes, paths) in enumerate(self._pairs):
             changes.append(change)
             paths.append(distance)
             path = sum(paths)

@@ -39,8 +39,7 @@ class VolumeFlow(Indicator):
     def __init__(self, windows: tuple[int, ...]) -> None:
         super().__init__([f"obv_flow_{w}" for w in windows], max(windows) + 1)
         self.windows = windows
-        self._signed: list[deque[float]] = []
-        self._volumes: list[deque[float]] = []
+        self._pairs: list[tuple[deque[float], deque[float]]] = []
 
     @classmethod
     def from_params(cls, params: GroupParams) -> VolumeFlow:
@@ -58,14 +57,16 @@ class VolumeFlow(Indicator):
         ]
 
     def start(self, tick: Tick) -> None:
-        self._signed = [deque([0.0] * w, maxlen=w) for w in self.windows]
-        self._volumes = [deque([0.0] * w, maxlen=w) for w in self.windows]
+        # (signed volumes, volumes) per window, paired once rather than zipped per candle.
+        self._pairs = [
+            (deque([0.0] * w, maxlen=w), deque([0.0] * w, maxlen=w)) for w in self.windows
+        ]
 
     def step(self, tick: Tick, out: list[float]) -> None:
         c, pc, v = tick.c, tick.pc, tick.v
         signed = v if c > pc else (-v if c < pc else 0.0)
         o = self.offset
-        for i, (flows, volumes) in enumerate(zip(self._signed, self._volumes, strict=True)):
+        for i, (flows, volumes) in enumerate(self._pairs):
             flows.append(signed)
             volumes.append(v)
             total = sum(volumes)
@@ -81,8 +82,7 @@ class VwapDistance(Indicator):
     def __init__(self, windows: tuple[int, ...]) -> None:
         super().__init__([f"vwap_dist_{w}" for w in windows], max(windows))
         self.windows = windows
-        self._values: list[deque[float]] = []
-        self._volumes: list[deque[float]] = []
+        self._pairs: list[tuple[deque[float], deque[float]]] = []
 
     @classmethod
     def from_params(cls, params: GroupParams) -> VwapDistance:
@@ -103,14 +103,16 @@ class VwapDistance(Indicator):
         return values
 
     def start(self, tick: Tick) -> None:
-        self._values = [deque([0.0] * w, maxlen=w) for w in self.windows]
-        self._volumes = [deque([0.0] * w, maxlen=w) for w in self.windows]
+        # (traded values, volumes) per window, paired once rather than zipped per candle.
+        self._pairs = [
+            (deque([0.0] * w, maxlen=w), deque([0.0] * w, maxlen=w)) for w in self.windows
+        ]
 
     def step(self, tick: Tick, out: list[float]) -> None:
         c, v = tick.c, tick.v
         traded = (tick.h + tick.l + c) / 3.0 * v
         o = self.offset
-        for i, (values, volumes) in enumerate(zip(self._values, self._volumes, strict=True)):
+        for i, (values, volumes) in enumerate(self._pairs):
             values.append(traded)
             volumes.append(v)
             total = sum(volumes)
