@@ -48,7 +48,9 @@ class LogReturns(Indicator):
     def step(self, tick: Tick, out: list[float]) -> None:
         closes, c, log = self._closes, tick.c, math.log
         closes.append(c)
-        out[self.offset : self.offset + len(self._lags)] = [log(c / closes[k]) for k in self._lags]
+        o = self.offset
+        for i, k in enumerate(self._lags):
+            out[o + i] = log(c / closes[k])
 
 
 class RealizedVolatility(Indicator):
@@ -127,7 +129,9 @@ class RateOfChange(Indicator):
     def step(self, tick: Tick, out: list[float]) -> None:
         closes, c = self._closes, tick.c
         closes.append(c)
-        out[self.offset : self.offset + len(self._lags)] = [c / closes[k] - 1.0 for k in self._lags]
+        o = self.offset
+        for i, k in enumerate(self._lags):
+            out[o + i] = c / closes[k] - 1.0
 
 
 class Efficiency(Indicator):

@@ -84,10 +84,11 @@ class EmaRatio(Indicator):
     def step(self, tick: Tick, out: list[float]) -> None:
         c = tick.c
         emas = self._emas
+        o = self.offset
         for i, (keep, alpha, norm) in enumerate(self._coefficients):
             e = emas[i]
-            emas[i] = e if e == c else (keep * e + alpha * c) / norm
-        out[self.offset : self.offset + len(emas)] = [c / e - 1.0 for e in emas]
+            e = emas[i] = e if e == c else (keep * e + alpha * c) / norm
+            out[o + i] = c / e - 1.0
 
 
 class Macd(Indicator):
