@@ -60,14 +60,14 @@ class CandleShape(Indicator):
     def step(self, tick: Tick, out: list[float]) -> None:
         o, h, lo, c = tick.o, tick.h, tick.l, tick.c
         span = h - lo
-        out[self.offset : self.offset + 6] = [
-            span / c,
-            (c - lo) / span if span > 0 else 0.5,
-            o / tick.pc - 1.0,
-            c / o - 1.0,
-            (h - max(o, c)) / c,
-            (min(o, c) - lo) / c,
-        ]
+        top, bottom = (o, c) if o > c else (c, o)  # max(o, c), min(o, c) without two calls
+        i = self.offset
+        out[i] = span / c
+        out[i + 1] = (c - lo) / span if span > 0 else 0.5
+        out[i + 2] = o / tick.pc - 1.0
+        out[i + 3] = c / o - 1.0
+        out[i + 4] = (h - top) / c
+        out[i + 5] = (bottom - lo) / c
 
 
 class Calendar(Indicator):
