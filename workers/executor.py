@@ -179,6 +179,11 @@ class Executor:
         # latency histogram's child (a labelled lookup under a lock), looked up once.
         self._key = bot.key
         self._decision_seconds = DECISION_SECONDS.labels(self._key)
+        # Set after every batch: the labelled children, looked up once too.
+        self._equity = EQUITY.labels(self._key)
+        self._open_positions = OPEN_POSITIONS.labels(self._key)
+        self._halted = HALTED.labels(self._key)
+        self._drawdown = DRAWDOWN.labels(self._key)
 
     def last_candle_close_ms(self) -> int | None:
         """Close time of the newest candle decided on (for the candle lag metric)."""
@@ -380,10 +385,10 @@ class Executor:
 
     def _publish_summary(self) -> None:
         summary = self.engine.summary()
-        EQUITY.labels(self.bot.key).set(summary.equity)
-        OPEN_POSITIONS.labels(self.bot.key).set(summary.open_positions)
-        HALTED.labels(self.bot.key).set(1 if summary.halted else 0)
-        DRAWDOWN.labels(self.bot.key).set(summary.drawdown_pct / 100)
+        self._equity.set(summary.equity)
+        self._open_positions.set(summary.open_positions)
+        self._halted.set(1 if summary.halted else 0)
+        self._drawdown.set(summary.drawdown_pct / 100)
         breaker = self.bot.spec.risk.breakers.max_drawdown_pct
         if breaker is not None:  # alerts compare the two: "near its breaker"
             DRAWDOWN_BREAKER.labels(self.bot.key).set(breaker / 100)
