@@ -105,3 +105,45 @@ def test_run_and_backtest_agree_out_of_sample_with_halts_and_shorts(
         assert run_report[field] == backtest[field], field
     assert run_report["sample"] == "out-of-sample"
     assert run_report["evaluated_period"]["start"] == run_report["model_training_period"]["end"]
+
+
+def test_an_in_sample_run_trades_the_training_period_as_its_backtest_does(
+    model: str, nats_url: str, db_url: str, tmp_path: Path, btc_csv: Path
+) -> None:
+    """``inSample`` (what ``--in-sample`` sets) reaches inference through the bot's config:
+    it predicts inside the training period, so the run trades the candles the model learned
+    from exactly as the in-sample backtest does, and both say so."""
+    from kubetrade.backtest import iso_time, trading_in_sample
+    from kubetrade.onnx_export.models.boosted import XGBoostParams
+    from kubetrade.onnx_export.pipeline import TrainConfig, train_and_register
+
+    name = "parity-is"
+    config = TrainConfig(
+        name=name, timeframe="1h", source=str(btc_csv), model=XGBoostParams(n_estimators=20)
+    )
+    train_and_register({"BTC/USD": load_candles(btc_csv)}, config)
+    bot = trading_in_sample(
+        make_bot("in-sample", {"name": "replay", "uri": str(btc_csv)}, ["BTC/USD"], name)
+    )
+    sample = bot_sample_plan(bot, None, in_sample=False)  # the manifest's inSample decides
+    assert sample is not None and sample.in_sample
+
+    report_dir = tmp_path / "run"
+    options = RunOptions(
+        report_dir=report_dir, nats_url=nats_url, database_url=db_url, timeout_s=300, sample=sample
+    )
+    run_bot(bot, options)
+    run_report = json.loads((report_dir / "report.json").read_text())
+    with Store.connect(db_url) as db:
+        run_fills = db.read_fills(bot.key)
+    predictor = OnnxPredictor.load(name)
+    result = run_backtest(bot, sample.select(load_source_candles(bot), str(btc_csv)), predictor)
+
+    def key(fill: object) -> tuple[object, ...]:
+        return tuple(getattr(fill, f) for f in ("time", "symbol", "side", "price", "quantity"))
+
+    _, end = predictor.training_period or (0, 0)
+    assert [key(f) for f in run_fills] == [key(f) for f in result.fills]
+    assert any(f.time < end for f in run_fills), "nothing traded inside the training period"
+    assert run_report["sample"] == "in-sample"
+    assert run_report["evaluated_period"]["start"] < iso_time(end)
