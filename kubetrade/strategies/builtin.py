@@ -10,7 +10,7 @@ the upper); ``rsi_w`` is RSI / 100.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
@@ -115,34 +115,40 @@ def _crossover(
     return Intent.HOLD
 
 
-class SmaCrossover(Strategy[CrossoverParams]):
-    """SMA crossover: long when the fast SMA crosses above the slow one, exit when below."""
+class _Crossover(Strategy[CrossoverParams]):
+    """The crossover rules on two ratio features of one family (``family``)."""
 
     params_model = CrossoverParams
+    family: ClassVar[str]
+
+    def __init__(self, params: CrossoverParams) -> None:
+        super().__init__(params)
+        # The two feature names, once: decide runs on every candle.
+        self._averages = f"{self.family}_{params.fast}", f"{self.family}_{params.slow}"
+
+    def decide(self, inputs: StrategyInputs, holding: PositionSide | None) -> Intent:
+        """Cross up: enter long; fast below slow: exit (shorts mirrored with allowShort)."""
+        return _crossover(self.params, inputs, holding, *self._averages)
+
+
+class SmaCrossover(_Crossover):
+    """SMA crossover: long when the fast SMA crosses above the slow one, exit when below."""
+
+    family = "sma_ratio"
 
     def features(self) -> FeatureSpec:
         """``sma_ratio`` at the fast and slow windows."""
         return feature_spec({"sma_ratio": {"windows": [self.params.fast, self.params.slow]}})
 
-    def decide(self, inputs: StrategyInputs, holding: PositionSide | None) -> Intent:
-        """Cross up: enter long; fast below slow: exit (shorts mirrored with allowShort)."""
-        p = self.params
-        return _crossover(p, inputs, holding, f"sma_ratio_{p.fast}", f"sma_ratio_{p.slow}")
 
-
-class EmaCrossover(Strategy[CrossoverParams]):
+class EmaCrossover(_Crossover):
     """EMA crossover: long when the fast EMA crosses above the slow one, exit when below."""
 
-    params_model = CrossoverParams
+    family = "ema_ratio"
 
     def features(self) -> FeatureSpec:
         """``ema_ratio`` at the fast and slow spans."""
         return feature_spec({"ema_ratio": {"spans": [self.params.fast, self.params.slow]}})
-
-    def decide(self, inputs: StrategyInputs, holding: PositionSide | None) -> Intent:
-        """Cross up: enter long; fast below slow: exit (shorts mirrored with allowShort)."""
-        p = self.params
-        return _crossover(p, inputs, holding, f"ema_ratio_{p.fast}", f"ema_ratio_{p.slow}")
 
 
 class MomentumParams(StrategyParams):
