@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -281,7 +282,11 @@ class BatchConsumer:
         self._filter = filter_subject
         self._durable = durable
         self._link = link or Connectivity()
-        self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
+        # Received, not yet handed out; ``_arrived`` wakes a waiting ``next_batch``. A deque
+        # and an event rather than an ``asyncio.Queue``, whose put and get (waiter and
+        # task-count bookkeeping) cost more per message than the rest of this class.
+        self._queue: deque[Delivery] = deque()
+        self._arrived = asyncio.Event()
         self._sub: Any = None
         self._generation = self._link.generation
         self._incarnation = 0
@@ -319,7 +324,8 @@ class BatchConsumer:
 
         async def enqueue(msg: Msg) -> None:
             if incarnation == self._incarnation:  # not a late message of a replaced consumer
-                self._queue.put_nowait(Delivery(msg, stream_sequence(msg), time.time_ns()))
+                self._queue.append(Delivery(msg, stream_sequence(msg), time.time_ns()))
+                self._arrived.set()
 
         config = ConsumerConfig(
             durable_name=self._durable,
@@ -349,8 +355,7 @@ class BatchConsumer:
         if old is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(old.unsubscribe(), REQUEST_TIMEOUT_S)
-        while not self._queue.empty():
-            self._queue.get_nowait()
+        self._queue.clear()
         log.info("consumer resumes after reconnect", extra={"durable": self._durable})
         await self.start(self.taken)
 
@@ -359,14 +364,18 @@ class BatchConsumer:
         self._link.check()
         if self._generation != self._link.generation and self._link.down_since is None:
             await self._resume()
-        try:
-            first = await asyncio.wait_for(self._queue.get(), timeout)
-        except TimeoutError:
-            return []
-        batch = [first] if first.sequence > self.taken else []
-        while len(batch) < max_size and not self._queue.empty():
-            delivery = self._queue.get_nowait()
-            if delivery.sequence > self.taken:
+        queue = self._queue
+        if not queue:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+            except TimeoutError:
+                return []
+        batch: list[Delivery] = []
+        taken = self.taken
+        while queue and len(batch) < max_size:
+            delivery = queue.popleft()
+            if delivery.sequence > taken:
                 batch.append(delivery)
         if batch:
             self.taken = batch[-1].sequence
