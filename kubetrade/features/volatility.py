@@ -67,8 +67,8 @@ class Bollinger(Indicator):
         closes, c, n = self._closes, tick.c, self.window
         closes.append(c)
         mean = sum(closes) / n
-        deviations = [x - mean for x in closes]
-        std = math.sqrt(sum([d * d for d in deviations]) / n)
+        # Each deviation squared as it is made: one list, the same products in the same order.
+        std = math.sqrt(sum([(d := x - mean) * d for x in closes]) / n)
         o = self.offset
         out[o] = 0.5 if std <= FLAT * mean else (c - mean) / (2.0 * self.width * std) + 0.5
         out[o + 1] = 2.0 * self.width * std / mean

@@ -170,8 +170,8 @@ class VolumeStats(Indicator):
         self._short.append(v)
         self._long.append(v)
         mean = sum(window) / self.window
-        deviations = [x - mean for x in window]
-        std = math.sqrt(sum([d * d for d in deviations]) / self.window)
+        # Each deviation squared as it is made: one list, the same products in the same order.
+        std = math.sqrt(sum([(d := x - mean) * d for x in window]) / self.window)
         long = sum(self._long) / self.long
         o = self.offset
         out[o] = (v - mean) / std if std > FLAT * mean else 0.0
