@@ -77,11 +77,6 @@ class BreakerState:
     tripped_at: dict[str, int] = field(default_factory=dict)
 
 
-def utc_day(time_ms: int) -> int:
-    """Days since the epoch of a UTC instant in ms."""
-    return time_ms // DAY_MS
-
-
 def start_day(state: BreakerState, day: int, equity: float) -> BreakerState:
     """Roll forward to ``day`` if it is later: record its starting equity, zero its entries."""
     if state.day is not None and day <= state.day:
@@ -113,8 +108,9 @@ def evaluate(spec: BreakerSpec, state: BreakerState, equity: float, now: int) ->
                 f"daily loss {loss:.2f}% >= maxDailyLossPct {spec.max_daily_loss_pct:g}% "
                 f"(day started at equity {state.day_start_equity:.2f})"
             )
-    if spec.max_drawdown_pct is not None and state.peak_equity > 0:
-        drawdown = drawdown_pct(state, equity)
+    peak = state.peak_equity
+    if spec.max_drawdown_pct is not None and peak > 0:
+        drawdown = max(0.0, (peak - equity) / peak * 100)  # drawdown_pct, without the call
         if drawdown >= spec.max_drawdown_pct:
             tripped[Breaker.DRAWDOWN.value] = (
                 f"drawdown {drawdown:.2f}% >= maxDrawdownPct {spec.max_drawdown_pct:g}% "

@@ -80,6 +80,7 @@ from kubetrade.spec import TradingBot
 from kubetrade.strategies import Intent, PositionSide, StrategyInputs
 from kubetrade.trading.atr import AtrState, update_atr
 from kubetrade.trading.breakers import (
+    DAY_MS,
     Breaker,
     BreakerState,
     breaker_causes,
@@ -93,7 +94,6 @@ from kubetrade.trading.breakers import (
     record_entry,
     record_round_trip,
     start_day,
-    utc_day,
 )
 from kubetrade.trading.broker import Execution, PaperBroker
 from kubetrade.trading.control import ControlAction, ControlCommand
@@ -248,9 +248,19 @@ class TradingEngine:
         # Deciding on the signal changes no cash, position or mark, so the breakers and this
         # time's equity point share one valuation.
         equity = portfolio.equity()
-        self._update_breakers(close_time, equity, out)
-        if ready and traded:
-            self._act_on_signal(candle, inputs, out)
+        breakers = self._breakers
+        if (
+            breakers.tripped
+            or breakers.tripped_at
+            or evaluate(self._breaker_spec, breakers, equity, close_time)
+        ):  # something trips, clears or cools down; most candles change nothing
+            self._update_breakers(close_time, equity, out)
+        if ready and traded and symbol not in self._pending:
+            # A symbol with an order waiting takes no new decision.
+            position = portfolio.positions.get(symbol)
+            intent = self._strategy.decide(inputs, None if position is None else position.side)
+            if intent is not Intent.HOLD:
+                self._act_on_intent(candle, inputs, intent, position, out)
         if symbol == self._last_symbol and open_time == self._bucket and not self._bucket_emitted:
             self._emit_equity(open_time, out, equity)
         return out
@@ -285,7 +295,7 @@ class TradingEngine:
             if bucket is not None and not self._bucket_emitted:
                 self._emit_equity(bucket, out)
             self._bucket, self._bucket_emitted = open_time, False
-        day = utc_day(open_time)
+        day = open_time // DAY_MS  # days since the epoch, UTC
         current = self._breakers.day
         if current is None or day > current:
             # Only a new day needs the equity it starts at.
@@ -633,8 +643,6 @@ class TradingEngine:
         spec = self._breaker_spec
         state = self._breakers
         previous = state.tripped
-        if not previous and not state.tripped_at and not evaluate(spec, state, equity, now):
-            return  # nothing tripped, nothing to clear or cool down: the common case
         cooled = drawdown_cooldown_over(spec, state, now)
         if cooled:
             # The drawdown cooldown is over: current equity is the new high-water mark.
@@ -671,14 +679,15 @@ class TradingEngine:
         tripped_at = {name: state.tripped_at.get(name, now) for name in tripped}
         self._breakers = replace(state, tripped=tripped, tripped_at=tripped_at)
 
-    def _act_on_signal(self, candle: Candle, inputs: StrategyInputs, out: EngineOutput) -> None:
+    def _act_on_intent(
+        self,
+        candle: Candle,
+        inputs: StrategyInputs,
+        intent: Intent,
+        position: Position | None,
+        out: EngineOutput,
+    ) -> None:
         symbol = candle.symbol
-        if symbol in self._pending:
-            return
-        position = self._portfolio.positions.get(symbol)
-        intent = self._strategy.decide(inputs, None if position is None else position.side)
-        if intent is Intent.HOLD:
-            return
         if position is not None:
             self._queue_exit(candle, OrderReason.EXIT_SIGNAL, position, out)
             return
@@ -772,15 +781,17 @@ class TradingEngine:
         portfolio = self._portfolio
         if equity is None:
             equity = portfolio.equity()
-        self._breakers = observe_equity_point(self._breakers, equity)
-        peak = self._breakers.peak_equity
+        breakers = self._breakers
+        if equity > breakers.peak_equity:  # a new peak: the only change (most points, none)
+            breakers = self._breakers = observe_equity_point(breakers, equity)
+        peak = breakers.peak_equity
         out.equity.append(
             EquityPoint(
                 time=bucket + self._timeframe_ms,
                 equity=equity,
                 cash=portfolio.cash,
                 realized_pnl=portfolio.realized_pnl,
-                unrealized_pnl=portfolio.unrealized_pnl(),
+                unrealized_pnl=portfolio.unrealized_pnl() if portfolio.positions else 0.0,
                 open_positions=len(portfolio.positions),
                 drawdown_pct=(peak - equity) / peak * 100 if peak > 0 else 0.0,
             )
