@@ -30,10 +30,23 @@ class SnapshotError(StoreError):
     """A snapshot that cannot be restored."""
 
 
+# Exact types that are already plain (an enum member that subclasses str is not one of them).
+_PLAIN = frozenset({float, int, str, bool, type(None)})
+# Field names per dataclass: dataclasses.fields() is slow, and the executor takes a snapshot
+# with every batch it commits.
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
 def to_plain(value: Any) -> Any:
     """Dataclasses, enums, dicts and lists as JSON-ready plain data."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    names = _FIELDS.get(kind)
+    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(value))
+    if names is not None:
+        return {name: to_plain(getattr(value, name)) for name in names}
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, dict):
