@@ -6,12 +6,16 @@ Layout: ``kubetrade.<namespace>.<bot>.<kind>[.<symbol>]``. Symbols become one su
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
 _TOKEN_SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
+# A bot has a handful of symbols and asks for their subjects every candle; bounded, because a
+# forged message may name any symbol.
+@functools.lru_cache(maxsize=1024)
 def symbol_token(symbol: str) -> str:
     """The subject token of a symbol: ``BTC/USDT`` -> ``BTC-USDT``."""
     return _TOKEN_SAFE.sub("-", symbol)
