@@ -26,7 +26,7 @@ from kubetrade.domain import Candle, EquityPoint, Fill, MarketEvent, Order, time
 from kubetrade.errors import InvalidInputError
 from kubetrade.market.sources import load_source_candles
 from kubetrade.modelstore.metadata import ModelMetadata
-from kubetrade.signals import Predictor, Rejected, SignalPipeline
+from kubetrade.signals import Predictor, Rejected, SignalPipeline, replays_file
 from kubetrade.spec import TradingBot
 from kubetrade.trading import TradingEngine
 from kubetrade.trading.outputs import HaltEvent, Refusal, halt_events, refusals
@@ -246,11 +246,6 @@ def plan_sample(
         return SamplePlan(model, None, in_sample)
     lead_ms = metadata.first_prediction_lead * timeframe_ms(timeframe)
     return SamplePlan(model, metadata.training_period(), in_sample, lead_ms)
-
-
-def replays_file(bot: TradingBot, data_file: str | None) -> bool:
-    """Whether the bot's candles come from a file (``--data``, or a replay ``exchange.uri``)."""
-    return data_file is not None or bot.spec.exchange.name == "replay"
 
 
 def bot_sample_plan(

@@ -175,7 +175,7 @@ def run(
 def backtest(manifest: Path, data_file: Path | None, in_sample: bool, report_dir: Path) -> None:
     """Backtest a bot in-process with the same features, model, strategy, risk and broker;
     out of sample unless --in-sample."""
-    from kubetrade.backtest import bot_sample_plan, replays_file, run_backtest, trading_in_sample
+    from kubetrade.backtest import bot_sample_plan, run_backtest, trading_in_sample
     from kubetrade.market.sources import load_source_candles
     from kubetrade.modelstore.predictor import OnnxPredictor
     from kubetrade.report import backtest_report
@@ -193,7 +193,7 @@ def backtest(manifest: Path, data_file: Path | None, in_sample: bool, report_dir
     if sample is not None:
         candles = sample.select(candles, source or str(bot.spec.exchange.uri))
     training = None if predictor is None else predictor.training_period
-    withhold = withheld_period(bot, training, replays_file(bot, source))
+    withhold = withheld_period(bot, training, source)
     result = run_backtest(bot, candles, predictor, withhold)
     backtest_report(bot, result, candles, sample, report_dir, Console())
 

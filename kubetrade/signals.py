@@ -74,18 +74,23 @@ def to_prediction(prob_up: float, predictor: Predictor) -> Prediction:
     )
 
 
+def replays_file(bot: TradingBot, data_file: str | None) -> bool:
+    """Whether the bot's candles come from a file (``--data``, or a replay ``exchange.uri``)."""
+    return data_file is not None or bot.spec.exchange.name == "replay"
+
+
 def withheld_period(
-    bot: TradingBot, training_period: tuple[int, int] | None, replays_file: bool
+    bot: TradingBot, training_period: tuple[int, int] | None, data_file: str | None
 ) -> tuple[int, int] | None:
     """The open times on which ``bot``'s model makes no prediction: its training period
-    (``[start, end)``, ms) when the bot replays a file, the data the model may have learned
-    from, unless ``spec.model.inSample`` says to trade them. None otherwise: a live feed never
-    delivers candles of the past, and the synthetic market is not the data a model learned
-    from, whatever its timestamps."""
+    (``[start, end)``, ms) when the bot replays a file (``data_file`` or its replay URI), the
+    data the model may have learned from, unless ``spec.model.inSample`` says to trade them.
+    None otherwise: a live feed never delivers candles of the past, and the synthetic market is
+    not the data a model learned from, whatever its timestamps."""
     model = bot.spec.model
-    if training_period is None or model is None or model.in_sample or not replays_file:
+    if training_period is None or model is None or model.in_sample:
         return None
-    return training_period
+    return training_period if replays_file(bot, data_file) else None
 
 
 class SignalPipeline:

@@ -24,7 +24,6 @@ from typing import Any
 from opentelemetry.trace import Tracer
 
 from kubetrade.admission import AdmissionError, AdmissionPolicy, CandleAdmission
-from kubetrade.backtest import replays_file
 from kubetrade.bus import (
     BatchConsumer,
     Connectivity,
@@ -159,7 +158,7 @@ async def _serve(
     try:
         try:
             training = None if predictor is None else predictor.training_period
-            withhold = withheld_period(bot, training, replays_file(bot, settings.data_file))
+            withhold = withheld_period(bot, training, settings.data_file)
             pipeline = SignalPipeline.for_bot(bot, predictor, withhold)
         except FeatureMismatchError as error:
             status.state, status.message = "degraded", str(error)

@@ -170,16 +170,16 @@ def test_inference_makes_no_prediction_inside_the_training_period_of_a_replay(
     (serving/bridge.py builds its pipeline this way) predicts nothing on the candles the model
     learned from, candle by candle as in a pod and replayed at once as in a backtest, unless
     the manifest says ``inSample``; the synthetic market and live feeds are never withheld."""
-    from kubetrade.backtest import replays_file, trading_in_sample
+    from kubetrade.backtest import trading_in_sample
     from kubetrade.market.sources import load_source_candles
     from kubetrade.modelstore.predictor import OnnxPredictor
     from kubetrade.signals import SignalPipeline, withheld_period
-    from kubetrade.spec import load_bot
+    from kubetrade.spec import load_bot, parse_bot
 
     bot = load_bot(_manifest(tmp_path, trained))
     predictor = OnnxPredictor.load(NAME, "latest")
     start, end = predictor.training_period or (0, 0)
-    withhold = withheld_period(bot, predictor.training_period, replays_file(bot, None))
+    withhold = withheld_period(bot, predictor.training_period, None)  # its replay URI
     assert withhold == (start, end)
     candles = load_source_candles(bot, None)
     inside = [c for c in candles if start <= c.open_time < end]
@@ -208,9 +208,15 @@ def test_inference_makes_no_prediction_inside_the_training_period_of_a_replay(
 
     in_sample = trading_in_sample(bot)
     assert in_sample.spec.model is not None and in_sample.spec.model.in_sample
-    assert withheld_period(in_sample, predictor.training_period, True) is None
+    assert withheld_period(in_sample, predictor.training_period, None) is None
     # Not a file replay (the synthetic market, a live feed): its timestamps say nothing.
-    assert withheld_period(bot, predictor.training_period, False) is None
+    synthetic = parse_bot(
+        {
+            **bot.model_dump(by_alias=True, exclude={"status"}),
+            "spec": {**bot.spec.model_dump(by_alias=True), "exchange": {"name": "synthetic"}},
+        }
+    )
+    assert withheld_period(synthetic, predictor.training_period, None) is None
 
 
 def test_a_manifest_in_sample_trades_the_training_period_and_says_so(
