@@ -126,10 +126,12 @@ def _events(pipeline: SignalPipeline, candles: list[Candle]) -> Iterator[MarketE
     candle by candle in batches as the live bridge sees them."""
     replayed = pipeline.replay(candles)
     if replayed is not None:
-        yield from replayed
-        return
-    for start in range(0, len(candles), BATCH):
-        yield from pipeline.process(candles[start : start + BATCH])
+        return replayed  # handed on as it is: no generator layer per event
+    return (
+        event
+        for start in range(0, len(candles), BATCH)
+        for event in pipeline.process(candles[start : start + BATCH])
+    )
 
 
 def iso_time(ms: int) -> str:

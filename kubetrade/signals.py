@@ -279,13 +279,11 @@ class SignalPipeline:
     ) -> Iterator[MarketEvent]:
         if len(series) == 1:  # one symbol: its events are the stream's, in order
             ((symbol, rows),) = series.items()
-            yield from self._symbol_events(rows, frames[symbol])
-            return
+            return self._symbol_events(rows, frames[symbol])
         per_symbol = {
             symbol: self._symbol_events(rows, frames[symbol]) for symbol, rows in series.items()
         }
-        for candle in candles:
-            yield next(per_symbol[candle.symbol])
+        return (next(per_symbol[candle.symbol]) for candle in candles)
 
     def _symbol_events(
         self, rows: list[Candle], frame: dict[str, np.ndarray]

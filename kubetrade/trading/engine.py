@@ -207,8 +207,19 @@ class TradingEngine:
                 )
             )
             return out
-        self._advance_clock(open_time, out)
         portfolio = self._portfolio
+        # The clock: a later candle time emits the equity point the last one still owes; a
+        # new UTC day (by open time) rolls the breakers' day.
+        bucket = self._bucket
+        if bucket is None or open_time > bucket:
+            if bucket is not None and not self._bucket_emitted:
+                self._emit_equity(bucket, out)
+            self._bucket, self._bucket_emitted = open_time, False
+        day = open_time // DAY_MS  # days since the epoch, UTC
+        current = self._breakers.day
+        if current is None or day > current:
+            # Only a new day needs the equity it starts at.
+            self._breakers = start_day(self._breakers, day, portfolio.equity())
         # Nothing traded in a candle without volume (a gap filled with a flat candle, or a
         # vendor's fill): nothing fills on it and no decision is taken on it.
         traded = candle.volume > 0
@@ -288,18 +299,6 @@ class TradingEngine:
             f"{candle.key}: impossible prices open={candle.open} high={candle.high} "
             f"low={candle.low} close={candle.close}; expected 0 < low <= open, close <= high"
         )
-
-    def _advance_clock(self, open_time: int, out: EngineOutput) -> None:
-        bucket = self._bucket
-        if bucket is None or open_time > bucket:
-            if bucket is not None and not self._bucket_emitted:
-                self._emit_equity(bucket, out)
-            self._bucket, self._bucket_emitted = open_time, False
-        day = open_time // DAY_MS  # days since the epoch, UTC
-        current = self._breakers.day
-        if current is None or day > current:
-            # Only a new day needs the equity it starts at.
-            self._breakers = start_day(self._breakers, day, self._portfolio.equity())
 
     # -- fills --------------------------------------------------------------------------------
 
