@@ -13,7 +13,7 @@ creation.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
 
 TIMEFRAME_MS: dict[str, int] = {
@@ -29,6 +29,18 @@ TIMEFRAME_MS: dict[str, int] = {
     "12h": 12 * 3_600_000,
     "1d": 86_400_000,
 }
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def field_names(kind: type) -> tuple[str, ...]:
+    """The field names of the dataclass ``kind``, looked up once per class: ``fields()`` is
+    slow, and messages and snapshots read them for every candle or batch."""
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in fields(kind))
+    return names
 
 
 def timeframe_ms(timeframe: str) -> int:

@@ -7,7 +7,6 @@ of a crash. Adding an optional field is compatible; anything else needs a new ``
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -22,6 +21,7 @@ from kubetrade.domain import (
     OrderReason,
     Prediction,
     Side,
+    field_names,
 )
 from kubetrade.errors import InvalidInputError
 
@@ -29,21 +29,13 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 Price = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
-
-
 def _shallow(value: Any) -> dict[str, Any]:
     """A dataclass's fields as a dict, one level deep.
 
     ``dataclasses.asdict`` deep-copies every value (tens of µs per candle on the hot path);
-    the fields here are immutable scalars, so a shallow view is the same and cheap. The field
-    names are looked up once per class (``fields`` costs more than the copy).
+    the fields here are immutable scalars, so a shallow view is the same and cheap.
     """
-    kind = type(value)
-    names = _FIELD_NAMES.get(kind)
-    if names is None:
-        names = _FIELD_NAMES[kind] = tuple(f.name for f in fields(value))
-    return {name: getattr(value, name) for name in names}
+    return {name: getattr(value, name) for name in field_names(type(value))}
 
 
 class MessageError(InvalidInputError):

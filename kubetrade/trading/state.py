@@ -13,7 +13,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any, TypeVar
 
-from kubetrade.domain import Order, OrderReason, Side
+from kubetrade.domain import Order, OrderReason, Side, field_names
 from kubetrade.errors import StoreError
 from kubetrade.trading.atr import AtrState
 from kubetrade.trading.breakers import BreakerState
@@ -32,9 +32,6 @@ class SnapshotError(StoreError):
 
 # Exact types that are already plain (an enum member that subclasses str is not one of them).
 _PLAIN = frozenset({float, int, str, bool, type(None)})
-# Field names per dataclass: dataclasses.fields() is slow, and the executor takes a snapshot
-# with every batch it commits.
-_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 def to_plain(value: Any) -> Any:
@@ -42,11 +39,9 @@ def to_plain(value: Any) -> Any:
     kind = type(value)
     if kind in _PLAIN:
         return value
-    names = _FIELDS.get(kind)
-    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
-        names = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(value))
-    if names is not None:
-        return {name: to_plain(getattr(value, name)) for name in names}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # The executor takes a snapshot with every batch it commits: field names once a class.
+        return {name: to_plain(getattr(value, name)) for name in field_names(kind)}
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, dict):
