@@ -108,9 +108,8 @@ def evaluate(spec: BreakerSpec, state: BreakerState, equity: float, now: int) ->
                 f"daily loss {loss:.2f}% >= maxDailyLossPct {spec.max_daily_loss_pct:g}% "
                 f"(day started at equity {state.day_start_equity:.2f})"
             )
-    peak = state.peak_equity
-    if spec.max_drawdown_pct is not None and peak > 0:
-        drawdown = max(0.0, (peak - equity) / peak * 100)  # drawdown_pct, without the call
+    if spec.max_drawdown_pct is not None and state.peak_equity > 0:
+        drawdown = drawdown_pct(state, equity)
         if drawdown >= spec.max_drawdown_pct:
             tripped[Breaker.DRAWDOWN.value] = (
                 f"drawdown {drawdown:.2f}% >= maxDrawdownPct {spec.max_drawdown_pct:g}% "

@@ -780,17 +780,15 @@ class TradingEngine:
         portfolio = self._portfolio
         if equity is None:
             equity = portfolio.equity()
-        breakers = self._breakers
-        if equity > breakers.peak_equity:  # a new peak: the only change (most points, none)
-            breakers = self._breakers = observe_equity_point(breakers, equity)
-        peak = breakers.peak_equity
+        self._breakers = observe_equity_point(self._breakers, equity)
+        peak = self._breakers.peak_equity
         out.equity.append(
             EquityPoint(
                 time=bucket + self._timeframe_ms,
                 equity=equity,
                 cash=portfolio.cash,
                 realized_pnl=portfolio.realized_pnl,
-                unrealized_pnl=portfolio.unrealized_pnl() if portfolio.positions else 0.0,
+                unrealized_pnl=portfolio.unrealized_pnl(),
                 open_positions=len(portfolio.positions),
                 drawdown_pct=(peak - equity) / peak * 100 if peak > 0 else 0.0,
             )
