@@ -253,20 +253,21 @@ def plan_sample(
 def bot_sample_plan(
     bot: TradingBot,
     data_file: str | None,
-    in_sample: bool,
     metadata_of: Callable[[TradingBot], ModelMetadata | None] | None = None,
 ) -> SamplePlan | None:
     """The sample plan of a backtest or local run of ``bot``, resolved on its replay file's
     candles (None unless it replays a file: the synthetic market and a live exchange never
-    replay what a model trained on). The file is read, and refused if bad, before the model's
-    metadata is looked up (``metadata_of``, default: the local model store)."""
+    replay what a model trained on); in sample when ``spec.model.inSample`` (what
+    ``--in-sample`` sets, see ``trading_in_sample``). The file is read, and refused if bad,
+    before the model's metadata is looked up (``metadata_of``, default: the local model
+    store)."""
     if not replays_file(bot, data_file):
         return None
     candles = load_source_candles(bot, data_file)
     metadata = (metadata_of or registered_metadata)(bot)
     model = bot.spec.model
     name = "none" if model is None else f"{model.name}:{model.version}"
-    in_sample = in_sample or (model is not None and model.in_sample)
+    in_sample = model is not None and model.in_sample
     sample = plan_sample(name, metadata, bot.spec.timeframe, in_sample=in_sample)
     if not candles:
         return sample

@@ -151,7 +151,7 @@ def run(
         bot = trading_in_sample(bot)  # the workers read it from the bot's config
     source = str(data_file) if data_file else None
     options = RunOptions(
-        sample=bot_sample_plan(bot, source, in_sample),
+        sample=bot_sample_plan(bot, source),
         data_file=data_file,
         report_dir=report_dir,
         nats_url=nats_url,
@@ -188,13 +188,11 @@ def backtest(manifest: Path, data_file: Path | None, in_sample: bool, report_dir
     predictor = None if model is None else OnnxPredictor.load(model.name, model.version)
     source = str(data_file) if data_file else None
     metadata = None if predictor is None else predictor.metadata
-    sample = bot_sample_plan(bot, source, in_sample, lambda _: metadata)
+    sample = bot_sample_plan(bot, source, lambda _: metadata)
     candles = load_source_candles(bot, source)
     if sample is not None:
         candles = sample.select(candles, source or str(bot.spec.exchange.uri))
-    training = None if predictor is None else predictor.training_period
-    withhold = withheld_period(bot, training, source)
-    result = run_backtest(bot, candles, predictor, withhold)
+    result = run_backtest(bot, candles, predictor, withheld_period(bot, predictor, source))
     backtest_report(bot, result, candles, sample, report_dir, Console())
 
 

@@ -80,14 +80,15 @@ def replays_file(bot: TradingBot, data_file: str | None) -> bool:
 
 
 def withheld_period(
-    bot: TradingBot, training_period: tuple[int, int] | None, data_file: str | None
+    bot: TradingBot, predictor: Predictor | None, data_file: str | None
 ) -> tuple[int, int] | None:
-    """The open times on which ``bot``'s model makes no prediction: its training period
-    (``[start, end)``, ms) when the bot replays a file (``data_file`` or its replay URI), the
-    data the model may have learned from, unless ``spec.model.inSample`` says to trade them.
-    None otherwise: a live feed never delivers candles of the past, and the synthetic market is
-    not the data a model learned from, whatever its timestamps."""
+    """The open times on which ``bot``'s model (``predictor``) makes no prediction: its
+    training period (``[start, end)``, ms) when the bot replays a file (``data_file`` or its
+    replay URI), the data the model may have learned from, unless ``spec.model.inSample`` says
+    to trade them. None otherwise: a live feed never delivers candles of the past, and the
+    synthetic market is not the data a model learned from, whatever its timestamps."""
     model = bot.spec.model
+    training_period = None if predictor is None else predictor.training_period
     if training_period is None or model is None or model.in_sample:
         return None
     return training_period if replays_file(bot, data_file) else None

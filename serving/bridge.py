@@ -157,8 +157,7 @@ async def _serve(
     watchdog: asyncio.Task[None] | None = None
     try:
         try:
-            training = None if predictor is None else predictor.training_period
-            withhold = withheld_period(bot, training, settings.data_file)
+            withhold = withheld_period(bot, predictor, settings.data_file)
             pipeline = SignalPipeline.for_bot(bot, predictor, withhold)
         except FeatureMismatchError as error:
             status.state, status.message = "degraded", str(error)

@@ -144,7 +144,7 @@ def test_kubetrade_run_replays_exactly_the_candles_the_backtest_does(
     from kubetrade.spec import load_bot
 
     bot = load_bot(_manifest(tmp_path, trained))
-    sample = bot_sample_plan(bot, str(trained), in_sample=False)
+    sample = bot_sample_plan(bot, str(trained))
     assert sample is not None and sample.replay_from is not None
     replayed = sample.select(load_source_candles(bot, str(trained)), str(trained))
     assert replayed[0].open_time == sample.replay_from
@@ -179,7 +179,7 @@ def test_inference_makes_no_prediction_inside_the_training_period_of_a_replay(
     bot = load_bot(_manifest(tmp_path, trained))
     predictor = OnnxPredictor.load(NAME, "latest")
     start, end = predictor.training_period or (0, 0)
-    withhold = withheld_period(bot, predictor.training_period, None)  # its replay URI
+    withhold = withheld_period(bot, predictor, None)  # its replay URI
     assert withhold == (start, end)
     candles = load_source_candles(bot, None)
     inside = [c for c in candles if start <= c.open_time < end]
@@ -208,7 +208,7 @@ def test_inference_makes_no_prediction_inside_the_training_period_of_a_replay(
 
     in_sample = trading_in_sample(bot)
     assert in_sample.spec.model is not None and in_sample.spec.model.in_sample
-    assert withheld_period(in_sample, predictor.training_period, None) is None
+    assert withheld_period(in_sample, predictor, None) is None
     # Not a file replay (the synthetic market, a live feed): its timestamps say nothing.
     synthetic = parse_bot(
         {
@@ -216,7 +216,7 @@ def test_inference_makes_no_prediction_inside_the_training_period_of_a_replay(
             "spec": {**bot.spec.model_dump(by_alias=True), "exchange": {"name": "synthetic"}},
         }
     )
-    assert withheld_period(synthetic, predictor.training_period, None) is None
+    assert withheld_period(synthetic, predictor, None) is None
 
 
 def test_a_manifest_in_sample_trades_the_training_period_and_says_so(
