@@ -10,22 +10,44 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
 
-from kubetrade.backtest import bot_sample_plan, run_backtest
+from kubetrade.backtest import SamplePlan, bot_sample_plan, run_backtest
+from kubetrade.domain import EquityPoint, Fill
 from kubetrade.market import load_candles
 from kubetrade.market.sources import load_source_candles
 from kubetrade.modelstore.predictor import OnnxPredictor
 from kubetrade.report import backtest_report
 from kubetrade.runner import RunOptions, run_bot
+from kubetrade.spec import TradingBot
 from kubetrade.store import Store
 from tests.integration_support import make_bot
 
 pytestmark = pytest.mark.integration
 
 NAME = "parity-oos"
+
+
+def _run(
+    bot: TradingBot, sample: SamplePlan, nats_url: str, db_url: str, report_dir: Path
+) -> tuple[dict[str, Any], list[Fill], list[EquityPoint]]:
+    """``kubetrade run`` of ``bot`` on ``sample``: its report, and the fills and equity points
+    its ledger holds."""
+    options = RunOptions(
+        report_dir=report_dir, nats_url=nats_url, database_url=db_url, timeout_s=300, sample=sample
+    )
+    run_bot(bot, options)
+    with Store.connect(db_url) as db:
+        fills, equity = db.read_fills(bot.key), db.read_equity(bot.key)
+    return json.loads((report_dir / "report.json").read_text()), fills, equity
+
+
+def _key(fill: Fill) -> tuple[object, ...]:
+    """What must agree between a run's fill and the backtest's."""
+    return (fill.time, fill.symbol, fill.side, fill.price, fill.quantity)
 
 
 def test_run_and_backtest_agree_out_of_sample_with_halts_and_shorts(
@@ -68,18 +90,10 @@ def test_run_and_backtest_agree_out_of_sample_with_halts_and_shorts(
             },
         },
     )
-    sample = bot_sample_plan(bot, None, in_sample=False)
+    sample = bot_sample_plan(bot, None)
     assert sample is not None and sample.replay_from is not None
 
-    report_dir = tmp_path / "run"
-    options = RunOptions(
-        report_dir=report_dir, nats_url=nats_url, database_url=db_url, timeout_s=300, sample=sample
-    )
-    run_bot(bot, options)
-    run_report = json.loads((report_dir / "report.json").read_text())
-    with Store.connect(db_url) as db:
-        run_fills = db.read_fills(bot.key)
-        run_equity = db.read_equity(bot.key)
+    run_report, run_fills, run_equity = _run(bot, sample, nats_url, db_url, tmp_path / "run")
 
     predictor = OnnxPredictor.load(NAME)
     candles = sample.select(load_source_candles(bot), str(gapped))
@@ -87,10 +101,7 @@ def test_run_and_backtest_agree_out_of_sample_with_halts_and_shorts(
     result = run_backtest(bot, candles, predictor)
     backtest = backtest_report(bot, result, candles, sample, tmp_path / "bt", Console())
 
-    def key(fill: object) -> tuple[object, ...]:
-        return tuple(getattr(fill, f) for f in ("time", "symbol", "side", "price", "quantity"))
-
-    assert [key(f) for f in run_fills] == [key(f) for f in result.fills]
+    assert [_key(f) for f in run_fills] == [_key(f) for f in result.fills]
     assert round(run_equity[-1].equity, 2) == round(result.equity[-1].equity, 2)
     assert any(f.reason.value == "entry_short" for f in result.fills), "no short was taken"
     kinds = [(h["kind"], h["cause"]) for h in backtest["halts"]]
@@ -125,25 +136,15 @@ def test_an_in_sample_run_trades_the_training_period_as_its_backtest_does(
     bot = trading_in_sample(
         make_bot("in-sample", {"name": "replay", "uri": str(btc_csv)}, ["BTC/USD"], name)
     )
-    sample = bot_sample_plan(bot, None, in_sample=False)  # the manifest's inSample decides
+    sample = bot_sample_plan(bot, None)  # the manifest's inSample decides
     assert sample is not None and sample.in_sample
 
-    report_dir = tmp_path / "run"
-    options = RunOptions(
-        report_dir=report_dir, nats_url=nats_url, database_url=db_url, timeout_s=300, sample=sample
-    )
-    run_bot(bot, options)
-    run_report = json.loads((report_dir / "report.json").read_text())
-    with Store.connect(db_url) as db:
-        run_fills = db.read_fills(bot.key)
+    run_report, run_fills, _ = _run(bot, sample, nats_url, db_url, tmp_path / "run")
     predictor = OnnxPredictor.load(name)
     result = run_backtest(bot, sample.select(load_source_candles(bot), str(btc_csv)), predictor)
 
-    def key(fill: object) -> tuple[object, ...]:
-        return tuple(getattr(fill, f) for f in ("time", "symbol", "side", "price", "quantity"))
-
     _, end = predictor.training_period or (0, 0)
-    assert [key(f) for f in run_fills] == [key(f) for f in result.fills]
+    assert [_key(f) for f in run_fills] == [_key(f) for f in result.fills]
     assert any(f.time < end for f in run_fills), "nothing traded inside the training period"
     assert run_report["sample"] == "in-sample"
     assert run_report["evaluated_period"]["start"] < iso_time(end)
