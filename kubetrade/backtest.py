@@ -28,7 +28,7 @@ from kubetrade.market.sources import load_source_candles
 from kubetrade.modelstore.metadata import ModelMetadata
 from kubetrade.signals import Predictor, Rejected, SignalPipeline, replays_file
 from kubetrade.spec import TradingBot
-from kubetrade.trading import TradingEngine
+from kubetrade.trading import EngineOutput, TradingEngine
 from kubetrade.trading.outputs import HaltEvent, Refusal, halt_events, refusals
 
 # The bridge predicts in micro-batches of whatever is queued; tree ensembles give the same
@@ -94,30 +94,31 @@ def _replay_into(
     result: BacktestResult, engine: TradingEngine, events: Iterator[MarketEvent | Rejected]
 ) -> None:
     """Drive ``engine`` with ``events`` and gather what it produces into ``result``."""
-    # Locals, not attributes, in the loop: it runs once per candle.
-    on_event, orders, fills, equity = engine.on_event, result.orders, result.fills, result.equity
+    # One output for the whole run, and locals, not attributes, in the loop: it runs once per
+    # candle.
+    out = EngineOutput()
+    on_event = engine.on_event
     candles = signals = 0
     first_signal: int | None = None
     last: int | None = None
     for event in events:
         if isinstance(event, Rejected):
             raise InvalidInputError(f"candle refused by the feature engine: {event.reason}")
-        out = on_event(event)
+        on_event(event, out)
         candles += 1
         last = event.candle.open_time
         if event.prediction is not None:
             signals += 1
             if first_signal is None:
                 first_signal = last
-        orders.extend(out.orders)
-        fills.extend(out.fills)
-        equity.extend(out.equity)
-        if out.notices:  # most candles raise none
-            result.halts.extend(halt_events(out.notices))
-            result.refusals.extend(refusals(out.notices))
+    engine.flush(out)
+    result.orders.extend(out.orders)
+    result.fills.extend(out.fills)
+    result.equity.extend(out.equity)
+    result.halts.extend(halt_events(out.notices))
+    result.refusals.extend(refusals(out.notices))
     result.candles, result.signals = candles, signals
     result.first_signal_time, result.last_candle_time = first_signal, last
-    result.equity.extend(engine.flush().equity)
 
 
 def _events(pipeline: SignalPipeline, candles: list[Candle]) -> Iterator[MarketEvent | Rejected]:

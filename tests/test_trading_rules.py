@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kubetrade.domain import Candle, Direction, OrderReason, Prediction, Side
 from kubetrade.spec import BreakerSpec, SizingSpec, TrailingStopSpec
 from kubetrade.strategies import StrategyInputs
 from kubetrade.strategies.builtin import Threshold, ThresholdParams
 from kubetrade.trading.atr import AtrState, update_atr
-from kubetrade.trading.breakers import BreakerState, evaluate, record_round_trip
+from kubetrade.trading.breakers import BreakerState, evaluate, quiet_above, record_round_trip
 from kubetrade.trading.broker import PaperBroker
 from kubetrade.trading.exits import advance_trailing, intrabar_exit
 from kubetrade.trading.outputs import Rejection
@@ -216,6 +218,37 @@ def test_breaker_messages_name_the_limit() -> None:
     assert list(tripped) == ["daily_loss", "drawdown"]
     assert "maxDailyLossPct 5%" in tripped["daily_loss"]
     assert "maxDrawdownPct 10%" in tripped["drawdown"]
+
+
+_PCT = (
+    st.none()
+    | st.floats(0, 100, exclude_min=True)
+    | st.sampled_from([1e-9, 2.0, 5.0, 50.0, 99.0, 100.0])
+)
+_EQUITY = st.floats(-1e7, 1e7, allow_nan=False) | st.sampled_from([0.0, 1e-300, 1_000.0])
+
+
+@settings(max_examples=2_000, deadline=None)
+@given(daily=_PCT, drawdown=_PCT, start=_EQUITY, peak=_EQUITY, equity=_EQUITY, near=st.booleans())
+def test_no_loss_breaker_trips_above_the_quiet_bound(
+    daily: float | None,
+    drawdown: float | None,
+    start: float,
+    peak: float,
+    equity: float,
+    near: bool,
+) -> None:
+    # The engine skips evaluate above quiet_above: a trip there would be missed.
+    spec = BreakerSpec(max_daily_loss_pct=daily, max_drawdown_pct=drawdown)
+    state = BreakerState(peak_equity=peak, day_start_equity=start)
+    bound = quiet_above(spec, state)
+    if near and bound != float("-inf"):
+        # Right at the exact trip points, where rounding decides.
+        for pct, base in ((daily, start), (drawdown, peak)):
+            if pct is not None and base > 0:
+                equity = base - base * pct / 100
+    if evaluate(spec, state, equity, now=0):
+        assert equity <= bound
 
 
 def test_loss_streak_counts_only_consecutive_losses() -> None:

@@ -30,6 +30,7 @@ loss); the executor records them in the ledger's ``halts`` and a backtest in its
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -121,6 +122,29 @@ def evaluate(spec: BreakerSpec, state: BreakerState, equity: float, now: int) ->
             f"{spec.consecutive_loss_cooldown}, until {iso_time(state.cooldown_until)}"
         )
     return tripped
+
+
+# How far above its exact value ``quiet_above`` keeps each trip point, relative to the equity
+# the breaker measures from: many orders of magnitude more than the rounding of ``evaluate``'s
+# percentages, so no trip is missed, and far too little to matter for speed.
+_QUIET_MARGIN = 1e-9
+
+
+def quiet_above(spec: BreakerSpec, state: BreakerState) -> float:
+    """An equity above which ``evaluate`` finds no loss breaker tripped in ``state``.
+
+    The engine asks ``evaluate`` only at or below it (or while a cooldown runs): most candles
+    are far from every limit, and one comparison is much cheaper than the percentages. It is a
+    bound, not the decision: ``evaluate`` still decides at or below it.
+    """
+    bound = -math.inf
+    if spec.max_daily_loss_pct is not None and state.day_start_equity > 0:
+        start = state.day_start_equity
+        bound = start * (1 - spec.max_daily_loss_pct / 100) + start * _QUIET_MARGIN
+    if spec.max_drawdown_pct is not None and state.peak_equity > 0:
+        peak = state.peak_equity
+        bound = max(bound, peak * (1 - spec.max_drawdown_pct / 100) + peak * _QUIET_MARGIN)
+    return bound
 
 
 def drawdown_cooldown_over(spec: BreakerSpec, state: BreakerState, now: int) -> bool:

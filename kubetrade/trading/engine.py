@@ -62,6 +62,7 @@ latest event time. Flattening orders fill at each symbol's next open.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -90,6 +91,7 @@ from kubetrade.trading.breakers import (
     evaluate,
     halt_figures,
     observe_equity_point,
+    quiet_above,
     rebase,
     record_entry,
     record_round_trip,
@@ -166,6 +168,9 @@ class TradingEngine:
         self._atr: dict[str, AtrState] = {}
         self._last_open: dict[str, int] = {}
         self._breakers = BreakerState(peak_equity=capital, day_start_equity=capital)
+        # The breaker state ``_quiet_above`` was computed for (``breakers.quiet_above``).
+        self._quiet_for: BreakerState | None = None
+        self._quiet_above = math.inf
         self._paused = spec.paused
         self._kill_reason: str | None = None
         self._kill_cause: HaltCause | None = None
@@ -177,8 +182,13 @@ class TradingEngine:
 
     # -- events -------------------------------------------------------------------------------
 
-    def on_event(self, event: MarketEvent) -> EngineOutput:
-        """Process one closed candle and its prediction (None while the model warms up)."""
+    def on_event(self, event: MarketEvent, into: EngineOutput | None = None) -> EngineOutput:
+        """Process one closed candle and its prediction (None while the model warms up).
+
+        What it produces is appended to ``into`` and returned; without ``into``, to a new
+        output. A backtest passes one output for the whole run (no output per candle to make
+        and empty again); a worker takes a new one per event to publish.
+        """
         # The steps of the module doc, written out with locals: this runs once per candle of
         # every backtest, so each attribute lookup and call saved is a share of its speed.
         candle = event.candle
@@ -193,7 +203,7 @@ class TradingEngine:
         ):
             raise self._invalid(candle)
         close_time = open_time + self._timeframe_ms
-        out = EngineOutput()
+        out = EngineOutput() if into is None else into
         previous = self._last_open.get(symbol)
         if previous is not None and open_time <= previous:
             out.notices.append(
@@ -260,11 +270,16 @@ class TradingEngine:
         # time's equity point share one valuation.
         equity = portfolio.equity()
         breakers = self._breakers
+        if breakers is not self._quiet_for:  # the state changed: its bound with it
+            self._quiet_for = breakers
+            self._quiet_above = quiet_above(self._breaker_spec, breakers)
+        cooldown_until = breakers.cooldown_until
         if (
             breakers.tripped
             or breakers.tripped_at
-            or evaluate(self._breaker_spec, breakers, equity, close_time)
-        ):  # something trips, clears or cools down; most candles change nothing
+            or equity <= self._quiet_above
+            or (cooldown_until is not None and close_time < cooldown_until)
+        ):  # something may trip, clear or cool down; most candles are far from every limit
             self._update_breakers(close_time, equity, out)
         if ready and traded and symbol not in self._pending:
             # A symbol with an order waiting takes no new decision.
@@ -276,9 +291,10 @@ class TradingEngine:
             self._emit_equity(open_time, out, equity)
         return out
 
-    def flush(self) -> EngineOutput:
-        """Emit the equity point still owed for the latest candle time, if any (end of stream)."""
-        out = EngineOutput()
+    def flush(self, into: EngineOutput | None = None) -> EngineOutput:
+        """Emit the equity point still owed for the latest candle time, if any (end of stream),
+        into ``into`` or a new output, as ``on_event``."""
+        out = EngineOutput() if into is None else into
         if self._bucket is not None and not self._bucket_emitted:
             self._emit_equity(self._bucket, out)
         return out
