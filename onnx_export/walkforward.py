@@ -38,7 +38,7 @@ from kubetrade.onnx_export.models.base import Model, ModelConfig
 from kubetrade.onnx_export.models.factory import build_model
 from kubetrade.signals import Rejected, SignalPipeline
 from kubetrade.spec import TradingBot, parse_duration
-from kubetrade.trading import TradingEngine
+from kubetrade.trading import EngineOutput, TradingEngine
 from kubetrade.trading.benchmark import (
     BenchmarkReport,
     benchmark_report,
@@ -313,16 +313,14 @@ def backtest_window(
     pipeline = SignalPipeline.for_bot(bot, predictor)  # with the strategy's features
     pipeline.warm_up(history)
     engine = TradingEngine(bot)
-    fills: list[Fill] = []
-    equity: list[EquityPoint] = []
+    out = EngineOutput()  # the whole window's
     for start in range(0, len(candles), BACKTEST_BATCH):
         for event in pipeline.process(candles[start : start + BACKTEST_BATCH]):
             if isinstance(event, Rejected):
                 raise InvalidInputError(f"candle refused by the feature engine: {event.reason}")
-            out = engine.on_event(event)
-            fills.extend(out.fills)
-            equity.extend(out.equity)
-    equity.extend(engine.flush().equity)
+            engine.on_event(event, out)
+    engine.flush(out)
+    fills, equity = out.fills, out.equity
     execution = bot.spec.execution
     report = performance_report(equity, fills, execution.initial_capital, bot.spec.timeframe)
     return report, fills, equity
