@@ -17,6 +17,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Protocol
 
 import numpy as np
@@ -332,13 +333,11 @@ class SignalPipeline:
 
 def _columns(rows: Sequence[Candle]) -> dict[str, np.ndarray]:
     """One symbol's candles as the columns the vectorized path reads."""
-    return {
-        "open_time": np.array([c.open_time for c in rows], dtype=np.int64),
-        **{
-            name: np.array([getattr(c, name) for c in rows], dtype=np.float64)
-            for name in ("open", "high", "low", "close", "volume")
-        },
-    }
+    count = len(rows)
+    columns = {"open_time": np.fromiter(map(attrgetter("open_time"), rows), np.int64, count)}
+    for name in ("open", "high", "low", "close", "volume"):
+        columns[name] = np.fromiter(map(attrgetter(name), rows), np.float64, count)
+    return columns
 
 
 def _regular(frame: dict[str, np.ndarray], step: int) -> bool:

@@ -799,14 +799,15 @@ class TradingEngine:
         self._breakers = observe_equity_point(self._breakers, equity)
         peak = self._breakers.peak_equity
         out.equity.append(
-            EquityPoint(
-                time=bucket + self._timeframe_ms,
-                equity=equity,
-                cash=portfolio.cash,
-                realized_pnl=portfolio.realized_pnl,
-                unrealized_pnl=portfolio.unrealized_pnl(),
-                open_positions=len(portfolio.positions),
-                drawdown_pct=(peak - equity) / peak * 100 if peak > 0 else 0.0,
+            EquityPoint(  # positional (one per candle time): time, equity, cash, realized,
+                # unrealized, open positions, drawdown %
+                bucket + self._timeframe_ms,
+                equity,
+                portfolio.cash,
+                portfolio.realized_pnl,
+                portfolio.unrealized_pnl(),
+                len(portfolio.positions),
+                (peak - equity) / peak * 100 if peak > 0 else 0.0,
             )
         )
         self._bucket_emitted = True
