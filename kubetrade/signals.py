@@ -65,13 +65,13 @@ def to_prediction(prob_up: float, predictor: Predictor) -> Prediction:
         direction = Direction.DOWN
     else:
         direction = Direction.FLAT
-    return Prediction(
-        prob_up=prob_up,
-        direction=direction,
-        confidence=abs(2.0 * prob_up - 1.0),
-        model_name=predictor.model_name,
-        model_version=predictor.model_version,
-        feature_hash=predictor.feature_spec.hash,
+    return Prediction(  # positional: one per candle of a backtest
+        prob_up,
+        direction,
+        abs(2.0 * prob_up - 1.0),
+        predictor.model_name,
+        predictor.model_version,
+        predictor.feature_spec.hash,
     )
 
 
