@@ -10,7 +10,7 @@ from kubetrade.domain import Candle, Direction, OrderReason, Prediction, Side
 from kubetrade.spec import BreakerSpec, SizingSpec, TrailingStopSpec
 from kubetrade.strategies import StrategyInputs
 from kubetrade.strategies.builtin import Threshold, ThresholdParams
-from kubetrade.trading.atr import AtrState, update_atr
+from kubetrade.trading.atr import AtrState
 from kubetrade.trading.breakers import BreakerState, evaluate, quiet_above, record_round_trip
 from kubetrade.trading.broker import PaperBroker
 from kubetrade.trading.exits import advance_trailing, intrabar_exit
@@ -35,7 +35,7 @@ def test_atr_uses_wilder_smoothing_after_a_simple_mean_warm_up() -> None:
     ]
     values = []
     for candle in candles:
-        state = update_atr(state, candle)
+        state.update(candle)
         values.append(state.value)
     assert values[:2] == [None, None]
     assert values[2] == pytest.approx(3.0)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from kubetrade.domain import Candle
 
 
-# Not frozen: one is made per candle, and a frozen dataclass's __init__ costs several times a
-# plain one's (see kubetrade.domain). ``update_atr`` makes a new one; nothing assigns to it.
+# Updated in place, one per symbol: it runs on every candle, and a new state per candle
+# (or a frozen one, see kubetrade.domain) is an allocation per candle for nothing kept.
 @dataclass(slots=True)
 class AtrState:
     """Running ATR of one symbol; ``value`` is None while warming up."""
@@ -25,19 +25,19 @@ class AtrState:
     value: float | None = None
     previous_close: float | None = None
 
-
-def update_atr(state: AtrState, candle: Candle) -> AtrState:
-    """The ATR state after ``candle``."""
-    # One function with locals, not a true-range helper: this runs once per candle.
-    high, low, previous_close = candle.high, candle.low, state.previous_close
-    tr = high - low
-    if previous_close is not None:
-        tr = max(tr, abs(high - previous_close), abs(low - previous_close))
-    count = state.count + 1
-    period = state.period
-    if state.value is not None:
-        value: float | None = (state.value * (period - 1) + tr) / period
-        return AtrState(period, count, state.warmup_sum, value, candle.close)
-    warmup_sum = state.warmup_sum + tr
-    value = warmup_sum / period if count >= period else None
-    return AtrState(period, count, warmup_sum, value, candle.close)
+    def update(self, candle: Candle) -> None:
+        """Take ``candle`` into the ATR."""
+        # One method with locals, not a true-range helper: this runs once per candle.
+        high, low, previous_close = candle.high, candle.low, self.previous_close
+        tr = high - low
+        if previous_close is not None:
+            tr = max(tr, abs(high - previous_close), abs(low - previous_close))
+        self.count += 1
+        self.previous_close = candle.close
+        period = self.period
+        if self.value is not None:
+            self.value = (self.value * (period - 1) + tr) / period
+            return
+        self.warmup_sum += tr
+        if self.count >= period:
+            self.value = self.warmup_sum / period

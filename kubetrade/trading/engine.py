@@ -79,7 +79,7 @@ from kubetrade.domain import (
 from kubetrade.errors import InvalidInputError
 from kubetrade.spec import TradingBot
 from kubetrade.strategies import Intent, PositionSide, StrategyInputs
-from kubetrade.trading.atr import AtrState, update_atr
+from kubetrade.trading.atr import AtrState
 from kubetrade.trading.breakers import (
     DAY_MS,
     Breaker,
@@ -241,8 +241,10 @@ class TradingEngine:
                 self._protective_exits(candle, out)
             stop_loss = self._stop_loss
             if stop_loss is not None:  # the ATR sizes the stop
-                atr = self._atr.get(symbol) or AtrState(period=stop_loss.atr_period)
-                self._atr[symbol] = update_atr(atr, candle)
+                atr = self._atr.get(symbol)
+                if atr is None:
+                    atr = self._atr[symbol] = AtrState(stop_loss.atr_period)
+                atr.update(candle)
         else:
             out.notices.append(
                 Notice(
