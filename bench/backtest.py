@@ -9,7 +9,8 @@ crossover on one symbol, the model bot (an XGBoost model trained on other genera
 first, in a private model store, not timed) on one symbol, and both on ten symbols sharing the
 same number of candles in all. The time is the backtest alone (features, model, strategy, risk,
 broker, equity points), not making the candles; backtesting.py's includes its indicators.
-Each is run three times and the best run is reported, for both tools.
+Each is run three times and the best run is reported, for both tools; the crossover's three
+backtests (backtesting.py and kubetrade's two) take turns in each of the three rounds.
 
     .venv/bin/python bench/backtest.py                   # 1,000,000 candles
     .venv/bin/python bench/backtest.py --candles 100000  # quicker
@@ -137,35 +138,46 @@ class Rate:
         """The best rate of ``REPEAT`` runs of ``run`` over ``candles`` (the run least
         disturbed by other work on the machine, as ``timeit`` reports), and the count it
         returns."""
-        walls, cpus = [], []
+        return cls.interleaved(candles, [run])[0]
+
+    @classmethod
+    def interleaved(cls, candles: int, runs: list[Callable[[], int]]) -> list[tuple[Rate, int]]:
+        """``timed`` for several runs compared with each other: ``REPEAT`` rounds, each run
+        once per round in turn, so that a slow spell of a shared machine falls on all of them
+        alike rather than on whichever ran then."""
+        walls: list[list[float]] = [[] for _ in runs]
+        cpus: list[list[float]] = [[] for _ in runs]
+        counts = [0] * len(runs)
         for _ in range(REPEAT):
-            wall, cpu = time.perf_counter(), time.process_time()
-            count = run()
-            walls.append(time.perf_counter() - wall)
-            cpus.append(time.process_time() - cpu)
-        return cls(candles / min(walls), candles / min(cpus)), count
+            for index, run in enumerate(runs):
+                wall, cpu = time.perf_counter(), time.process_time()
+                counts[index] = run()
+                walls[index].append(time.perf_counter() - wall)
+                cpus[index].append(time.process_time() - cpu)
+        return [
+            (cls(candles / min(w), candles / min(c)), count)
+            for w, c, count in zip(walls, cpus, counts, strict=True)
+        ]
 
     def text(self) -> str:
         """Both rates, aligned."""
         return f"{self.wall:>10,.0f} candles/s ({self.cpu:>9,.0f} per CPU second)"
 
 
-def kubetrade_rate(
+def kubetrade_run(
     frame: pd.DataFrame, trading_bot: TradingBot, predictor: Predictor | None = None
-) -> tuple[Rate, int]:
-    """Candles per second of ``kubetrade backtest``'s core, and the fills it made."""
+) -> Callable[[], int]:
+    """One run of ``kubetrade backtest``'s core on ``frame``: the fills it made."""
     candles = to_candles(frame, "1h")
-    return Rate.timed(
-        len(candles), lambda: len(run_backtest(trading_bot, candles, predictor).fills)
-    )
+    return lambda: len(run_backtest(trading_bot, candles, predictor).fills)
 
 
-def peer_rate(frame: pd.DataFrame) -> tuple[Rate, int]:
-    """Candles per second of backtesting.py's SmaCross (long only), and its trades: the very
-    peer the agreement test checks trade by trade (tests/test_peer_agreement.py)."""
+def peer_run(frame: pd.DataFrame) -> Callable[[], int]:
+    """One run of backtesting.py's SmaCross (long only): its trades. The very peer the
+    agreement test checks trade by trade (tests/test_peer_agreement.py)."""
     import backtesting  # noqa: F401  (imported before the clock starts)
 
-    return Rate.timed(len(frame), lambda: int(run_peer(frame, FAST, SLOW)["# Trades"]))
+    return lambda: int(run_peer(frame, FAST, SLOW)["# Trades"])
 
 
 def main() -> None:
@@ -177,10 +189,12 @@ def main() -> None:
         predictor = xgboost_model(store)
     frame = candles_frame(args.candles)
     print(f"SMA({FAST}/{SLOW}) crossover on {len(frame):,} generated 1h candles", flush=True)
-    peer, trades = peer_rate(frame)
+    (peer, trades), *ours = Rate.interleaved(
+        len(frame),
+        [peer_run(frame), kubetrade_run(frame, bot(False)), kubetrade_run(frame, bot(True))],
+    )
     print(f"  backtesting.py                {peer.text()}   {trades:,} trades", flush=True)
-    for label, full_risk in (("peer conventions", False), ("full risk", True)):
-        rate, fills = kubetrade_rate(frame, bot(full_risk))
+    for label, (rate, fills) in zip(("peer conventions", "full risk"), ours, strict=True):
         print(
             f"  kubetrade, {label:<18} {rate.text()}   {fills:,} fills   "
             f"{rate.wall / peer.wall:.2f}x backtesting.py ({rate.cpu / peer.cpu:.2f}x per CPU "
@@ -195,7 +209,7 @@ def main() -> None:
         ("XGBoost threshold, ten symbols", ten, bot(True, tuple(TEN), model=True), predictor),
     )
     for label, candles, trading_bot, model in runs:
-        rate, fills = kubetrade_rate(candles, trading_bot, model)
+        rate, fills = Rate.timed(len(candles), kubetrade_run(candles, trading_bot, model))
         print(f"  {label:<29} {rate.text()}   {fills:,} fills", flush=True)
 
 

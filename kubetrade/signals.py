@@ -17,6 +17,8 @@ import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
+from itertools import chain, repeat
 from operator import attrgetter
 from typing import Protocol
 
@@ -73,6 +75,11 @@ def to_prediction(prob_up: float, predictor: Predictor) -> Prediction:
         predictor.model_version,
         predictor.feature_spec.hash,
     )
+
+
+def _maybe_prediction(prob_up: float | None, predictor: Predictor) -> Prediction | None:
+    """``to_prediction``, or None while the model warms up (``prob_up`` None)."""
+    return None if prob_up is None else to_prediction(prob_up, predictor)
 
 
 def replays_file(bot: TradingBot, data_file: str | None) -> bool:
@@ -298,17 +305,23 @@ class SignalPipeline:
             for index, candle in enumerate(rows):
                 if probabilities[index] is not None and self._withheld(candle):
                     probabilities[index] = None
+        predictions: Iterable[Prediction | None] = (
+            map(partial(_maybe_prediction, predictor=predictor), probabilities)
+            if probabilities and predictor is not None
+            else repeat(None)
+        )
         spec = self.strategy_features
-        names = () if spec is None else spec.names
-        values = [] if spec is None else compute_features(frame, spec).tolist()
-        first_values = len(rows) if spec is None else spec.warmup - 1
-        previous: dict[str, float] | None = None
-        for index, candle in enumerate(rows):
-            prob = probabilities[index] if probabilities else None
-            prediction = (
-                None if prob is None or predictor is None else to_prediction(prob, predictor)
+        features: Iterable[dict[str, float] | None] = repeat(None)
+        if spec is not None:
+            # Mappings made in C as the events are handed on (map over zip), none while warming.
+            values = compute_features(frame, spec).tolist()
+            first = min(spec.warmup - 1, len(values))
+            features = chain(
+                repeat(None, first), map(dict, map(partial(zip, spec.names), values[first:]))
             )
-            now = dict(zip(names, values[index], strict=True)) if index >= first_values else None
+        previous: dict[str, float] | None = None
+        # Not strict: a repeat(None) stands for predictions or features the bot does not have.
+        for candle, prediction, now in zip(rows, predictions, features, strict=False):
             yield MarketEvent(candle, prediction, now, None if now is None else previous)
             previous = now
 
