@@ -2,7 +2,8 @@
 
 Reports, in one run on this machine:
 - sustained candles/s with persistence (10 symbols, as fast as the pipeline takes them),
-- candle published -> order decision latency (p50, p99) at a paced 200 candles/s,
+- candle published -> order decision latency (p50, p99) at a paced 200 candles/s, and its two
+  legs: published -> received by the executor, received -> decided,
 - each worker's peak resident memory (process tree: bentoml's arbiter and worker count).
 
     .venv/bin/python bench/pipeline.py                 # defaults: 10 symbols x 2,000 candles
@@ -125,6 +126,27 @@ def latencies(db_url: str, b: TradingBot) -> tuple[np.ndarray, float]:
     return (decided - published) / 1000.0, len(signals) / span_s
 
 
+def legs(db_url: str, b: TradingBot) -> dict[str, dict[str, float]]:
+    """Where the decision latency goes, p50 and p99 of each leg (ms): candle published ->
+    signal received by the executor (feed ack, inference, signal publish, delivery), and
+    received -> decided (the executor's queue and its engine)."""
+    with Store.connect(db_url) as db:
+        signals = db.read_signals(b.key)
+    published = np.array([s.candle_published_us for s in signals], dtype=np.int64)
+    received = np.array([s.received_us for s in signals], dtype=np.int64)
+    decided = np.array([s.decided_us for s in signals], dtype=np.int64)
+    return {
+        name: {
+            "p50": ms_figure(np.percentile(values, 50)),
+            "p99": ms_figure(np.percentile(values, 99)),
+        }
+        for name, values in (
+            ("published_to_executor_ms", (received - published) / 1000.0),
+            ("executor_received_to_decided_ms", (decided - received) / 1000.0),
+        )
+    }
+
+
 def ms_figure(value: float) -> float:
     """A latency in ms rounded to the µs the ledger records."""
     return round(float(value), 3)
@@ -158,6 +180,7 @@ def main() -> None:
             paced = bot("paced", symbols, per_symbol, speed=speed)
             paced_sample = run_phase(paced, nats_url, db_url, root / "paced")
             lat, _ = latencies(db_url, paced)
+            paced_legs = legs(db_url, paced)
 
     workers = ("feed", "inference", "executor")
     total = len(symbols) * args.per_symbol
@@ -175,6 +198,7 @@ def main() -> None:
             "decision_latency_ms_p50": ms_figure(np.percentile(lat, 50)),
             "decision_latency_ms_p99": ms_figure(np.percentile(lat, 99)),
             "decision_latency_ms_max": ms_figure(lat.max()),
+            **paced_legs,
         },
         "peak_rss_mib": {
             c: round(max(fast_sample.peak.get(c, 0), paced_sample.peak.get(c, 0)) / 2**20, 1)
