@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -113,38 +114,55 @@ def run_phase(b: TradingBot, nats_url: str, db_url: str, work: Path) -> MemorySa
     return sampler
 
 
-def latencies(db_url: str, b: TradingBot) -> tuple[np.ndarray, float]:
-    """Per-candle decision latency (ms, µs resolution) and the sustained rate (candles/s).
+@dataclass(frozen=True)
+class Timings:
+    """Each signal's µs timestamps in the ledger: its candle published (feed), the signal
+    received by the executor, and decided. Microseconds: whole ms would put a p50 of 5.4 ms at
+    5 or 6."""
 
-    Both come from the ledger's µs timestamps: whole ms would put a p50 of 5.4 ms at 5 or 6.
-    """
-    with Store.connect(db_url) as db:
-        signals = db.read_signals(b.key)
-    published = np.array([s.candle_published_us for s in signals], dtype=np.int64)
-    decided = np.array([s.decided_us for s in signals], dtype=np.int64)
-    span_s = float(decided.max() - published.min()) / 1e6
-    return (decided - published) / 1000.0, len(signals) / span_s
+    published: np.ndarray
+    received: np.ndarray
+    decided: np.ndarray
 
+    @classmethod
+    def read(cls, db_url: str, b: TradingBot) -> Timings:
+        """The timestamps of every signal of ``b``, read once from the ledger."""
+        with Store.connect(db_url) as db:
+            signals = db.read_signals(b.key)
 
-def legs(db_url: str, b: TradingBot) -> dict[str, dict[str, float]]:
-    """Where the decision latency goes, p50 and p99 of each leg (ms): candle published ->
-    signal received by the executor (feed ack, inference, signal publish, delivery), and
-    received -> decided (the executor's queue and its engine)."""
-    with Store.connect(db_url) as db:
-        signals = db.read_signals(b.key)
-    published = np.array([s.candle_published_us for s in signals], dtype=np.int64)
-    received = np.array([s.received_us for s in signals], dtype=np.int64)
-    decided = np.array([s.decided_us for s in signals], dtype=np.int64)
-    return {
-        name: {
-            "p50": ms_figure(np.percentile(values, 50)),
-            "p99": ms_figure(np.percentile(values, 99)),
-        }
-        for name, values in (
-            ("published_to_executor_ms", (received - published) / 1000.0),
-            ("executor_received_to_decided_ms", (decided - received) / 1000.0),
+        def column(values: list[int]) -> np.ndarray:
+            return np.array(values, dtype=np.int64)
+
+        return cls(
+            column([s.candle_published_us for s in signals]),
+            column([s.received_us for s in signals]),
+            column([s.decided_us for s in signals]),
         )
-    }
+
+    def latencies(self) -> np.ndarray:
+        """Per-candle decision latency, published -> decided (ms, µs resolution)."""
+        latencies: np.ndarray = (self.decided - self.published) / 1000.0
+        return latencies
+
+    def rate(self) -> float:
+        """The sustained rate: signals decided per second from the first publish to the last
+        decision (candles/s)."""
+        return len(self.decided) / (float(self.decided.max() - self.published.min()) / 1e6)
+
+    def legs(self) -> dict[str, dict[str, float]]:
+        """Where the decision latency goes, p50 and p99 of each leg (ms): candle published ->
+        signal received by the executor (feed ack, inference, signal publish, delivery), and
+        received -> decided (the executor's queue and its engine)."""
+        return {
+            name: {
+                "p50": ms_figure(np.percentile(values, 50)),
+                "p99": ms_figure(np.percentile(values, 99)),
+            }
+            for name, values in (
+                ("published_to_executor_ms", (self.received - self.published) / 1000.0),
+                ("executor_received_to_decided_ms", (self.decided - self.received) / 1000.0),
+            )
+        }
 
 
 def ms_figure(value: float) -> float:
@@ -172,15 +190,15 @@ def main() -> None:
         with embedded_servers(root) as (nats_url, db_url):
             fast = bot("throughput", symbols, args.per_symbol, speed=0)
             fast_sample = run_phase(fast, nats_url, db_url, root / "fast")
-            _, rate = latencies(db_url, fast)
+            rate = Timings.read(db_url, fast).rate()
 
             per_symbol = int(args.paced_rate * args.paced_seconds / len(symbols))
             # 1h candles: candle times per second x 3600 s per candle
             speed = args.paced_rate / len(symbols) * 3600
             paced = bot("paced", symbols, per_symbol, speed=speed)
             paced_sample = run_phase(paced, nats_url, db_url, root / "paced")
-            lat, _ = latencies(db_url, paced)
-            paced_legs = legs(db_url, paced)
+            paced_timings = Timings.read(db_url, paced)
+            lat = paced_timings.latencies()
 
     workers = ("feed", "inference", "executor")
     total = len(symbols) * args.per_symbol
@@ -198,7 +216,7 @@ def main() -> None:
             "decision_latency_ms_p50": ms_figure(np.percentile(lat, 50)),
             "decision_latency_ms_p99": ms_figure(np.percentile(lat, 99)),
             "decision_latency_ms_max": ms_figure(lat.max()),
-            **paced_legs,
+            **paced_timings.legs(),
         },
         "peak_rss_mib": {
             c: round(max(fast_sample.peak.get(c, 0), paced_sample.peak.get(c, 0)) / 2**20, 1)
