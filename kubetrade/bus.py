@@ -428,18 +428,30 @@ async def dead_letter(
     *,
     component: str,
     bot: str,
+    part: tuple[int, bytes] | None = None,
 ) -> None:
-    """Count and log a message that could not be handled, and keep it on the DLQ subject."""
+    """Count and log a message that could not be handled, and keep it on the DLQ subject.
+
+    ``part`` is (index, payload) of the one item of a batch message that was refused: the
+    dead letter holds that item alone, and the rest of the batch goes on.
+    """
     DEAD_LETTERS.labels(bot, component).inc()
+    data = msg.data if part is None else part[1]
     log.warning(
         "dead-lettered a message",
-        extra={"subject": msg.subject, "error": str(error), "bytes": len(msg.data)},
+        extra={
+            "subject": msg.subject,
+            "error": str(error),
+            "bytes": len(data),
+            "item": None if part is None else part[0],
+        },
     )
     headers = {"Kubetrade-Error": str(error)[:1000], "Kubetrade-Subject": msg.subject}
     sequence = _stream_sequence(msg)
     if sequence is not None:  # a re-sent dead letter (lost ack, restart) is stored once
-        headers["Nats-Msg-Id"] = f"dlq:{component}:{sequence}"
-    await publish_all(js, [(subjects.dead_letter(component), msg.data, headers)])
+        item = "" if part is None else f":{part[0]}"
+        headers["Nats-Msg-Id"] = f"dlq:{component}:{sequence}{item}"
+    await publish_all(js, [(subjects.dead_letter(component), data, headers)])
 
 
 def _stream_sequence(msg: Msg) -> int | None:

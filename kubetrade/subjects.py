@@ -1,7 +1,9 @@
 """NATS subjects and JetStream names for one bot.
 
-Layout: ``kubetrade.<namespace>.<bot>.<kind>[.<symbol>]``. Symbols become one subject token
-(``BTC/USDT`` -> ``BTC-USDT``) because ``.`` separates tokens and ``/`` reads badly in tools.
+Layout: ``kubetrade.<namespace>.<bot>.<kind>[.<symbol>|.batch]``. Symbols become one subject
+token (``BTC/USDT`` -> ``BTC-USDT``) because ``.`` separates tokens and ``/`` reads badly in
+tools. Candles and signals travel in batches (``candles.batch``, ``signals.batch``); the
+per-symbol subjects remain valid for single messages.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ class Subjects:
         return f"{self.prefix}.candles.{symbol_token(symbol)}"
 
     @property
+    def candle_batches(self) -> str:
+        """Batches of closed candles, every symbol's (JetStream; what the feed publishes).
+        ``batch`` is lower case: no symbol's token can be it."""
+        return f"{self.prefix}.candles.batch"
+
+    @property
     def all_candles(self) -> str:
         """Wildcard over every symbol's candles."""
         return f"{self.prefix}.candles.>"
@@ -45,6 +53,11 @@ class Subjects:
     def signals(self, symbol: str) -> str:
         """Model signals of one symbol (JetStream)."""
         return f"{self.prefix}.signals.{symbol_token(symbol)}"
+
+    @property
+    def signal_batches(self) -> str:
+        """Batches of signals, one per candle batch (JetStream; what inference publishes)."""
+        return f"{self.prefix}.signals.batch"
 
     @property
     def all_signals(self) -> str:
@@ -90,6 +103,11 @@ class Subjects:
             self.fills,
             f"{self.prefix}.dlq.>",
         ]
+
+    @staticmethod
+    def is_batch(subject: str) -> bool:
+        """Whether a candle or signal subject carries batches (else one symbol's messages)."""
+        return subject.endswith(".batch")
 
     def durable(self, component: str) -> str:
         """Durable consumer name of a component."""

@@ -1,8 +1,10 @@
 """The NATS bridge of the inference worker: candles in, signals out.
 
 It runs inside the BentoML service process (one model in memory), on its own thread and event
-loop. Every candle yields a signal: with a prediction once the symbol's features are warm,
-without one before, so the executor sees every candle in stream order and can run its exits.
+loop. Each candle batch yields one signal batch (same order, and an identity taken from the
+candle batch, so a restarted bridge's signals are de-duplicated by the stream), and every
+candle a signal: with a prediction once the symbol's features are warm, without one before,
+so the executor sees every candle in stream order and can run its exits.
 A model whose FeatureSpec does not match this code never predicts: the bridge reports the
 mismatch in its status (naming both feature lists) and consumes nothing, so candles wait in
 the stream for a good model. A strategy that reads features (a rule, or a hybrid's rule) gets
@@ -40,7 +42,15 @@ from kubetrade.domain import Candle
 from kubetrade.errors import OutageError
 from kubetrade.features import FeatureMismatchError
 from kubetrade.health import Vitals, consumer_pending, watch_forever
-from kubetrade.messages import CandleMessage, MessageError, SignalMessage, decode, encode
+from kubetrade.messages import (
+    CandleMessage,
+    MessageError,
+    SignalBatch,
+    SignalMessage,
+    batch_id,
+    decode_candles,
+    encode,
+)
 from kubetrade.metrics import (
     ADMISSION_REFUSED,
     CANDLES_RECEIVED,
@@ -179,9 +189,9 @@ async def _serve(
             # A restart: rebuild the rolling windows from the candles already handled, as
             # admitted then (a forgery in the stream stays out of the windows).
             history = [
-                decode(CandleMessage, m.data).to_candle()
+                message.to_candle()
                 async for m in replay(js, subjects, subjects.all_candles, resumed)
-                if _decodable(m.data)
+                for message in _decodable(m.subject, m.data)
             ]
             pipeline.warm_up(admission.replayed(history, now_ms()))
             log.info("windows rebuilt from the stream", extra={"through_seq": resumed})
@@ -253,27 +263,37 @@ async def _handle(
     status: WorkerStatus,
     tracer: Tracer,
 ) -> Sent:
-    """Predict a batch and send its signals; returns them with the futures of their storage."""
+    """Predict a batch of deliveries and send their signals (one signal batch per candle
+    message); returns them with the futures of their storage."""
     bot = status.bot
     candles: list[Candle] = []
-    sources: list[tuple[CandleMessage, Delivery]] = []
+    sources: list[tuple[CandleMessage, Delivery, int]] = []  # and its place in the message
+    # Each delivery's identity (its first and last candle), which its signal batch keeps.
+    identity: dict[int, str] = {}
     for delivery in batch:
+        batched = Subjects.is_batch(delivery.msg.subject)
         try:
-            message = decode(CandleMessage, delivery.msg.data)
+            messages = decode_candles(delivery.msg.data, batched)
         except MessageError as error:
             await dead_letter(js, subjects, delivery.msg, error, component="inference", bot=bot)
             status.count("dead_letters")
             continue
-        candle = message.to_candle()
-        refusal = admission.admit(candle, now_ms())
-        if refusal is not None:
-            ADMISSION_REFUSED.labels(bot, "inference", refusal.reason).inc()
-            refused = AdmissionError(refusal)
-            await dead_letter(js, subjects, delivery.msg, refused, component="inference", bot=bot)
-            status.count("dead_letters")
-            continue
-        candles.append(candle)
-        sources.append((message, delivery))
+        identity[delivery.sequence] = batch_id(messages[0], messages[-1], len(messages))
+        now = now_ms()
+        for index, message in enumerate(messages):
+            candle = message.to_candle()
+            refusal = admission.admit(candle, now)
+            if refusal is not None:
+                ADMISSION_REFUSED.labels(bot, "inference", refusal.reason).inc()
+                refused = AdmissionError(refusal)
+                part = (index, encode(message)) if batched else None
+                await dead_letter(
+                    js, subjects, delivery.msg, refused, component="inference", bot=bot, part=part
+                )
+                status.count("dead_letters")
+                continue
+            candles.append(candle)
+            sources.append((message, delivery, index))
     if not candles:
         return Sent([], [])
     CANDLES_RECEIVED.labels(bot).inc(len(candles))
@@ -284,30 +304,35 @@ async def _handle(
     # The signal's message id names what produced it, so a new model's signals are not taken
     # for duplicates of the old one's.
     version = "no-model" if pipeline.predictor is None else pipeline.predictor.model_version
-    outgoing = []
+    signals: dict[int, tuple[Delivery, list[SignalMessage]]] = {}
     predicted = 0
-    for event, (message, delivery) in zip(results, sources, strict=True):
+    for event, (message, delivery, index) in zip(results, sources, strict=True):
         if isinstance(event, Rejected):
+            part = (index, encode(message)) if Subjects.is_batch(delivery.msg.subject) else None
+            rejected = ValueError(event.reason)
             await dead_letter(
-                js, subjects, delivery.msg, ValueError(event.reason), component="inference", bot=bot
+                js, subjects, delivery.msg, rejected, component="inference", bot=bot, part=part
             )
             status.count("dead_letters")
             continue
+        signal = SignalMessage.from_event(event, message.published_us, produced, received=message)
+        signals.setdefault(delivery.sequence, (delivery, []))[1].append(signal)
+        predicted += event.prediction is not None
+    outgoing = []
+    for sequence, (delivery, batch_signals) in signals.items():
         attributes = {
             "kubetrade.bot": bot,
-            "kubetrade.symbol": event.candle.symbol,
+            "kubetrade.signals": len(batch_signals),
             "kubetrade.model_version": version,
-            "kubetrade.warm": event.prediction is not None,
         }
-        msg_id = f"{event.candle.key}:{version}"
+        # Named after the candle message, not its admitted part: a restart that admits
+        # differently still sends the same identity, which the stream stores once.
+        msg_id = f"{identity[sequence]}:{version}"
         with hop(
-            tracer, "inference.signal", delivery.msg.headers, attributes, {"Nats-Msg-Id": msg_id}
+            tracer, "inference.signals", delivery.msg.headers, attributes, {"Nats-Msg-Id": msg_id}
         ) as headers:
-            signal = SignalMessage.from_event(
-                event, message.published_us, produced, received=message
-            )
-            outgoing.append((subjects.signals(event.candle.symbol), encode(signal), headers))
-        predicted += event.prediction is not None
+            payload = encode(SignalBatch(signals=batch_signals))
+            outgoing.append((subjects.signal_batches, payload, headers))
     sent = await publish_started(js, outgoing, link)
     SIGNALS_PUBLISHED.labels(bot).inc(predicted)
     status.count("signals", predicted)
@@ -316,9 +341,9 @@ async def _handle(
     return sent
 
 
-def _decodable(data: bytes) -> bool:
+def _decodable(subject: str, data: bytes) -> list[CandleMessage]:
+    """The candles of a stream message, none when it does not decode."""
     try:
-        decode(CandleMessage, data)
+        return decode_candles(data, Subjects.is_batch(subject))
     except MessageError:
-        return False
-    return True
+        return []

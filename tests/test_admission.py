@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -56,6 +57,33 @@ def _bot(exchange: dict[str, object], symbols: list[str], name: str = "adm") -> 
 def btc(btc_csv: Path) -> tuple[TradingBot, list[Candle]]:
     bot = _bot({"name": "replay", "uri": str(btc_csv)}, ["BTC/USD"])
     return bot, load_source_candles(bot)
+
+
+async def _dead_letter_payloads(
+    nats_url: str, subjects: Any, component: str
+) -> list[Candle | None]:
+    """The candle each of ``component``'s dead letters holds (None for one that is no candle)."""
+    from kubetrade.bus import connect
+    from kubetrade.messages import CandleMessage, MessageError, decode
+
+    nc = await connect(nats_url, "reader")
+    js = nc.jetstream()
+    sub = await js.subscribe(
+        subjects.dead_letter(component), stream=subjects.stream, ordered_consumer=True
+    )
+    found: list[Candle | None] = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=2)
+            except TimeoutError:
+                return found
+            try:
+                found.append(decode(CandleMessage, msg.data).to_candle())
+            except MessageError:
+                found.append(None)
+    finally:
+        await nc.drain()
 
 
 def _forge(candle: Candle, **changes: object) -> Candle:
@@ -281,9 +309,10 @@ def test_fuzzed_candles_never_move_admission_backwards(
 def test_forged_messages_on_a_running_bot_are_dead_lettered_and_fills_match_backtest(
     model: str, nats_url: str, db_url: str, tmp_path: Path
 ) -> None:
-    """Schema-valid forgeries published into a live run change nothing the bot decides."""
+    """Schema-valid forgeries published into a live run change nothing the bot decides; in a
+    batch, each forged item is dead-lettered alone."""
     from kubetrade.bus import connect
-    from kubetrade.messages import CandleMessage, encode
+    from kubetrade.messages import CandleBatch, CandleMessage, SignalBatch, encode
     from kubetrade.runner import RunOptions
     from kubetrade.store import Store
     from kubetrade.subjects import Subjects
@@ -312,6 +341,14 @@ def test_forged_messages_on_a_running_bot_are_dead_lettered_and_fills_match_back
         await js.publish(
             subjects.signals(template.symbol), encode(SignalMessage.from_event(event, 0, 0))
         )
+        # The same forgeries inside batches, beside a candle of a symbol the bot does not trade.
+        stranger = _forge(template, symbol="SOL/USDT")
+        batch = CandleBatch(
+            candles=[CandleMessage.from_candle(c, 0) for c in (ahead, stranger)], through={}
+        )
+        await js.publish(subjects.candle_batches, encode(batch))
+        signals = SignalBatch(signals=[SignalMessage.from_event(event, 0, 0)])
+        await js.publish(subjects.signal_batches, encode(signals))
         await nc.publish(
             subjects.status,
             encode(
@@ -344,4 +381,6 @@ def test_forged_messages_on_a_running_bot_are_dead_lettered_and_fills_match_back
     assert counts.signals == 3000
     assert [_fill_key(f) for f in run_fills] == [_fill_key(f) for f in backtest_fills]
     dead = asyncio.run(_dead_letters(nats_url, bot))
-    assert dead.get("inference", 0) >= 1 and dead.get("executor", 0) >= 2, dead
+    assert dead.get("inference", 0) >= 3 and dead.get("executor", 0) >= 3, dead
+    items = asyncio.run(_dead_letter_payloads(nats_url, subjects, "inference"))
+    assert {c.symbol for c in items if c is not None} >= {"SOL/USDT", template.symbol}

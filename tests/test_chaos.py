@@ -27,7 +27,7 @@ from kubetrade.bus import connect
 from kubetrade.domain import Fill, OrderReason
 from kubetrade.embedded import EmbeddedNats, EmbeddedPostgres, start_nats, start_postgres
 from kubetrade.market.sources import load_source_candles
-from kubetrade.messages import ControlMessage, encode
+from kubetrade.messages import ControlMessage, decode_candles, encode
 from kubetrade.modelstore.predictor import OnnxPredictor
 from kubetrade.processes import LocalProcess
 from kubetrade.runner import LocalProcesses, RunOptions, plan
@@ -153,7 +153,8 @@ async def _control(nats_url: str, bot: TradingBot, action: str) -> None:
 
 
 async def _stream_ids(nats_url: str, bot: TradingBot) -> dict[str, list[str]]:
-    """The Nats-Msg-Id of every candle, order and fill message in the stream, in order."""
+    """The key of every candle (inside the feed's batches) and the Nats-Msg-Id of every order
+    and fill message in the stream, in order."""
     subjects = Subjects(bot.metadata.namespace, bot.metadata.name)
     nc = await connect(nats_url, "chaos")
     js = nc.jetstream()
@@ -164,7 +165,10 @@ async def _stream_ids(nats_url: str, bot: TradingBot) -> dict[str, list[str]]:
         for _ in range(info.state.messages):
             msg = await sub.next_msg(timeout=10)
             kind = msg.subject.removeprefix(subjects.prefix + ".").split(".")[0]
-            if kind in found:
+            if kind == "candles":
+                batch = decode_candles(msg.data, Subjects.is_batch(msg.subject))
+                found[kind].extend(c.to_candle().key for c in batch)
+            elif kind in found:
                 found[kind].append((msg.headers or {}).get("Nats-Msg-Id", ""))
     finally:
         await sub.unsubscribe()

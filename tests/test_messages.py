@@ -6,11 +6,17 @@ import pytest
 
 from kubetrade.domain import Candle, Direction, MarketEvent, Prediction
 from kubetrade.messages import (
+    BATCH_MAX_ITEMS,
+    CandleBatch,
     CandleMessage,
     ControlMessage,
     MessageError,
+    SignalBatch,
     SignalMessage,
+    batch_id,
     decode,
+    decode_candles,
+    decode_signals,
     encode,
 )
 from kubetrade.subjects import Subjects, symbol_token
@@ -47,6 +53,66 @@ def test_signal_round_trip_with_and_without_prediction() -> None:
     for event in (MarketEvent(CANDLE, prediction), MarketEvent(CANDLE, None)):
         data = encode(SignalMessage.from_event(event, published_us=1, produced_at=2))
         assert decode(SignalMessage, data).to_event() == event
+
+
+def test_a_candle_batch_carries_its_candles_in_order_and_the_feeds_cursor() -> None:
+    later = Candle("ETH/USDT", "1h", CANDLE.open_time + 3_600_000, 10.0, 11.0, 9.0, 10.5, 3.0)
+    batch = CandleBatch(
+        candles=[CandleMessage.from_candle(c, 7) for c in (CANDLE, later)],
+        through={"BTC/USDT": CANDLE.open_time, "ETH/USDT": later.open_time, "SOL/USDT": 0},
+    )
+    data = encode(batch)
+    assert [m.to_candle() for m in decode_candles(data, batch=True)] == [CANDLE, later]
+    assert decode(CandleBatch, data).through["SOL/USDT"] == 0
+    # The message id names the first and last candle and the count: equal batches share it,
+    # and it is what the bridge names the batch's signals after.
+    assert batch.batch_id() == batch_id(CANDLE, later, 2)
+    assert batch.batch_id() != batch_id(CANDLE, later, 3)
+    # A symbol's subject still carries single candles.
+    single = encode(CandleMessage.from_candle(CANDLE, 7))
+    assert [m.to_candle() for m in decode_candles(single, batch=False)] == [CANDLE]
+    with pytest.raises(MessageError, match="invalid CandleBatch"):
+        decode_candles(single, batch=True)
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        (b'{"v": 1, "candles": [], "through": {}}', "candles: List should have at least 1 item"),
+        (b'{"v": 1, "candles": [{"symbol": "BTC/USDT"}], "through": {}}', "candles.0.timeframe"),
+        (b'{"v": 1, "candles": [], "through": {"BTC/USDT": -1}}', "through.BTC/USDT"),
+        (
+            b'{"v": 1, "candles": [' + b",".join([b"{}"] * (BATCH_MAX_ITEMS + 1)) + b"]}",
+            f"at most {BATCH_MAX_ITEMS} items",
+        ),
+    ],
+)
+def test_a_malformed_candle_batch_is_refused_whole(payload: bytes, fragment: str) -> None:
+    with pytest.raises(MessageError) as caught:
+        decode(CandleBatch, payload)
+    assert fragment in str(caught.value)
+
+
+def test_a_signal_batch_round_trips_and_a_single_signal_still_decodes() -> None:
+    prediction = Prediction(0.7, Direction.UP, 0.4, "m", "3", "abc")
+    events = [MarketEvent(CANDLE, prediction), MarketEvent(CANDLE, None)]
+    signals = [SignalMessage.from_event(e, published_us=1, produced_at=2) for e in events]
+    data = encode(SignalBatch(signals=signals))
+    assert [s.to_event() for s in decode_signals(data, batch=True)] == events
+    assert [s.to_event() for s in decode_signals(encode(signals[0]), batch=False)] == events[:1]
+    with pytest.raises(MessageError, match="signals: List should have at least 1 item"):
+        decode_signals(b'{"v": 1, "signals": []}', batch=True)
+
+
+def test_batch_subjects_are_apart_from_every_symbols_subject() -> None:
+    subjects = Subjects("ns", "bot")
+    assert subjects.candle_batches == "kubetrade.ns.bot.candles.batch"
+    assert subjects.signal_batches == "kubetrade.ns.bot.signals.batch"
+    assert Subjects.is_batch(subjects.candle_batches)
+    assert Subjects.is_batch(subjects.signal_batches)
+    # Symbol tokens are upper case with a dash: none can be "batch".
+    assert not Subjects.is_batch(subjects.candles("BAT/CH"))
+    assert not Subjects.is_batch(subjects.signals("BTC/USDT"))
 
 
 @pytest.mark.parametrize(

@@ -72,7 +72,7 @@ async def _dead_letters(nats_url: str, bot: TradingBot) -> dict[str, int]:
 def test_synthetic_bot_trades_end_to_end(
     model: str, nats_url: str, db_url: str, tmp_path: Path
 ) -> None:
-    """Candles flow through all three processes; every table fills; one trace per candle."""
+    """Candles flow through all three processes; every table fills; one trace per batch."""
     bot = make_bot(
         "e2e", {"name": "synthetic", "seed": 11, "limit": 600}, ["BTC/USDT", "ETH/USDT"], model
     )
@@ -110,16 +110,21 @@ def test_synthetic_bot_trades_end_to_end(
     # The malformed candle and signal went to the dead-letter subjects; nothing crashed.
     assert asyncio.run(_dead_letters(nats_url, bot)) == {"inference": 1, "executor": 1}
 
+    # One trace per candle batch, through all three workers; together they hold every candle.
     spans = read_spans(spans_file)
     by_trace: dict[str, set[str]] = defaultdict(set)
+    batched: dict[str, int] = {}
     for span in spans:
         by_trace[span["trace_id"]].add(span["name"])
+        if span["name"] == "feed.candles":
+            batched[span["trace_id"]] = span["attributes"]["kubetrade.candles"]
     full = [
         t
         for t, names in by_trace.items()
-        if {"feed.candle", "inference.signal", "executor.decide"} <= names
+        if {"feed.candles", "inference.signals", "executor.decide"} <= names
     ]
-    assert len(full) >= 1190, f"only {len(full)} traces span feed -> inference -> executor"
+    assert sorted(full) == sorted(batched), "a batch's trace misses a worker"
+    assert sum(batched.values()) == 1200
 
 
 def test_run_and_backtest_give_identical_fills_on_real_btc(

@@ -32,7 +32,7 @@ from kubetrade.features import (
 )
 from kubetrade.market.frame import to_candles
 from kubetrade.market.synthetic import generate
-from kubetrade.messages import CandleMessage, SignalMessage, decode, encode
+from kubetrade.messages import CandleMessage, SignalMessage, decode_signals, encode
 from kubetrade.modelstore.predictor import OnnxPredictor
 from kubetrade.modelstore.registry import register
 from kubetrade.onnx_export.dataset import LabelSpec, build_dataset, chronological_split
@@ -504,7 +504,8 @@ async def _signals_for(
         received: asyncio.Queue[SignalMessage] = asyncio.Queue()
 
         async def collect(msg: Msg) -> None:
-            received.put_nowait(decode(SignalMessage, msg.data))
+            for signal in decode_signals(msg.data, Subjects.is_batch(msg.subject)):
+                received.put_nowait(signal)
 
         await nc.subscribe(subjects.all_signals, cb=collect)
         for candle in candles:

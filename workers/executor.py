@@ -47,6 +47,7 @@ from kubetrade.messages import (
     OrderMessage,
     SignalMessage,
     decode,
+    decode_signals,
     encode,
 )
 from kubetrade.metrics import (
@@ -142,6 +143,9 @@ class Commit:
     batch: list[Delivery]
 
 
+# The checkpoint state's key for a live executor's position inside a message applied in part.
+PARTIAL_KEY = "executor_partial_message"
+
 # Applied-but-uncommitted batches allowed in flight: decisions do not wait for the previous
 # batch's commit (~3 ms), yet a stalled database soon stops the executor consuming.
 COMMITS_IN_FLIGHT = 8
@@ -173,6 +177,9 @@ class Executor:
         self.router: LiveRouter | None = None  # set by main in live mode
         self.sequence = 0
         self.processed = 0
+        # Live: (stream sequence, signals applied) of a message applied in part, one signal
+        # per commit; a restart goes on after those signals instead of deciding them again.
+        self.partial: tuple[int, int] | None = None
         self.controls: asyncio.Queue[tuple[ControlMessage, Msg]] = asyncio.Queue()
         self.admission = CandleAdmission(AdmissionPolicy.for_bot(bot), repeats=True)
         # Per signal: the bot's key (built from its name each time it is read) and the
@@ -197,6 +204,9 @@ class Executor:
             self.engine = type(self.engine).restore(self.bot, checkpoint.state, self.markets)
             self.sequence, self.processed = checkpoint.stream_seq, checkpoint.processed
             self.admission.seed(checkpoint.state.get("last_open", {}))
+            partial = checkpoint.state.get(PARTIAL_KEY)
+            if isinstance(partial, list) and len(partial) == 2:
+                self.partial = (int(partial[0]), int(partial[1]))
             log.info(
                 "restored from checkpoint",
                 extra={"stream_seq": self.sequence, "processed": self.processed},
@@ -250,11 +260,54 @@ class Executor:
             if delivery.sequence <= self.sequence:
                 continue  # applied before a restart; its effects are already in the database
             self.sequence = delivery.sequence
-            await self._apply_signal(delivery, pending)
+            await self._apply_message(delivery, pending)
         checkpoint = None
         if pending or self.sequence != first_seq:
-            checkpoint = Checkpoint(self.sequence, self.processed, self.engine.snapshot())
+            checkpoint = self.checkpoint()
         return Commit(pending, checkpoint, batch)
+
+    async def apply_live(self, delivery: Delivery) -> None:
+        """Live: apply one message a signal at a time, as in real time; each decision is
+        committed (with the message's position in the checkpoint) and its orders are sent and
+        their fills booked before the next signal is decided."""
+        if delivery.sequence <= self.sequence:
+            return
+        try:
+            signals = decode_signals(delivery.msg.data, Subjects.is_batch(delivery.msg.subject))
+        except MessageError as error:
+            await self._dead_letter(delivery, error)
+            signals = []
+        done = self.partial[1] if self.partial and self.partial[0] == delivery.sequence else 0
+        attributes = {"kubetrade.bot": self._key, "kubetrade.signals": len(signals)}
+        with hop(tracer, "executor.decide", delivery.msg.headers, attributes, {}) as onward:
+            for index in range(done, len(signals)):
+                if not self.controls.empty():  # a kill switch does not wait for the message
+                    await self.commit(await self.apply_batch([]))
+                    await self.route()
+                pending = Pending()
+                await self._apply_signal(
+                    delivery, index, signals[index], runtime.now_ms(), pending, onward
+                )
+                last = index == len(signals) - 1
+                self.partial = None if last else (delivery.sequence, index + 1)
+                await self._commit_live(pending, delivery, last)
+        if not signals[done:]:
+            self.partial = None
+            await self._commit_live(Pending(), delivery, True)
+
+    async def _commit_live(self, pending: Pending, delivery: Delivery, last: bool) -> None:
+        if last:
+            self.sequence = delivery.sequence
+        await self.commit(Commit(pending, self.checkpoint(), [delivery] if last else []))
+        await self.route()
+
+    def checkpoint(self) -> Checkpoint:
+        """The restart point now: the engine's snapshot, the last sequence applied, and the
+        position inside a message applied in part (live)."""
+        state = self.engine.snapshot()
+        if self.partial is not None:
+            state[PARTIAL_KEY] = list(self.partial)
+        return Checkpoint(self.sequence, self.processed, state)
 
     async def commit(self, item: Commit) -> None:
         """Write one applied batch with its checkpoint and outbox, then acknowledge it, answer
@@ -294,7 +347,7 @@ class Executor:
         if changed or out.fills or out.notices:
             pending = Pending()
             pending.add(out, self.subjects, {})
-            checkpoint = Checkpoint(self.sequence, self.processed, self.engine.snapshot())
+            checkpoint = self.checkpoint()
             await self.commit(Commit(pending, checkpoint, []))
 
     async def commit_forever(self, queue: asyncio.Queue[Commit]) -> None:
@@ -306,48 +359,41 @@ class Executor:
             finally:
                 queue.task_done()
 
-    async def _apply_signal(self, delivery: Delivery, pending: Pending) -> None:
+    async def _apply_message(self, delivery: Delivery, pending: Pending) -> None:
+        """Apply every signal of one message (a signal batch, or one signal) in its order."""
         try:
-            message = decode(SignalMessage, delivery.msg.data)
+            signals = decode_signals(delivery.msg.data, Subjects.is_batch(delivery.msg.subject))
         except MessageError as error:
-            await dead_letter(
-                self.js, self.subjects, delivery.msg, error, component="executor", bot=self.bot.key
-            )
-            self.status.count("dead_letters")
+            await self._dead_letter(delivery, error)
             return
-        refusal = self.admission.admit_signal(message, runtime.now_ms())
+        now = runtime.now_ms()
+        attributes = {"kubetrade.bot": self._key, "kubetrade.signals": len(signals)}
+        with hop(tracer, "executor.decide", delivery.msg.headers, attributes, {}) as onward:
+            for index, message in enumerate(signals):
+                await self._apply_signal(delivery, index, message, now, pending, onward)
+
+    async def _apply_signal(
+        self,
+        delivery: Delivery,
+        index: int,
+        message: SignalMessage,
+        now: int,
+        pending: Pending,
+        onward: dict[str, str],
+    ) -> None:
+        refusal = self.admission.admit_signal(message, now)
         if refusal is not None:
             ADMISSION_REFUSED.labels(self.bot.key, "executor", refusal.reason).inc()
-            await dead_letter(
-                self.js,
-                self.subjects,
-                delivery.msg,
-                AdmissionError(refusal),
-                component="executor",
-                bot=self.bot.key,
-            )
-            self.status.count("dead_letters")
+            await self._dead_letter(delivery, AdmissionError(refusal), index, message)
             return
         event = message.to_event()
-        attributes = {"kubetrade.bot": self._key, "kubetrade.symbol": event.candle.symbol}
-        if event.prediction is not None:
-            attributes["kubetrade.model_version"] = event.prediction.model_version
-        with hop(tracer, "executor.decide", delivery.msg.headers, attributes, {}) as onward:
-            try:
-                out = self.engine.on_event(event)
-            except EventError as error:
-                await dead_letter(
-                    self.js,
-                    self.subjects,
-                    delivery.msg,
-                    error,
-                    component="executor",
-                    bot=self.bot.key,
-                )
-                self.status.count("dead_letters")
-                return
-            decided_us = runtime.now_us()
-            pending.add(out, self.subjects, onward)
+        try:
+            out = self.engine.on_event(event)
+        except EventError as error:
+            await self._dead_letter(delivery, error, index, message)
+            return
+        decided_us = runtime.now_us()
+        pending.add(out, self.subjects, onward)
         self.processed += 1
         published_us = message.candle.published_us
         self._decision_seconds.observe(max(decided_us - published_us, 0) / 1e6)
@@ -367,6 +413,28 @@ class Executor:
                 decided_us=decided_us,
             )
         )
+
+    async def _dead_letter(
+        self,
+        delivery: Delivery,
+        error: Exception,
+        index: int | None = None,
+        message: SignalMessage | None = None,
+    ) -> None:
+        """Dead-letter a whole message, or (``index``, ``message``) the one signal of a batch."""
+        part = None
+        if index is not None and message is not None and Subjects.is_batch(delivery.msg.subject):
+            part = (index, encode(message))
+        await dead_letter(
+            self.js,
+            self.subjects,
+            delivery.msg,
+            error,
+            component="executor",
+            bot=self.bot.key,
+            part=part,
+        )
+        self.status.count("dead_letters")
 
     def _count(self, pending: Pending) -> None:
         bot = self.bot.key
@@ -487,10 +555,11 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
             if executor.router is not None:
                 # Live: one signal at a time, as in real time: its decision is committed, then
                 # its orders sent and their fills booked, before the next candle is decided.
-                chunks = [[d] for d in batch] or ([[]] if not executor.controls.empty() else [])
-                for chunk in chunks:
-                    await executor.commit(await executor.apply_batch(chunk))
+                if not executor.controls.empty():
+                    await executor.commit(await executor.apply_batch([]))
                     await executor.route()
+                for delivery in batch:
+                    await executor.apply_live(delivery)
                 if batch:
                     vitals.progress(executor.last_candle_close_ms())
                 await executor.route()

@@ -1,10 +1,12 @@
 """The feed worker: publishes closed candles to JetStream and stores them in the database.
 
-Each candle goes to ``….candles.<symbol>`` with the message id symbol+timeframe+open time, so
-a restart or a second replay never duplicates: the feed first asks the stream for the last
-candle of each symbol and skips everything up to it, and the server's duplicate window
-catches the rest. ``exchange.speed`` paces a replay (a multiple of real time); 0 publishes as
-fast as the pipeline takes it.
+The candles ready at one moment (a candle time of every symbol, or up to 500 of a fast replay)
+go to ``….candles.batch`` as one :class:`~kubetrade.messages.CandleBatch`, with the message id
+of its first and last candle, so a restart or a second replay never duplicates: each batch
+carries the feed's cursor (every symbol's newest open time so far), a restarted feed reads it
+from the stream's last batch and skips everything up to it, and the server's duplicate window
+catches a batch re-sent after a lost acknowledgement. ``exchange.speed`` paces a replay (a
+multiple of real time); 0 publishes as fast as the pipeline takes it.
 
 Storage reads the stream, not the publishing path: a durable consumer of the candle subjects
 writes each batch to the database and acknowledges it only then (store-then-ack). A feed crash
@@ -20,7 +22,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from functools import cache
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -32,7 +33,15 @@ from kubetrade.domain import Candle, timeframe_ms
 from kubetrade.errors import OutageError
 from kubetrade.health import HealthServer, Vitals, watch_forever
 from kubetrade.market.sources import candle_source
-from kubetrade.messages import CandleMessage, MessageError, decode, encode
+from kubetrade.messages import (
+    CandleBatch,
+    CandleMessage,
+    MessageError,
+    batch_id,
+    decode,
+    decode_candles,
+    encode,
+)
 from kubetrade.metrics import CANDLES_PUBLISHED, DB_WRITE_SECONDS
 from kubetrade.settings import WorkerSettings
 from kubetrade.store import AsyncStore
@@ -95,11 +104,14 @@ class CandleStore:
             batch = await self._consumer.next_batch(STORE_BATCH_MAX, timeout=0.5)
             if not batch:
                 continue
-            candles = []
+            candles: list[Candle] = []
             for delivery in batch:
-                # A malformed candle is inference's to dead-letter; there is nothing to store.
+                # A malformed message is inference's to dead-letter; there is nothing to store.
                 with contextlib.suppress(MessageError):
-                    candles.append(decode(CandleMessage, delivery.msg.data).to_candle())
+                    received = decode_candles(
+                        delivery.msg.data, Subjects.is_batch(delivery.msg.subject)
+                    )
+                    candles.extend(message.to_candle() for message in received)
             if candles:
                 with DB_WRITE_SECONDS.labels(self._bot, "feed").time():
                     await self._db.write_candles(self._bot, candles)
@@ -107,26 +119,26 @@ class CandleStore:
             self.stored_through = batch[-1].sequence
 
 
-async def stream_head(js: JetStreamContext, subjects: Subjects, symbols: list[str]) -> int:
-    """The stream sequence of the newest candle of any of ``symbols`` (0 when none)."""
-    head = 0
-    for symbol in symbols:
-        with contextlib.suppress(NotFoundError):
-            raw = await js.get_last_msg(subjects.stream, subjects.candles(symbol))
-            head = max(head, raw.seq or 0)
-    return head
-
-
-async def last_published(js: JetStreamContext, subjects: Subjects, symbol: str) -> int | None:
-    """Open time of the newest candle of ``symbol`` already in the stream, if any."""
+async def stream_head(js: JetStreamContext, subjects: Subjects) -> int:
+    """The stream sequence of the newest candle batch (0 when none)."""
     try:
-        raw = await js.get_last_msg(subjects.stream, subjects.candles(symbol))
+        raw = await js.get_last_msg(subjects.stream, subjects.candle_batches)
     except NotFoundError:
-        return None
+        return 0
+    return raw.seq or 0
+
+
+async def published_through(
+    js: JetStreamContext, subjects: Subjects, symbols: list[str]
+) -> dict[str, int | None]:
+    """Open time of the newest candle of each of ``symbols`` already in the stream (None for a
+    symbol never published): the cursor in the stream's last batch."""
     try:
-        return decode(CandleMessage, raw.data or b"").open_time
-    except MessageError:
-        return None
+        raw = await js.get_last_msg(subjects.stream, subjects.candle_batches)
+        through = decode(CandleBatch, raw.data or b"").through
+    except (NotFoundError, MessageError):
+        through = {}
+    return {symbol: through.get(symbol) for symbol in symbols}
 
 
 async def after(
@@ -216,7 +228,8 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
     await health.start()
     heartbeat = asyncio.create_task(runtime.publish_status_forever(nc, subjects, status))
     watchdog = asyncio.create_task(watch_forever(vitals, status))
-    resume = {s: await last_published(js, subjects, s) for s in bot.spec.symbols}
+    resume = await published_through(js, subjects, bot.spec.symbols)
+    cursor = {symbol: at for symbol, at in resume.items() if at is not None}
     status.state = "running"
     tf = timeframe_ms(bot.spec.timeframe)
     log.info(
@@ -237,12 +250,12 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
             link.check()
             if store is not None:
                 store.check()
-            await _publish(js, subjects, fresh, bot.key, limit)
+            await _publish(js, subjects, fresh, bot.key, limit, cursor)
             status.count("candles", len(fresh))
             vitals.progress(max(c.close_time for c in fresh))
         else:
             if store is not None:
-                head = await stream_head(js, subjects, bot.spec.symbols)
+                head = await stream_head(js, subjects)
                 await store.caught_up(head, limit)
             status.state = "finished"
             status.message = f"source exhausted after {status.counters.get('candles', 0)} candles"
@@ -265,30 +278,35 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
 
 
 async def _publish(
-    js: JetStreamContext, subjects: Subjects, candles: list[Candle], bot: str, limit_s: float
+    js: JetStreamContext,
+    subjects: Subjects,
+    candles: list[Candle],
+    bot: str,
+    limit_s: float,
+    cursor: dict[str, int],
 ) -> None:
+    """Publish ``candles`` as one batch carrying ``cursor`` advanced past them (in place)."""
     published_us = runtime.now_us()
-    items = []
     published: Counter[str] = Counter()
     for candle in candles:
-        symbol = candle.symbol
-        # One trace per candle starts here and continues through inference and the executor.
-        attributes = {"kubetrade.bot": bot, "kubetrade.symbol": symbol}
-        with hop(tracer, "feed.candle", None, attributes, {"Nats-Msg-Id": candle.key}) as headers:
-            message = CandleMessage.from_candle(candle, published_us)
-            items.append((_candle_subject(subjects, symbol), encode(message), headers))
-        published[symbol] += 1
+        published[candle.symbol] += 1
+        if cursor.get(candle.symbol, -1) < candle.open_time:
+            cursor[candle.symbol] = candle.open_time
+    message = CandleBatch(
+        candles=[CandleMessage.from_candle(candle, published_us) for candle in candles],
+        through=dict(cursor),
+    )
+    # One trace per batch starts here and continues through inference and the executor.
+    attributes = {"kubetrade.bot": bot, "kubetrade.candles": len(candles)}
+    first, last = candles[0], candles[-1]
+    msg_id = batch_id(first, last, len(candles))
+    with hop(tracer, "feed.candles", None, attributes, {"Nats-Msg-Id": msg_id}) as headers:
+        items = [(subjects.candle_batches, encode(message), headers)]
     # Counted per symbol and batch: a labelled child looked up per candle cost more than the
     # candle's encoding.
     for symbol, count in published.items():
         CANDLES_PUBLISHED.labels(bot, symbol).inc(count)
     await publish_all(js, items, limit_s)
-
-
-@cache
-def _candle_subject(subjects: Subjects, symbol: str) -> str:
-    """``subjects.candles(symbol)``, built once per symbol (a regex substitution each time)."""
-    return subjects.candles(symbol)
 
 
 def cli() -> None:
