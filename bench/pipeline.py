@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,15 +80,23 @@ class MemorySampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        trees: dict[int, list[psutil.Process]] = {}
+        found_at: dict[int, float] = {}
         while not self._stop.is_set():
             # A copy: the runner adds and restarts workers while this thread samples them.
             for component, popen in list(self.procs.running.items()):
                 try:
-                    root = psutil.Process(popen.pid)
-                    tree = [root, *root.children(recursive=True)]
-                    rss = sum(p.memory_info().rss for p in tree if p.is_running())
-                    cpu = sum(sum(p.cpu_times()[:2]) for p in tree if p.is_running())
+                    # Finding a tree's children scans all of /proc: every 2 s, not every sample,
+                    # so that the sampler does not take the CPU it measures.
+                    if time.monotonic() - found_at.get(popen.pid, 0.0) > 2.0:
+                        root = psutil.Process(popen.pid)
+                        trees[popen.pid] = [root, *root.children(recursive=True)]
+                        found_at[popen.pid] = time.monotonic()
+                    tree = [p for p in trees[popen.pid] if p.is_running()]
+                    rss = sum(p.memory_info().rss for p in tree)
+                    cpu = sum(sum(p.cpu_times()[:2]) for p in tree)
                 except psutil.Error:
+                    found_at.pop(popen.pid, None)
                     continue
                 self.peak[component] = max(self.peak.get(component, 0), rss)
                 self.cpu[component] = max(self.cpu.get(component, 0.0), cpu)
