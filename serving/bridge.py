@@ -63,6 +63,7 @@ from kubetrade.runtime import (
     now_ms,
     publish_status_forever,
     quietly,
+    settle_heap,
 )
 from kubetrade.settings import WorkerSettings
 from kubetrade.signals import Predictor, Rejected, SignalPipeline, withheld_period
@@ -208,6 +209,7 @@ async def _serve(
         watchdog = asyncio.create_task(
             watch_forever(vitals, status, lambda: consumer_pending(js, subjects.stream, durable))
         )
+        settle_heap()
         log.info("bridge running", extra={"signals": status.message})
         # Batches whose signals are sent but not yet stored: a batch is acknowledged to the
         # candle stream only once the signal stream holds all of its signals. After a failed

@@ -546,6 +546,7 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
             lambda: consumer_pending(js, executor.subjects.stream, durable),
         )
     )
+    runtime.settle_heap()
     log.info("executor running", extra={"symbols": bot.spec.symbols, "mode": bot.spec.mode.value})
     try:
         commits: asyncio.Queue[Commit] = asyncio.Queue(maxsize=COMMITS_IN_FLIGHT)

@@ -238,6 +238,7 @@ async def main(settings: WorkerSettings, stop: asyncio.Event) -> None:
     store = CandleStore(db, js, subjects, bot.key, link) if db is not None else None
     if store is not None:
         await store.start()
+    runtime.settle_heap()
     try:
         window = (settings.replay_from, settings.replay_to)
         source = after(candle_source(bot, settings.data_file, window), resume)
