@@ -74,6 +74,23 @@ log = logging.getLogger(__name__)
 
 BATCH_MAX = 512
 MAX_UNSETTLED = 8
+# A signal batch stays well under NATS' default payload limit (1 MiB) when its signals carry a
+# strategy's features: a candle batch's signals go out in as many messages as that takes.
+MESSAGE_BUDGET_BYTES = 256 * 1024
+
+
+def signals_per_message(pipeline: SignalPipeline) -> int:
+    """How many signals one message carries at most: bounded by the worst-case size of a signal
+    of this bot (its strategy's features, now and on the candle before, each at full length).
+    Fixed per bot, so a restarted bridge splits a candle batch the same way and its messages
+    keep their ids."""
+    spec = pipeline.strategy_features
+    if spec is None:
+        return BATCH_MAX
+    # At most 1 KiB of candle, prediction and timestamps; a value is at most 24 characters,
+    # plus its quoted name, colon and comma.
+    per_signal = 1024 + 2 * sum(len(name) + 28 for name in spec.names)
+    return max(1, MESSAGE_BUDGET_BYTES // per_signal)
 
 
 @dataclass
@@ -321,20 +338,27 @@ async def _handle(
         signals.setdefault(delivery.sequence, (delivery, []))[1].append(signal)
         predicted += event.prediction is not None
     outgoing = []
+    per_message = signals_per_message(pipeline)
     for sequence, (delivery, batch_signals) in signals.items():
-        attributes = {
-            "kubetrade.bot": bot,
-            "kubetrade.signals": len(batch_signals),
-            "kubetrade.model_version": version,
-        }
-        # Named after the candle message, not its admitted part: a restart that admits
-        # differently still sends the same identity, which the stream stores once.
-        msg_id = f"{identity[sequence]}:{version}"
-        with hop(
-            tracer, "inference.signals", delivery.msg.headers, attributes, {"Nats-Msg-Id": msg_id}
-        ) as headers:
-            payload = encode(SignalBatch(signals=batch_signals))
-            outgoing.append((subjects.signal_batches, payload, headers))
+        for number, start in enumerate(range(0, len(batch_signals), per_message)):
+            chunk = batch_signals[start : start + per_message]
+            attributes = {
+                "kubetrade.bot": bot,
+                "kubetrade.signals": len(chunk),
+                "kubetrade.model_version": version,
+            }
+            # Named after the candle message, not its admitted part: a restart that admits
+            # differently still sends the same identity, which the stream stores once.
+            msg_id = f"{identity[sequence]}:{version}:{number}"
+            with hop(
+                tracer,
+                "inference.signals",
+                delivery.msg.headers,
+                attributes,
+                {"Nats-Msg-Id": msg_id},
+            ) as headers:
+                payload = encode(SignalBatch(signals=chunk))
+                outgoing.append((subjects.signal_batches, payload, headers))
     sent = await publish_started(js, outgoing, link)
     SIGNALS_PUBLISHED.labels(bot).inc(predicted)
     status.count("signals", predicted)

@@ -552,3 +552,29 @@ def test_nats_bridge_shares_the_model_of_the_service_process(
         assert server.stop() == 0
     finally:
         _kill_tree(server.process)
+
+
+def test_a_signal_batch_with_a_strategys_features_stays_within_the_message_budget() -> None:
+    """Signals that carry every feature of the registry, each value at its longest, split into
+    messages that stay under the budget (NATS refuses a payload over 1 MiB)."""
+    from kubetrade.domain import Direction, MarketEvent, Prediction
+    from kubetrade.messages import SignalBatch
+    from kubetrade.serving.bridge import MESSAGE_BUDGET_BYTES, signals_per_message
+    from kubetrade.signals import SignalPipeline
+
+    spec = default_feature_spec()
+    pipeline = SignalPipeline(None, strategy_features=spec)
+    per_message = signals_per_message(pipeline)
+    longest = -1.2345678901234567e-300  # 24 characters in JSON
+    values = dict.fromkeys(spec.names, longest)
+    candle = Candle("BTC/USDT", "1h", 1_700_000_000_000, 1e-300, 1e300, 1e-300, 1e300, 1e300)
+    prediction = Prediction(
+        0.1234567890123456, Direction.UP, 0.1234567890123456, "m" * 63, "v" * 63, "f" * 64
+    )
+    event = MarketEvent(candle, prediction, values, values)
+    signal = SignalMessage.from_event(event, 2**62, 2**62)
+    payload = encode(SignalBatch(signals=[signal] * per_message))
+    assert 1 < per_message < 500
+    assert len(payload) <= MESSAGE_BUDGET_BYTES
+    # No budget to keep without features: a candle batch's signals go in one message.
+    assert signals_per_message(SignalPipeline(None)) >= 500
