@@ -24,6 +24,7 @@ from kubetrade.domain import (
     field_names,
 )
 from kubetrade.errors import InvalidInputError
+from kubetrade.subjects import Subjects
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Price = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -193,15 +194,20 @@ def batch_id(first: CandleMessage | Candle, last: CandleMessage | Candle, count:
     return f"{start}..{last.symbol}:{last.open_time}:{count}"
 
 
-def decode_candles(data: bytes, batch: bool) -> list[CandleMessage]:
-    """The candles of a message: a :class:`CandleBatch` or (``batch`` False, as a forger or a
-    test may send on a symbol's subject) one :class:`CandleMessage`."""
-    return decode(CandleBatch, data).candles if batch else [decode(CandleMessage, data)]
+def decode_candles(subject: str, data: bytes) -> list[CandleMessage]:
+    """The candles of a message, by the subject it came on: a :class:`CandleBatch`, or one
+    :class:`CandleMessage` on a symbol's subject (as a forger or a test may send)."""
+    if Subjects.is_batch(subject):
+        return decode(CandleBatch, data).candles
+    return [decode(CandleMessage, data)]
 
 
-def decode_signals(data: bytes, batch: bool) -> list[SignalMessage]:
-    """The signals of a message: a :class:`SignalBatch` or one :class:`SignalMessage`."""
-    return decode(SignalBatch, data).signals if batch else [decode(SignalMessage, data)]
+def decode_signals(subject: str, data: bytes) -> list[SignalMessage]:
+    """The signals of a message, by the subject it came on: a :class:`SignalBatch`, or one
+    :class:`SignalMessage` on a symbol's subject."""
+    if Subjects.is_batch(subject):
+        return decode(SignalBatch, data).signals
+    return [decode(SignalMessage, data)]
 
 
 class OrderMessage(_Message):

@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from nats.aio.msg import Msg
 from opentelemetry.trace import Tracer
 
 from kubetrade.admission import AdmissionError, AdmissionPolicy, CandleAdmission
@@ -209,7 +210,7 @@ async def _serve(
             history = [
                 message.to_candle()
                 async for m in replay(js, subjects, subjects.all_candles, resumed)
-                for message in _decodable(m.subject, m.data)
+                for message in _decodable(m)
             ]
             pipeline.warm_up(admission.replayed(history, now_ms()))
             log.info("windows rebuilt from the stream", extra={"through_seq": resumed})
@@ -292,7 +293,7 @@ async def _handle(
     for delivery in batch:
         batched = Subjects.is_batch(delivery.msg.subject)
         try:
-            messages = decode_candles(delivery.msg.data, batched)
+            messages = decode_candles(delivery.msg.subject, delivery.msg.data)
         except MessageError as error:
             await dead_letter(js, subjects, delivery.msg, error, component="inference", bot=bot)
             status.count("dead_letters")
@@ -367,9 +368,9 @@ async def _handle(
     return sent
 
 
-def _decodable(subject: str, data: bytes) -> list[CandleMessage]:
+def _decodable(msg: Msg) -> list[CandleMessage]:
     """The candles of a stream message, none when it does not decode."""
     try:
-        return decode_candles(data, Subjects.is_batch(subject))
+        return decode_candles(msg.subject, msg.data)
     except MessageError:
         return []

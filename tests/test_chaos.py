@@ -166,7 +166,7 @@ async def _stream_ids(nats_url: str, bot: TradingBot) -> dict[str, list[str]]:
             msg = await sub.next_msg(timeout=10)
             kind = msg.subject.removeprefix(subjects.prefix + ".").split(".")[0]
             if kind == "candles":
-                batch = decode_candles(msg.data, Subjects.is_batch(msg.subject))
+                batch = decode_candles(msg.subject, msg.data)
                 found[kind].extend(c.to_candle().key for c in batch)
             elif kind in found:
                 found[kind].append((msg.headers or {}).get("Nats-Msg-Id", ""))

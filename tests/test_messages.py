@@ -62,7 +62,9 @@ def test_a_candle_batch_carries_its_candles_in_order_and_the_feeds_cursor() -> N
         through={"BTC/USDT": CANDLE.open_time, "ETH/USDT": later.open_time, "SOL/USDT": 0},
     )
     data = encode(batch)
-    assert [m.to_candle() for m in decode_candles(data, batch=True)] == [CANDLE, later]
+    subjects = Subjects("ns", "bot")
+    batches, single_subject = subjects.candle_batches, subjects.candles("BTC/USDT")
+    assert [m.to_candle() for m in decode_candles(batches, data)] == [CANDLE, later]
     assert decode(CandleBatch, data).through["SOL/USDT"] == 0
     # The message id names the first and last candle and the count: equal batches share it,
     # and it is what the bridge names the batch's signals after.
@@ -70,9 +72,9 @@ def test_a_candle_batch_carries_its_candles_in_order_and_the_feeds_cursor() -> N
     assert batch.batch_id() != batch_id(CANDLE, later, 3)
     # A symbol's subject still carries single candles.
     single = encode(CandleMessage.from_candle(CANDLE, 7))
-    assert [m.to_candle() for m in decode_candles(single, batch=False)] == [CANDLE]
+    assert [m.to_candle() for m in decode_candles(single_subject, single)] == [CANDLE]
     with pytest.raises(MessageError, match="invalid CandleBatch"):
-        decode_candles(single, batch=True)
+        decode_candles(batches, single)
 
 
 @pytest.mark.parametrize(
@@ -98,10 +100,12 @@ def test_a_signal_batch_round_trips_and_a_single_signal_still_decodes() -> None:
     events = [MarketEvent(CANDLE, prediction), MarketEvent(CANDLE, None)]
     signals = [SignalMessage.from_event(e, published_us=1, produced_at=2) for e in events]
     data = encode(SignalBatch(signals=signals))
-    assert [s.to_event() for s in decode_signals(data, batch=True)] == events
-    assert [s.to_event() for s in decode_signals(encode(signals[0]), batch=False)] == events[:1]
+    subjects = Subjects("ns", "bot")
+    batches, single_subject = subjects.signal_batches, subjects.signals("BTC/USDT")
+    assert [s.to_event() for s in decode_signals(batches, data)] == events
+    assert [s.to_event() for s in decode_signals(single_subject, encode(signals[0]))] == events[:1]
     with pytest.raises(MessageError, match="signals: List should have at least 1 item"):
-        decode_signals(b'{"v": 1, "signals": []}', batch=True)
+        decode_signals(batches, b'{"v": 1, "signals": []}')
 
 
 def test_batch_subjects_are_apart_from_every_symbols_subject() -> None:

@@ -504,7 +504,7 @@ async def _signals_for(
         received: asyncio.Queue[SignalMessage] = asyncio.Queue()
 
         async def collect(msg: Msg) -> None:
-            for signal in decode_signals(msg.data, Subjects.is_batch(msg.subject)):
+            for signal in decode_signals(msg.subject, msg.data):
                 received.put_nowait(signal)
 
         await nc.subscribe(subjects.all_signals, cb=collect)

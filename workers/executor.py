@@ -273,7 +273,7 @@ class Executor:
         if delivery.sequence <= self.sequence:
             return
         try:
-            signals = decode_signals(delivery.msg.data, Subjects.is_batch(delivery.msg.subject))
+            signals = decode_signals(delivery.msg.subject, delivery.msg.data)
         except MessageError as error:
             await self._dead_letter(delivery, error)
             signals = []
@@ -362,7 +362,7 @@ class Executor:
     async def _apply_message(self, delivery: Delivery, pending: Pending) -> None:
         """Apply every signal of one message (a signal batch, or one signal) in its order."""
         try:
-            signals = decode_signals(delivery.msg.data, Subjects.is_batch(delivery.msg.subject))
+            signals = decode_signals(delivery.msg.subject, delivery.msg.data)
         except MessageError as error:
             await self._dead_letter(delivery, error)
             return

@@ -37,7 +37,6 @@ from kubetrade.messages import (
     CandleBatch,
     CandleMessage,
     MessageError,
-    batch_id,
     decode,
     decode_candles,
     encode,
@@ -108,9 +107,7 @@ class CandleStore:
             for delivery in batch:
                 # A malformed message is inference's to dead-letter; there is nothing to store.
                 with contextlib.suppress(MessageError):
-                    received = decode_candles(
-                        delivery.msg.data, Subjects.is_batch(delivery.msg.subject)
-                    )
+                    received = decode_candles(delivery.msg.subject, delivery.msg.data)
                     candles.extend(message.to_candle() for message in received)
             if candles:
                 with DB_WRITE_SECONDS.labels(self._bot, "feed").time():
@@ -299,8 +296,7 @@ async def _publish(
     )
     # One trace per batch starts here and continues through inference and the executor.
     attributes = {"kubetrade.bot": bot, "kubetrade.candles": len(candles)}
-    first, last = candles[0], candles[-1]
-    msg_id = batch_id(first, last, len(candles))
+    msg_id = message.batch_id()
     with hop(tracer, "feed.candles", None, attributes, {"Nats-Msg-Id": msg_id}) as headers:
         items = [(subjects.candle_batches, encode(message), headers)]
     # Counted per symbol and batch: a labelled child looked up per candle cost more than the
