@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from itertools import chain, repeat
@@ -32,6 +33,9 @@ from kubetrade.spec import TradingBot
 # Rows per model call when a whole series is replayed: a tree ensemble gives a row the same
 # probability in any batch (the live bridge predicts whatever is queued).
 REPLAY_BATCH = 4096
+# Seconds one replay batch of the model may take before the backtest gives up on it (a batch
+# takes milliseconds; only a hung runtime gets near).
+MODEL_BATCH_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,24 +296,21 @@ class SignalPipeline:
         per_symbol = {
             symbol: self._symbol_events(rows, frames[symbol]) for symbol, rows in series.items()
         }
-        return (next(per_symbol[candle.symbol]) for candle in candles)
+        return _interleaved(candles, per_symbol)
 
     def _symbol_events(
         self, rows: list[Candle], frame: dict[str, np.ndarray]
-    ) -> Iterator[MarketEvent]:
+    ) -> Generator[MarketEvent, None, None]:
         """One symbol's events, in order, from its candles and their columns. Predictions and
         feature mappings are built as each event is handed on, not held for the whole series."""
         predictor = self.predictor
-        probabilities = [] if predictor is None else self._probabilities(predictor, frame)
-        if probabilities and self.withhold is not None:
-            for index, candle in enumerate(rows):
-                if probabilities[index] is not None and self._withheld(candle):
-                    probabilities[index] = None
-        predictions: Iterable[Prediction | None] = (
-            map(partial(_maybe_prediction, predictor=predictor), probabilities)
-            if probabilities and predictor is not None
-            else repeat(None)
-        )
+        predictions: Iterable[Prediction | None] = repeat(None)
+        model = None if predictor is None else self._probability_batches(predictor, frame)
+        if predictor is not None and model is not None:
+            probabilities: Iterable[float | None] = chain.from_iterable(model)
+            if self.withhold is not None:
+                probabilities = map(self._unless_withheld, rows, probabilities)
+            predictions = map(partial(_maybe_prediction, predictor=predictor), probabilities)
         spec = self.strategy_features
         features: Iterable[dict[str, float] | None] = repeat(None)
         if spec is not None:
@@ -320,28 +321,76 @@ class SignalPipeline:
                 repeat(None, first), map(dict, map(partial(zip, spec.names), values[first:]))
             )
         previous: dict[str, float] | None = None
-        # Not strict: a repeat(None) stands for predictions or features the bot does not have.
-        for candle, prediction, now in zip(rows, predictions, features, strict=False):
-            yield MarketEvent(candle, prediction, now, None if now is None else previous)
-            previous = now
+        try:
+            # Not strict: a repeat(None) stands for predictions or features the bot does not
+            # have.
+            for candle, prediction, now in zip(rows, predictions, features, strict=False):
+                yield MarketEvent(candle, prediction, now, None if now is None else previous)
+                previous = now
+        finally:
+            if model is not None:
+                model.close()  # its background batches with it
+
+    def _unless_withheld(self, candle: Candle, probability: float | None) -> float | None:
+        """``probability``, or None for a candle inside ``withhold`` (counted)."""
+        if probability is None or not self._withheld(candle):
+            return probability
+        return None
 
     @staticmethod
-    def _probabilities(predictor: Predictor, frame: dict[str, np.ndarray]) -> list[float | None]:
-        """Each candle's probability (None while the model warms up), the model called on
-        batches of ``REPLAY_BATCH`` rows or windows."""
+    def _probability_batches(
+        predictor: Predictor, frame: dict[str, np.ndarray]
+    ) -> Generator[list[float | None], None, None]:
+        """Each candle's probability (None while the model warms up), in lists: the model
+        called on batches of ``REPLAY_BATCH`` rows or windows.
+
+        The batches after the first run on a background thread while the caller consumes the
+        earlier ones: the ONNX runtime releases the GIL, so the model runs on the second core
+        while the engine trades on the first, instead of before it (about a sixth of a model
+        bot's backtest). Closing the iterator early cancels the batches not yet started.
+        """
         spec = predictor.feature_spec
-        probabilities: list[float | None] = [None] * len(frame["open_time"])
+        count = len(frame["open_time"])
         warm = compute_features(frame, spec)[spec.warmup - 1 :]
-        first = spec.warmup - 1 + predictor.window - 1
+        first = min(spec.warmup - 1 + predictor.window - 1, count)
+        yield [None] * first
         if predictor.window > 1:
             if len(warm) < predictor.window:
-                return probabilities
+                return
             # Each candle's window: its row and the window - 1 before it, oldest first.
             warm = sliding_window_view(warm, (predictor.window, warm.shape[1]))[:, 0]
-        for start in range(0, len(warm), REPLAY_BATCH):
-            batch = predictor.predict_proba(warm[start : start + REPLAY_BATCH]).tolist()
-            probabilities[first + start : first + start + len(batch)] = batch
-        return probabilities
+        batches = [
+            warm[start : start + REPLAY_BATCH] for start in range(0, len(warm), REPLAY_BATCH)
+        ]
+        if not batches:
+            return
+        pool = ThreadPoolExecutor(1, thread_name_prefix="kubetrade-model")
+        try:
+            later = [pool.submit(_predicted, predictor, batch) for batch in batches[1:]]
+            yield _predicted(predictor, batches[0])
+            for future in later:
+                yield future.result(timeout=MODEL_BATCH_TIMEOUT)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _interleaved(
+    candles: Sequence[Candle], per_symbol: dict[str, Generator[MarketEvent, None, None]]
+) -> Iterator[MarketEvent]:
+    """Each symbol's events in the order of ``candles``. Every symbol's generator is closed when
+    this one ends, fails or is closed, so none keeps its model thread waiting."""
+    try:
+        for candle in candles:
+            yield next(per_symbol[candle.symbol])
+    finally:
+        for events in per_symbol.values():
+            events.close()
+
+
+def _predicted(predictor: Predictor, rows: np.ndarray) -> list[float | None]:
+    """The model's probabilities for ``rows``, as Python floats."""
+    probabilities: list[float | None] = predictor.predict_proba(rows).tolist()
+    return probabilities
 
 
 def _columns(rows: Sequence[Candle]) -> dict[str, np.ndarray]:

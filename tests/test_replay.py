@@ -10,11 +10,13 @@ features, same predictions (rows and windows), same previous values, in the inpu
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from kubetrade import signals
 from kubetrade.domain import Candle, MarketEvent
 from kubetrade.features import FeatureSpec, default_feature_spec, feature_spec
 from kubetrade.market import generate, to_candles
@@ -65,8 +67,13 @@ def _processed(pipeline: SignalPipeline, candles: list[Candle]) -> list[MarketEv
     return events
 
 
+@pytest.mark.parametrize("batch", [signals.REPLAY_BATCH, 97])
 @pytest.mark.parametrize("window", [1, 4])
-def test_replay_gives_the_live_pipelines_events_bit_for_bit(window: int) -> None:
+def test_replay_gives_the_live_pipelines_events_bit_for_bit(
+    window: int, batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With small batches most of them run on the model's background thread, in order.
+    monkeypatch.setattr(signals, "REPLAY_BATCH", batch)
     candles = _candles()
     model = Weighted(default_feature_spec(), window)
 
@@ -79,6 +86,50 @@ def test_replay_gives_the_live_pipelines_events_bit_for_bit(window: int) -> None
     warm = [e for e in events if e.prediction is not None]
     assert len(warm) == len(candles) - len(SYMBOLS) * (default_feature_spec().warmup + window - 2)
     assert all(e.features is not None and e.previous_features is not None for e in warm)
+
+
+class FailsLater(Weighted):
+    """A model whose runtime fails on its third batch."""
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        super().__init__(spec, 1)
+        self.calls = 0
+
+    def predict_proba(self, rows: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("model runtime failed on batch 3")
+        return super().predict_proba(rows)
+
+
+def _model_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("kubetrade-model")]
+
+
+def test_a_model_failing_on_a_background_batch_fails_the_replay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(signals, "REPLAY_BATCH", 50)
+    replayed = SignalPipeline(FailsLater(default_feature_spec())).replay(_candles(600))
+
+    assert replayed is not None
+    with pytest.raises(RuntimeError, match="batch 3"):
+        list(replayed)
+    assert not _model_threads()
+
+
+def test_a_replay_closed_early_stops_its_model_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(signals, "REPLAY_BATCH", 20)
+    model = Weighted(default_feature_spec(), 1)
+    replayed = SignalPipeline(model).replay(_candles(1_000))
+
+    assert replayed is not None
+    events = iter(replayed)
+    first_prediction = next(e for e in events if e.prediction is not None)
+    assert first_prediction.prediction is not None
+    assert _model_threads()  # the later batches are on their way
+    events.close()  # type: ignore[attr-defined]
+    assert not _model_threads()
 
 
 def test_replay_without_a_model_hands_on_the_strategys_features() -> None:
