@@ -171,6 +171,10 @@ class TradingEngine:
         # The breaker state ``_quiet_above`` was computed for (``breakers.quiet_above``).
         self._quiet_for: BreakerState | None = None
         self._quiet_above = math.inf
+        # The breaker state and equity the breakers last settled at with nothing that depends on
+        # the time (no cooldown): the same pair gives the same verdict, so a halted bot sitting
+        # flat is not re-evaluated on every candle.
+        self._settled: tuple[BreakerState, float] | None = None
         self._paused = spec.paused
         self._kill_reason: str | None = None
         self._kill_cause: HaltCause | None = None
@@ -281,7 +285,8 @@ class TradingEngine:
             or breakers.tripped_at
             or equity <= self._quiet_above
             or (cooldown_until is not None and close_time < cooldown_until)
-        ):  # something may trip, clear or cool down; most candles are far from every limit
+        ) and self._settled != (breakers, equity):
+            # Something may trip, clear or cool down; most candles are far from every limit.
             self._update_breakers(close_time, equity, out)
         if ready and traded and symbol not in self._pending:
             # A symbol with an order waiting takes no new decision.
@@ -669,6 +674,10 @@ class TradingEngine:
             # No trip and no clear, the common case: no copy unless a message changed.
             if tripped != previous:  # still tripped: its message carries today's figures
                 self._breakers = replace(state, tripped=tripped)
+            timeless = state.cooldown_until is None and (
+                spec.drawdown_cooldown is None or Breaker.DRAWDOWN not in state.tripped_at
+            )
+            self._settled = (self._breakers, equity) if timeless else None
             return
         figures = halt_figures(state, equity)
         for name, message in tripped.items():
