@@ -65,25 +65,26 @@ class Predictor(Protocol):
 
 def to_prediction(prob_up: float, predictor: Predictor) -> Prediction:
     """A model probability as a domain prediction: direction and confidence ``|2p - 1|``."""
-    if prob_up > 0.5:
-        direction = Direction.UP
-    elif prob_up < 0.5:
-        direction = Direction.DOWN
-    else:
-        direction = Direction.FLAT
-    return Prediction(  # positional: one per candle of a backtest
-        prob_up,
-        direction,
-        abs(2.0 * prob_up - 1.0),
-        predictor.model_name,
-        predictor.model_version,
-        predictor.feature_spec.hash,
-    )
+    return to_predictions((prob_up,), predictor)[0]
 
 
-def _maybe_prediction(prob_up: float | None, predictor: Predictor) -> Prediction | None:
-    """``to_prediction``, or None while the model warms up (``prob_up`` None)."""
-    return None if prob_up is None else to_prediction(prob_up, predictor)
+def to_predictions(probabilities: Iterable[float], predictor: Predictor) -> list[Prediction]:
+    """``to_prediction`` of each probability, in order: one list built in one frame, as a
+    backtest makes one per candle."""
+    name, version = predictor.model_name, predictor.model_version
+    feature_hash = predictor.feature_spec.hash
+    up, down, flat = Direction.UP, Direction.DOWN, Direction.FLAT
+    return [
+        Prediction(  # positional: one per candle of a backtest
+            p,
+            up if p > 0.5 else down if p < 0.5 else flat,
+            abs(2.0 * p - 1.0),
+            name,
+            version,
+            feature_hash,
+        )
+        for p in probabilities
+    ]
 
 
 def replays_file(bot: TradingBot, data_file: str | None) -> bool:
@@ -252,13 +253,14 @@ class SignalPipeline:
         predictor = self.predictor
         if rows and predictor is not None:
             probs = predictor.predict_proba(np.stack(rows)).tolist()
-            for index, prob in zip(warm, probs, strict=True):
+            predictions = to_predictions(probs, predictor)
+            for index, prediction in zip(warm, predictions, strict=True):
                 event = results[index]
                 assert isinstance(event, MarketEvent)
                 # Built anew, not with dataclasses.replace (several times slower): per candle.
                 results[index] = MarketEvent(
                     event.candle,
-                    to_prediction(prob, predictor),
+                    prediction,
                     event.features,
                     event.previous_features,
                 )
@@ -305,12 +307,9 @@ class SignalPipeline:
         feature mappings are built as each event is handed on, not held for the whole series."""
         predictor = self.predictor
         predictions: Iterable[Prediction | None] = repeat(None)
-        model = None if predictor is None else self._probability_batches(predictor, frame)
-        if predictor is not None and model is not None:
-            probabilities: Iterable[float | None] = chain.from_iterable(model)
-            if self.withhold is not None:
-                probabilities = map(self._unless_withheld, rows, probabilities)
-            predictions = map(partial(_maybe_prediction, predictor=predictor), probabilities)
+        model = None if predictor is None else self._prediction_batches(predictor, frame)
+        if model is not None:
+            predictions = chain.from_iterable(model)
         spec = self.strategy_features
         features: Iterable[dict[str, float] | None] = repeat(None)
         if spec is not None:
@@ -331,47 +330,66 @@ class SignalPipeline:
             if model is not None:
                 model.close()  # its background batches with it
 
-    def _unless_withheld(self, candle: Candle, probability: float | None) -> float | None:
-        """``probability``, or None for a candle inside ``withhold`` (counted)."""
-        if probability is None or not self._withheld(candle):
-            return probability
-        return None
-
-    @staticmethod
-    def _probability_batches(
-        predictor: Predictor, frame: dict[str, np.ndarray]
-    ) -> Generator[list[float | None], None, None]:
-        """Each candle's probability (None while the model warms up), in lists: the model
-        called on batches of ``REPLAY_BATCH`` rows or windows.
-
-        The batches after the first run on a background thread while the caller consumes the
-        earlier ones: the ONNX runtime releases the GIL, so the model runs on the second core
-        while the engine trades on the first, instead of before it (about a sixth of a model
-        bot's backtest). Closing the iterator early cancels the batches not yet started.
-        """
+    def _prediction_batches(
+        self, predictor: Predictor, frame: dict[str, np.ndarray]
+    ) -> Generator[list[Prediction | None], None, None]:
+        """Each candle's prediction in lists, in order: None while the model warms up (its
+        features, then its window) and inside ``withhold`` (counted), then one list per batch
+        of ``REPLAY_BATCH`` rows or windows the model was called on."""
         spec = predictor.feature_spec
         count = len(frame["open_time"])
-        warm = compute_features(frame, spec)[spec.warmup - 1 :]
         first = min(spec.warmup - 1 + predictor.window - 1, count)
         yield [None] * first
-        if predictor.window > 1:
-            if len(warm) < predictor.window:
-                return
-            # Each candle's window: its row and the window - 1 before it, oldest first.
-            warm = sliding_window_view(warm, (predictor.window, warm.shape[1]))[:, 0]
-        batches = [
-            warm[start : start + REPLAY_BATCH] for start in range(0, len(warm), REPLAY_BATCH)
-        ]
-        if not batches:
-            return
-        pool = ThreadPoolExecutor(1, thread_name_prefix="kubetrade-model")
+        withheld: np.ndarray | None = None
+        if self.withhold is not None:
+            times = frame["open_time"][first:]
+            withheld = (times >= self.withhold[0]) & (times < self.withhold[1])
+        start = 0
+        batches = _probability_batches(predictor, compute_features(frame, spec))
         try:
-            later = [pool.submit(_predicted, predictor, batch) for batch in batches[1:]]
-            yield _predicted(predictor, batches[0])
-            for future in later:
-                yield future.result(timeout=MODEL_BATCH_TIMEOUT)
+            for probabilities in batches:
+                predictions: list[Prediction | None] = list(
+                    to_predictions(probabilities, predictor)
+                )
+                if withheld is not None:
+                    inside = np.flatnonzero(withheld[start : start + len(predictions)]).tolist()
+                    for index in inside:
+                        predictions[index] = None
+                    self.withheld += len(inside)
+                start += len(predictions)
+                yield predictions
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            batches.close()  # its background batches with it
+
+
+def _probability_batches(
+    predictor: Predictor, features: np.ndarray
+) -> Generator[list[float], None, None]:
+    """The model's probabilities for every warm row (or window) of one symbol's ``features``,
+    a list per batch of ``REPLAY_BATCH``.
+
+    The batches after the first run on a background thread while the caller consumes the
+    earlier ones: the ONNX runtime releases the GIL, so the model runs on the second core while
+    the engine trades on the first, instead of before it (about a sixth of a model bot's
+    backtest). Closing the iterator early cancels the batches not yet started.
+    """
+    warm = features[predictor.feature_spec.warmup - 1 :]
+    if predictor.window > 1:
+        if len(warm) < predictor.window:
+            return
+        # Each candle's window: its row and the window - 1 before it, oldest first.
+        warm = sliding_window_view(warm, (predictor.window, warm.shape[1]))[:, 0]
+    batches = [warm[start : start + REPLAY_BATCH] for start in range(0, len(warm), REPLAY_BATCH)]
+    if not batches:
+        return
+    pool = ThreadPoolExecutor(1, thread_name_prefix="kubetrade-model")
+    try:
+        later = [pool.submit(_predicted, predictor, batch) for batch in batches[1:]]
+        yield _predicted(predictor, batches[0])
+        for future in later:
+            yield future.result(timeout=MODEL_BATCH_TIMEOUT)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _interleaved(
@@ -387,9 +405,9 @@ def _interleaved(
             events.close()
 
 
-def _predicted(predictor: Predictor, rows: np.ndarray) -> list[float | None]:
+def _predicted(predictor: Predictor, rows: np.ndarray) -> list[float]:
     """The model's probabilities for ``rows``, as Python floats."""
-    probabilities: list[float | None] = predictor.predict_proba(rows).tolist()
+    probabilities: list[float] = predictor.predict_proba(rows).tolist()
     return probabilities
 
 

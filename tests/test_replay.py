@@ -88,6 +88,29 @@ def test_replay_gives_the_live_pipelines_events_bit_for_bit(
     assert all(e.features is not None and e.previous_features is not None for e in warm)
 
 
+@pytest.mark.parametrize("window", [1, 4])
+def test_replay_withholds_what_the_live_pipeline_withholds(
+    window: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The withheld period starts and ends inside batches of 97 rows (on the model's thread).
+    monkeypatch.setattr(signals, "REPLAY_BATCH", 97)
+    candles = _candles()
+    model = Weighted(default_feature_spec(), window)
+    times = sorted({c.open_time for c in candles})
+    withhold = (times[450], times[1_000])
+    replaying = SignalPipeline(model, withhold=withhold)
+    live = SignalPipeline(model, withhold=withhold)
+
+    replayed = replaying.replay(candles)
+    processed = _processed(live, candles)
+
+    assert replayed is not None
+    assert list(replayed) == processed
+    assert replaying.withheld == live.withheld == len(SYMBOLS) * 550
+    predicted = [e for e in processed if e.prediction is not None]
+    assert predicted and not any(withhold[0] <= e.candle.open_time < withhold[1] for e in predicted)
+
+
 class FailsLater(Weighted):
     """A model whose runtime fails on its third batch."""
 
