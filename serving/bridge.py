@@ -291,7 +291,6 @@ async def _handle(
     # Each delivery's identity (its first and last candle), which its signal batch keeps.
     identity: dict[int, str] = {}
     for delivery in batch:
-        batched = Subjects.is_batch(delivery.msg.subject)
         try:
             messages = decode_candles(delivery.msg.subject, delivery.msg.data)
         except MessageError as error:
@@ -305,12 +304,9 @@ async def _handle(
             refusal = admission.admit(candle, now)
             if refusal is not None:
                 ADMISSION_REFUSED.labels(bot, "inference", refusal.reason).inc()
-                refused = AdmissionError(refusal)
-                part = (index, encode(message)) if batched else None
-                await dead_letter(
-                    js, subjects, delivery.msg, refused, component="inference", bot=bot, part=part
+                await _dead_letter_item(
+                    js, subjects, status, delivery, (index, message), AdmissionError(refusal)
                 )
-                status.count("dead_letters")
                 continue
             candles.append(candle)
             sources.append((message, delivery, index))
@@ -328,12 +324,9 @@ async def _handle(
     predicted = 0
     for event, (message, delivery, index) in zip(results, sources, strict=True):
         if isinstance(event, Rejected):
-            part = (index, encode(message)) if Subjects.is_batch(delivery.msg.subject) else None
-            rejected = ValueError(event.reason)
-            await dead_letter(
-                js, subjects, delivery.msg, rejected, component="inference", bot=bot, part=part
+            await _dead_letter_item(
+                js, subjects, status, delivery, (index, message), ValueError(event.reason)
             )
-            status.count("dead_letters")
             continue
         signal = SignalMessage.from_event(event, message.published_us, produced, received=message)
         signals.setdefault(delivery.sequence, (delivery, []))[1].append(signal)
@@ -366,6 +359,24 @@ async def _handle(
     if pipeline.withheld:
         status.counters["in_sample_withheld"] = pipeline.withheld
     return sent
+
+
+async def _dead_letter_item(
+    js: Any,
+    subjects: Subjects,
+    status: WorkerStatus,
+    delivery: Delivery,
+    item: tuple[int, CandleMessage],
+    error: Exception,
+) -> None:
+    """Dead-letter one refused candle of ``delivery`` (its place in the message and the
+    candle): alone, with its own payload, when the message is a batch, so the rest goes on."""
+    index, message = item
+    part = (index, encode(message)) if Subjects.is_batch(delivery.msg.subject) else None
+    await dead_letter(
+        js, subjects, delivery.msg, error, component="inference", bot=status.bot, part=part
+    )
+    status.count("dead_letters")
 
 
 def _decodable(msg: Msg) -> list[CandleMessage]:
