@@ -7,6 +7,10 @@ PY := $(VENV)/bin/python
 KT := $(VENV)/bin/kubetrade
 STAMP := $(VENV)/.installed
 TRAIN_STAMP := $(VENV)/.installed-train
+# The trading core compiled with mypyc (setup.py, kubetrade/trading/compiled.py), redone when a
+# source changes; a stale build is never run (the package falls back to its sources and warns).
+CORE := $(VENV)/.compiled
+CORE_SOURCES := setup.py $(wildcard kubetrade/trading/*.py)
 # The checkout holds a folder named `operator` (packaged as kubetrade.operator): keep Python from
 # putting the working directory first on sys.path, where it would shadow the standard library's
 # `operator` in an interpreter that has not imported it yet (a fresh venv's `python -m pip`).
@@ -23,7 +27,7 @@ DEMO_MODEL ?= kubetrade-baseline
 
 .PHONY: install install-train demo test test-fast lint format crds bench bench-operator controlplane test-controlplane clean
 
-install: $(STAMP)
+install: $(CORE)
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 1; }
@@ -32,10 +36,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(CORE): $(STAMP) $(CORE_SOURCES)
+	KUBETRADE_COMPILE=1 $(PY) -m pip install --quiet --no-deps -e .
+	touch $(CORE)
+
 ## install-train: also PyTorch (a large CUDA build, ~5 GB) and Optuna for the neural models and their tests
 install-train: $(TRAIN_STAMP)
 
-$(TRAIN_STAMP): $(STAMP)
+# After the compile: never two pip runs in the environment at once (make -j).
+$(TRAIN_STAMP): $(CORE)
 	$(PY) -m pip install --quiet -e '.[dev,torch]'
 	touch $(TRAIN_STAMP)
 
@@ -110,3 +119,4 @@ test-cluster: install cluster image
 
 clean:
 	rm -rf reports .mypy_cache .ruff_cache .pytest_cache
+	rm -f kubetrade/trading/*.so kubetrade/trading/compiled.json $(CORE)

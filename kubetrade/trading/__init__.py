@@ -1,8 +1,18 @@
 """The trading core: strategy, risk, portfolio and paper broker, shared by backtest and live.
 
 Plain deterministic Python with no I/O and no wall clock. The executor worker and the
-backtester drive :class:`TradingEngine` with the same events and get the same fills.
+backtester drive :class:`TradingEngine` with the same events and get the same fills. Its hot
+modules may be compiled with mypyc (see ``compiled``); a stale compiled build is never run.
 """
+
+# The stale-build guard must run before any compiled module is imported: imports follow it.
+# ruff: noqa: E402
+
+from pathlib import Path
+
+from kubetrade.trading.compiled import prefer_sources_if_stale
+
+prefer_sources_if_stale(Path(__file__).parent)
 
 from kubetrade.trading.control import ControlAction, ControlCommand
 from kubetrade.trading.engine import EventError, TradingEngine
