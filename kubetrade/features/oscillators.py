@@ -30,6 +30,7 @@ from kubetrade.features.series import (
     settle,
     sliding_windows,
     window_sums,
+    window_sums_of,
 )
 
 
@@ -186,7 +187,7 @@ class CommodityChannel(Indicator):
         if view is None:
             return [nans(len(bars))]
         mean = window_sums(view) / w
-        deviation = window_sums(np.abs(view - mean[:, None])) / w
+        deviation = window_sums_of(view, lambda column: np.abs(column - mean)) / w
         flat = ~(deviation > FLAT * mean)
         cci = np.where(flat, 0.0, (tp[w - 1 :] - mean) / (1.5 * np.where(flat, 1.0, deviation)))
         return [placed(cci, len(bars), w)]

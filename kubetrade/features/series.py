@@ -54,6 +54,16 @@ def window_sums(view: Array) -> Array:
     return total
 
 
+def window_sums_of(view: Array, term: Callable[[Array], Array]) -> Array:
+    """``window_sums(term(view))`` a column at a time: the same terms added in the same order
+    (the same bits), without the windows-sized temporaries (a million candles' 20-candle
+    windows are 160 MB each)."""
+    total = 0.0 + term(view[:, 0])
+    for k in range(1, view.shape[1]):
+        total += term(view[:, k])
+    return total
+
+
 def rolling_sum(x: Array, w: int) -> Array:
     """Rolling sum over w rows."""
     return rolling(x, w, window_sums)
@@ -65,13 +75,22 @@ def rolling_mean(x: Array, w: int) -> Array:
 
 
 def rolling_max(x: Array, w: int) -> Array:
-    """Rolling maximum over w rows."""
-    return rolling(x, w, lambda v: v.max(axis=1))
+    """Rolling maximum over w rows (of prices: no signed zeros, NaN propagates)."""
+    return rolling(x, w, lambda v: _column_fold(v, np.maximum))
 
 
 def rolling_min(x: Array, w: int) -> Array:
-    """Rolling minimum over w rows."""
-    return rolling(x, w, lambda v: v.min(axis=1))
+    """Rolling minimum over w rows (of prices: no signed zeros, NaN propagates)."""
+    return rolling(x, w, lambda v: _column_fold(v, np.minimum))
+
+
+def _column_fold(view: Array, op: np.ufunc) -> Array:
+    """``op`` folded over the columns of ``view`` (windows as rows): a row's maximum or minimum
+    with contiguous column reads, several times faster than a reduction along strided rows."""
+    out: Array = view[:, 0].copy()
+    for k in range(1, view.shape[1]):
+        op(out, view[:, k], out=out)
+    return out
 
 
 def rolling_std(x: Array, w: int) -> tuple[Array, Array]:
@@ -80,9 +99,13 @@ def rolling_std(x: Array, w: int) -> tuple[Array, Array]:
     if view is None:
         return nans(x.shape[0]), nans(x.shape[0])
     mean = window_sums(view) / w
-    deviation = view - mean[:, None]
-    std = np.sqrt(window_sums(deviation * deviation) / w)
+    std = np.sqrt(window_sums_of(view, lambda column: _squared(column - mean)) / w)
     return placed(mean, x.shape[0], w), placed(std, x.shape[0], w)
+
+
+def _squared(deviation: Array) -> Array:
+    squared: Array = deviation * deviation
+    return squared
 
 
 def lagged(x: Array, k: int) -> Array:
