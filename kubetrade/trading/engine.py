@@ -306,6 +306,11 @@ class TradingEngine:
             self._emit_equity(self._bucket, out)
         return out
 
+    def _closed_at(self, candle: Candle) -> int:
+        """``candle.close_time`` of one of the bot's candles, without the property's Python call
+        and timeframe lookup (the engine's code is compiled; the candle's is not)."""
+        return candle.open_time + self._timeframe_ms
+
     def _invalid(self, candle: Candle) -> EventError:
         """Why ``candle`` cannot be accepted (the caller found that it cannot)."""
         if candle.symbol not in self._symbol_set:
@@ -543,7 +548,7 @@ class TradingEngine:
         position.best_price, position.trailing_armed = advance_trailing(
             position, candle, risk.trailing_stop
         )
-        if time_exit_due(position, candle.close_time, self._max_holding_seconds):
+        if time_exit_due(position, self._closed_at(candle), self._max_holding_seconds):
             self._queue_exit(candle, OrderReason.TIME_EXIT, position, out)
 
     def _liquidation_price(self, position: Position) -> float | None:
@@ -629,15 +634,16 @@ class TradingEngine:
         waiting = self._pending.get(candle.symbol)
         if waiting is not None and not waiting.is_entry:
             return  # the rest of an exit is already waiting (maxVolumePct)
+        close_time = self._closed_at(candle)
         order = self._order(
             symbol=candle.symbol,
             candle_open_time=candle.open_time,
             reason=reason,
             position=position,
-            created_at=candle.close_time,
+            created_at=close_time,
             reference_price=candle.close,
         )
-        self._drop_rest(candle.symbol, candle.close_time, out)
+        self._drop_rest(candle.symbol, close_time, out)
         self._pending[candle.symbol] = PendingOrder(order)
         out.orders.append(order)
 
@@ -717,12 +723,13 @@ class TradingEngine:
         if position is not None:
             self._queue_exit(candle, OrderReason.EXIT_SIGNAL, position, out)
             return
+        close_time = self._closed_at(candle)
         side = PositionSide.LONG if intent is Intent.ENTER_LONG else PositionSide.SHORT
         reason = OrderReason.ENTRY_LONG if side is PositionSide.LONG else OrderReason.ENTRY_SHORT
         order_id = client_order_id(self._name, symbol, candle.open_time, reason)
         atr = self._atr.get(symbol)
         distance = stop_distance(self._bot.spec.risk, None if atr is None else atr.value)
-        verdict: Sized | Rejection | None = self._entry_gate(candle, distance)
+        verdict: Sized | Rejection | None = self._entry_gate(candle, close_time, distance)
         if verdict is None:
             verdict = size_entry(
                 self._bot.spec.risk.sizing,
@@ -740,7 +747,7 @@ class TradingEngine:
             out.notices.append(
                 Notice(
                     NoticeKind.ENTRY_REJECTED,
-                    candle.close_time,
+                    close_time,
                     verdict.code,
                     f"{order_id}: {verdict.message}",
                     symbol=symbol,
@@ -754,7 +761,7 @@ class TradingEngine:
             side=entry_side(side),
             quantity=verdict.quantity,
             reason=reason,
-            created_at=candle.close_time,
+            created_at=close_time,
             reference_price=candle.close,
         )
         checked = self._broker.check(order)
@@ -762,7 +769,7 @@ class TradingEngine:
             out.notices.append(
                 Notice(
                     NoticeKind.ORDER_REFUSED,
-                    candle.close_time,
+                    close_time,
                     checked.code,
                     checked.message,
                     symbol=symbol,
@@ -773,10 +780,12 @@ class TradingEngine:
         order = checked
         reserved = order.quantity * candle.close * self._broker.cost_factor()
         self._pending[symbol] = PendingOrder(order, reserved=reserved, stop_distance=distance)
-        self._breakers = record_entry(self._breakers, candle.close_time)
+        self._breakers = record_entry(self._breakers, close_time)
         out.orders.append(order)
 
-    def _entry_gate(self, candle: Candle, distance: float | None) -> Rejection | None:
+    def _entry_gate(
+        self, candle: Candle, close_time: int, distance: float | None
+    ) -> Rejection | None:
         if self._paused:
             return Rejection("paused", "the bot is paused: no new entries until resume")
         if self._kill_reason is not None:
@@ -786,7 +795,7 @@ class TradingEngine:
         if self._breakers.tripped:
             code = next(iter(self._breakers.tripped))
             return Rejection(code, "; ".join(self._breakers.tripped.values()))
-        throttle = entry_throttle(self._bot.spec.risk.breakers, self._breakers, candle.close_time)
+        throttle = entry_throttle(self._bot.spec.risk.breakers, self._breakers, close_time)
         if throttle is not None:
             return throttle
         stop_loss = self._bot.spec.risk.stop_loss

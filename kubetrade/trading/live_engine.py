@@ -308,10 +308,12 @@ class LiveEngine(TradingEngine):
     def _cancel_pending_entries(self, now: int, code: str, out: EngineOutput) -> None:
         """Entries already sent stay: their fills are booked as the exchange reports them."""
 
-    def _entry_gate(self, candle: Candle, distance: float | None) -> Rejection | None:
+    def _entry_gate(
+        self, candle: Candle, close_time: int, distance: float | None
+    ) -> Rejection | None:
         if self._disarmed is not None:
             return Rejection("disarmed", f"not reconciled with the exchange: {self._disarmed}")
-        return super()._entry_gate(candle, distance)
+        return super()._entry_gate(candle, close_time, distance)
 
     # -- state --------------------------------------------------------------------------------
 

@@ -21,7 +21,9 @@ ENTRY_REASONS = frozenset({OrderReason.ENTRY_LONG, OrderReason.ENTRY_SHORT})
 
 def client_order_id(bot: str, symbol: str, candle_open_time: int, reason: OrderReason) -> str:
     """The deterministic id of the order for ``reason`` on ``symbol``'s candle."""
-    return f"{bot}:{symbol}:{candle_open_time}:{reason.value}"
+    # A StrEnum formats as its value; reading ``.value`` goes through an enum descriptor
+    # (about 0.3 µs, once per order and per refused entry).
+    return f"{bot}:{symbol}:{candle_open_time}:{reason}"
 
 
 def fill_of(

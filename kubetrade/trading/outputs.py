@@ -32,7 +32,9 @@ class NoticeKind(StrEnum):
     EVENT_IGNORED = "event_ignored"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a backtest of a halted bot makes one per refused entry, and a frozen dataclass's
+# __init__ costs several times a plain one's (see kubetrade.domain). Nothing assigns to it.
+@dataclass(slots=True)
 class Notice:
     """One event worth telling the operator about.
 
@@ -148,7 +150,7 @@ def ledger_order(events: list[HaltEvent]) -> list[HaltEvent]:
     return sorted(events, key=lambda e: (e.time, e.kind, e.cause))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per refused entry: not frozen, as Notice
 class Rejection:
     """Why an entry was not made: a code and a sentence."""
 
