@@ -105,7 +105,7 @@ REFUSAL_KINDS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per refused entry of a backtest: not frozen, as Notice
 class Refusal:
     """An entry the engine did not make or an order it cancelled or refused, as the ledger
     records it: when (ms), ``kind`` (a ``REFUSAL_KINDS`` notice kind), ``code`` (the reason,
@@ -123,7 +123,7 @@ class Refusal:
         """The refusal of a ``REFUSAL_KINDS`` notice."""
         return cls(
             notice.time,
-            notice.kind.value,
+            str(notice.kind),  # a StrEnum's value (``.value`` is an enum descriptor's call)
             notice.code,
             notice.symbol or "",
             notice.client_order_id or "",
