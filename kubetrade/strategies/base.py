@@ -31,7 +31,12 @@ class PositionSide(StrEnum):
     @property
     def sign(self) -> int:
         """+1 for long, -1 for short: quantity times sign is the signed exposure."""
-        return 1 if self is PositionSide.LONG else -1
+        return 1 if self is _LONG else -1
+
+
+# Read once: in Python 3.11 reading a member through its class costs about 0.15 us more
+# (EnumType.__getattr__), and ``sign`` values a position on every candle.
+_LONG = PositionSide.LONG
 
 
 class Intent(StrEnum):

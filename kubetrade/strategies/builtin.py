@@ -23,6 +23,13 @@ from kubetrade.strategies.base import (
     StrategyParams,
 )
 
+# Enum members read once: in Python 3.11 reading one through its class goes through
+# EnumType.__getattr__ (about 0.15 us more than a module global), and ``decide`` runs on every
+# candle of every backtest.
+_HOLD, _EXIT = Intent.HOLD, Intent.EXIT
+_ENTER_LONG, _ENTER_SHORT = Intent.ENTER_LONG, Intent.ENTER_SHORT
+_LONG, _SHORT = PositionSide.LONG, PositionSide.SHORT
+
 
 class ThresholdParams(StrategyParams):
     """Thresholds on the model's probability that the price goes up."""
@@ -57,17 +64,17 @@ class Threshold(Strategy[ThresholdParams]):
         """The threshold rules on ``prediction.prob_up``."""
         prediction, rule = inputs.prediction, self.params
         if prediction is None or prediction.confidence < rule.min_confidence:
-            return Intent.HOLD
+            return _HOLD
         p = prediction.prob_up
-        if holding is PositionSide.LONG:
-            return Intent.EXIT if p < rule.exit_below else Intent.HOLD
-        if holding is PositionSide.SHORT:
-            return Intent.EXIT if p > rule.exit_above else Intent.HOLD
+        if holding is _LONG:
+            return _EXIT if p < rule.exit_below else _HOLD
+        if holding is _SHORT:
+            return _EXIT if p > rule.exit_above else _HOLD
         if p > rule.long_above:
-            return Intent.ENTER_LONG
+            return _ENTER_LONG
         if rule.allow_short and p < rule.short_below:
-            return Intent.ENTER_SHORT
-        return Intent.HOLD
+            return _ENTER_SHORT
+        return _HOLD
 
 
 class CrossoverParams(StrategyParams):
@@ -99,20 +106,20 @@ def _crossover(
     """Crossover rules on ratio features ``close / MA - 1`` (smaller ratio = higher average)."""
     now, before = inputs.features, inputs.previous
     if now is None or before is None:
-        return Intent.HOLD
+        return _HOLD
     above = now[fast] < now[slow]
     below = now[fast] > now[slow]
-    if holding is PositionSide.LONG:
-        return Intent.EXIT if below else Intent.HOLD
-    if holding is PositionSide.SHORT:
-        return Intent.EXIT if above else Intent.HOLD
+    if holding is _LONG:
+        return _EXIT if below else _HOLD
+    if holding is _SHORT:
+        return _EXIT if above else _HOLD
     was_above = before[fast] < before[slow]
     was_below = before[fast] > before[slow]
     if above and not (params.entry_on_cross and was_above):
-        return Intent.ENTER_LONG
+        return _ENTER_LONG
     if below and params.allow_short and not (params.entry_on_cross and was_below):
-        return Intent.ENTER_SHORT
-    return Intent.HOLD
+        return _ENTER_SHORT
+    return _HOLD
 
 
 class _Crossover(Strategy[CrossoverParams]):
@@ -182,18 +189,18 @@ class Momentum(Strategy[MomentumParams]):
     def decide(self, inputs: StrategyInputs, holding: PositionSide | None) -> Intent:
         """ROC > enterAbove: long; ROC < exitBelow: exit (shorts mirrored)."""
         if inputs.features is None:
-            return Intent.HOLD
+            return _HOLD
         p = self.params
         roc = inputs.features[f"roc_{p.window}"]
-        if holding is PositionSide.LONG:
-            return Intent.EXIT if roc < p.exit_below else Intent.HOLD
-        if holding is PositionSide.SHORT:
-            return Intent.EXIT if roc > -p.exit_below else Intent.HOLD
+        if holding is _LONG:
+            return _EXIT if roc < p.exit_below else _HOLD
+        if holding is _SHORT:
+            return _EXIT if roc > -p.exit_below else _HOLD
         if roc > p.enter_above:
-            return Intent.ENTER_LONG
+            return _ENTER_LONG
         if p.allow_short and roc < -p.enter_above:
-            return Intent.ENTER_SHORT
-        return Intent.HOLD
+            return _ENTER_SHORT
+        return _HOLD
 
 
 class BollingerParams(StrategyParams):
@@ -245,17 +252,17 @@ def _bands(
 ) -> Intent:
     """Band rules: (long entry below, exit at, short entry above) in the feature's units."""
     if value is None:
-        return Intent.HOLD
+        return _HOLD
     low, middle, high = levels
-    if holding is PositionSide.LONG:
-        return Intent.EXIT if value > middle else Intent.HOLD
-    if holding is PositionSide.SHORT:
-        return Intent.EXIT if value < middle else Intent.HOLD
+    if holding is _LONG:
+        return _EXIT if value > middle else _HOLD
+    if holding is _SHORT:
+        return _EXIT if value < middle else _HOLD
     if value < low:
-        return Intent.ENTER_LONG
+        return _ENTER_LONG
     if allow_short and value > high:
-        return Intent.ENTER_SHORT
-    return Intent.HOLD
+        return _ENTER_SHORT
+    return _HOLD
 
 
 class BollingerReversion(Strategy[BollingerParams]):
@@ -336,10 +343,10 @@ class Hybrid(Strategy[HybridParams]):
         """The rule's intent; an entry is held back unless the probability agrees."""
         intent = self.rule.decide(inputs, holding)
         p = None if inputs.prediction is None else inputs.prediction.prob_up
-        if intent is Intent.ENTER_LONG and (p is None or not p > self.params.prob_above):
-            return Intent.HOLD
-        if intent is Intent.ENTER_SHORT and (p is None or not p < self.params.prob_below):
-            return Intent.HOLD
+        if intent is _ENTER_LONG and (p is None or not p > self.params.prob_above):
+            return _HOLD
+        if intent is _ENTER_SHORT and (p is None or not p < self.params.prob_below):
+            return _HOLD
         return intent
 
 

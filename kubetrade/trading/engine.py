@@ -130,6 +130,13 @@ from kubetrade.trading.state import (
 from kubetrade.trading.summary import TradingSummary
 from kubetrade.trading.validation import MarketRules
 
+# Enum members read once: in Python 3.11 reading one through its class goes through
+# EnumType.__getattr__ (about 0.15 us), and these are read on every candle or refused entry.
+_HOLD, _ENTER_LONG = Intent.HOLD, Intent.ENTER_LONG
+_LONG, _SHORT = PositionSide.LONG, PositionSide.SHORT
+_ENTRY_LONG, _ENTRY_SHORT = OrderReason.ENTRY_LONG, OrderReason.ENTRY_SHORT
+_ENTRY_REJECTED = NoticeKind.ENTRY_REJECTED
+
 
 class EventError(InvalidInputError):
     """An event the engine cannot accept (wrong symbol, timeframe or prices)."""
@@ -292,7 +299,7 @@ class TradingEngine:
             # A symbol with an order waiting takes no new decision.
             position = portfolio.positions.get(symbol)
             intent = self._strategy.decide(inputs, None if position is None else position.side)
-            if intent is not Intent.HOLD:
+            if intent is not _HOLD:
                 self._act_on_intent(candle, inputs, intent, position, out)
         if symbol == self._last_symbol and open_time == self._bucket and not self._bucket_emitted:
             self._emit_equity(open_time, out, equity)
@@ -724,8 +731,8 @@ class TradingEngine:
             self._queue_exit(candle, OrderReason.EXIT_SIGNAL, position, out)
             return
         close_time = self._closed_at(candle)
-        side = PositionSide.LONG if intent is Intent.ENTER_LONG else PositionSide.SHORT
-        reason = OrderReason.ENTRY_LONG if side is PositionSide.LONG else OrderReason.ENTRY_SHORT
+        side = _LONG if intent is _ENTER_LONG else _SHORT
+        reason = _ENTRY_LONG if side is _LONG else _ENTRY_SHORT
         order_id = client_order_id(self._name, symbol, candle.open_time, reason)
         atr = self._atr.get(symbol)
         distance = stop_distance(self._bot.spec.risk, None if atr is None else atr.value)
@@ -746,7 +753,7 @@ class TradingEngine:
         if isinstance(verdict, Rejection):
             out.notices.append(
                 Notice(
-                    NoticeKind.ENTRY_REJECTED,
+                    _ENTRY_REJECTED,
                     close_time,
                     verdict.code,
                     f"{order_id}: {verdict.message}",
