@@ -57,10 +57,12 @@ def compute_features(
     chosen = spec or default_feature_spec()
     indicators = indicators_for(chosen)
     bars = bars_of(data)
-    result = np.empty((len(bars), len(chosen.names)))
+    # Filled a column at a time, so laid out by columns, then copied once to the row order the
+    # model reads: writing columns into rows strides across the whole matrix (twice as slow).
+    result = np.empty((len(bars), len(chosen.names)), order="F")
     with np.errstate(divide="ignore", invalid="ignore"):
         for indicator in indicators:
             for j, column in enumerate(indicator.batch(bars)):
                 result[:, indicator.offset + j] = column
     result[: chosen.warmup - 1] = NAN
-    return result
+    return np.ascontiguousarray(result)
