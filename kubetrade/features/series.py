@@ -48,20 +48,21 @@ def rolling(x: Array, w: int, reduce: Callable[[Array], Array]) -> Array:
 
 def window_sums(view: Array) -> Array:
     """The sum of each row of ``view`` (windows as rows), added left to right from 0.0."""
-    total = 0.0 + view[:, 0]
-    for k in range(1, view.shape[1]):
-        total += view[:, k]
-    return total
+    return window_sums_of(view, _unchanged)
 
 
 def window_sums_of(view: Array, term: Callable[[Array], Array]) -> Array:
-    """``window_sums(term(view))`` a column at a time: the same terms added in the same order
-    (the same bits), without the windows-sized temporaries (a million candles' 20-candle
-    windows are 160 MB each)."""
+    """The sum of ``term`` of each row's values, added left to right from 0.0, a column at a
+    time: no windows-sized temporary for the terms (a million candles' 20-candle windows are
+    160 MB each)."""
     total = 0.0 + term(view[:, 0])
     for k in range(1, view.shape[1]):
         total += term(view[:, k])
     return total
+
+
+def _unchanged(column: Array) -> Array:
+    return column
 
 
 def rolling_sum(x: Array, w: int) -> Array:
