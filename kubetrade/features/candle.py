@@ -12,6 +12,13 @@ from kubetrade.features.inputs import NAN, Array, Bars, Tick
 from kubetrade.features.series import safe_ratio
 
 _TAU = 2.0 * math.pi
+# The batch path's sines and cosines of every hour and weekday, which the incremental path looks
+# up: numpy's sin and cos may round differently from the C library's (math.sin) where numpy has
+# SIMD code for them, and both paths must give the same bits.
+_HOURS = np.arange(24, dtype=np.float64) * (_TAU / 24.0)
+_DAYS = np.arange(7, dtype=np.float64) * (_TAU / 7.0)
+_HOUR_SIN, _HOUR_COS = np.sin(_HOURS).tolist(), np.cos(_HOURS).tolist()
+_DAY_SIN, _DAY_COS = np.sin(_DAYS).tolist(), np.cos(_DAYS).tolist()
 
 
 class CandleShape(Indicator):
@@ -97,7 +104,7 @@ class Calendar(Indicator):
         """Stateless: everything comes from the open time."""
 
     def step(self, tick: Tick, out: list[float]) -> None:
-        hour = float((tick.t // 3_600_000) % 24) * (_TAU / 24.0)
-        weekday = float((tick.t // 86_400_000 + 3) % 7) * (_TAU / 7.0)
+        hour = (tick.t // 3_600_000) % 24
+        weekday = (tick.t // 86_400_000 + 3) % 7
         o = self.offset
-        out[o : o + 4] = [math.sin(hour), math.cos(hour), math.sin(weekday), math.cos(weekday)]
+        out[o : o + 4] = [_HOUR_SIN[hour], _HOUR_COS[hour], _DAY_SIN[weekday], _DAY_COS[weekday]]

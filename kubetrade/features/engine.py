@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable
 
 import numpy as np
 
 from kubetrade.domain import Candle, timeframe_ms
-from kubetrade.features.inputs import NAN, Array, Tick
+from kubetrade.features.inputs import NAN, Array, Tick, logs
 from kubetrade.features.spec import FeatureSpec, default_feature_spec, indicators_for
 
 # The package's logger, as before the split into modules: what log filters name stays the same.
@@ -130,7 +129,7 @@ class FeatureEngine:
             tick.pc, tick.ph, tick.pl = tick.c, tick.h, tick.l
         tick.t, tick.o, tick.h, tick.l, tick.c, tick.v = t, o, h, lo, c, v
         pc = tick.pc
-        tick.r1 = math.log(c / pc)
+        (tick.r1,) = logs([c / pc])
         tick.tr = (h if h > pc else pc) - (lo if lo < pc else pc)
         out = self._out
         if first:

@@ -14,7 +14,6 @@ Features, from the last ``window`` closed higher-timeframe candles and the curre
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from types import MappingProxyType
 
@@ -27,7 +26,7 @@ from kubetrade.features.indicator import (
     check_keys,
     param_int,
 )
-from kubetrade.features.inputs import NAN, Array, Bars, Tick
+from kubetrade.features.inputs import NAN, Array, Bars, Tick, logs
 from kubetrade.features.series import FLAT, nans, rolling_max, rolling_mean, rolling_min
 
 
@@ -124,7 +123,7 @@ class HigherTimeframe(Indicator):
             self._highs.append(self._high)
             self._lows.append(self._low)
         closes, c, w, o = self._closes, tick.c, self.window, self.offset
-        out[o] = math.log(closes[-1] / closes[-2]) if len(closes) >= 2 else NAN
+        out[o] = logs([closes[-1] / closes[-2]])[0] if len(closes) >= 2 else NAN
         if len(self._highs) < w:
             out[o + 1] = out[o + 2] = NAN
             return

@@ -15,7 +15,7 @@ from kubetrade.features.indicator import (
     check_keys,
     param_windows,
 )
-from kubetrade.features.inputs import Array, Bars, Tick
+from kubetrade.features.inputs import Array, Bars, Tick, logs
 from kubetrade.features.series import lagged, rolling_sum, safe_ratio
 
 
@@ -46,11 +46,10 @@ class LogReturns(Indicator):
         self._closes = deque([tick.c] * (max(self.windows) + 1), maxlen=max(self.windows) + 1)
 
     def step(self, tick: Tick, out: list[float]) -> None:
-        closes, c, log = self._closes, tick.c, math.log
+        closes, c = self._closes, tick.c
         closes.append(c)
         o = self.offset
-        for i, k in enumerate(self._lags):
-            out[o + i] = log(c / closes[k])
+        out[o : o + len(self._lags)] = logs([c / closes[k] for k in self._lags])
 
 
 class RealizedVolatility(Indicator):
