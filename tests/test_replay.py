@@ -17,10 +17,13 @@ import numpy as np
 import pytest
 
 from kubetrade import signals
+from kubetrade.backtest import run_backtest
 from kubetrade.domain import Candle, MarketEvent
+from kubetrade.errors import InvalidInputError
 from kubetrade.features import FeatureSpec, default_feature_spec, feature_spec
 from kubetrade.market import generate, to_candles
 from kubetrade.signals import SignalPipeline
+from tests.test_trading_engine import make_bot
 
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
 STRATEGY = feature_spec(
@@ -204,3 +207,31 @@ def test_replay_declines_a_pipeline_that_has_seen_candles() -> None:
     pipeline.warm_up(candles[:30])
 
     assert pipeline.replay(candles[30:]) is None
+
+
+@pytest.mark.parametrize("replayed", [True, False])
+def test_a_backtest_counts_the_candles_and_signals_it_traded(
+    replayed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The counts come from the engine's compiled loop, on a replay and on the streamed path.
+    if not replayed:
+        monkeypatch.setattr(SignalPipeline, "replay", lambda self, candles: None)
+    candles = _candles(600)
+    model = Weighted(default_feature_spec(), 1)
+    warm = [e for e in _processed(SignalPipeline(model), candles) if e.prediction is not None]
+
+    result = run_backtest(make_bot(tuple(SYMBOLS)), candles, model)
+
+    assert (result.candles, result.signals) == (len(candles), len(warm))
+    assert result.first_signal_time == warm[0].candle.open_time
+    assert result.last_candle_time == candles[-1].open_time
+    assert result.equity[-1].time == candles[-1].open_time + 3_600_000
+
+
+def test_a_backtest_ends_on_a_candle_the_feature_engine_refuses() -> None:
+    candles = _candles(600)
+    impossible = candles[900]
+    candles[900] = replace(impossible, high=impossible.low / 2)  # a high below the low
+
+    with pytest.raises(InvalidInputError, match=r"candle refused by the feature engine: .*high"):
+        run_backtest(make_bot(tuple(SYMBOLS)), candles, Weighted(default_feature_spec(), 1))
