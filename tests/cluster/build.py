@@ -53,7 +53,15 @@ PAUSE_IMAGE = "registry.k8s.io/pause:3.10.2"  # containerd's sandbox_image (buil
 WHEELHOUSE_IN_CONTEXT = "build/wheelhouse"  # relative to the repo (the build context)
 
 # command (or file) that must exist -> Debian package providing it
-IMAGE_PACKAGES = {"buildah": "buildah", "mmdebstrap": "mmdebstrap", "newuidmap": "uidmap"}
+IMAGE_PACKAGES = {
+    "buildah": "buildah",
+    "mmdebstrap": "mmdebstrap",
+    "newuidmap": "uidmap",
+    # The OCI runtime buildah runs a RUN step in: Debian's buildah only recommends one, and
+    # without it the image's first RUN fails ("exec: no command") unless the node build, which
+    # installs runc too, happened to come first.
+    "runc": "runc",
+}
 NODE_PACKAGES = {
     "containerd": "containerd",
     "ctr": "containerd",
