@@ -91,41 +91,48 @@ def _collector_paused() -> Iterator[None]:
 
 
 def _replay_into(
-    result: BacktestResult, engine: TradingEngine, events: Iterable[MarketEvent]
+    result: BacktestResult, engine: TradingEngine, events: Iterator[MarketEvent | Rejected]
 ) -> None:
     """Drive ``engine`` with ``events`` and gather what it produces into ``result``."""
-    out = EngineOutput()  # one output for the whole run
-    tally = engine.run(events, out)
+    # One output for the whole run, and locals, not attributes, in the loop: it runs once per
+    # candle.
+    out = EngineOutput()
+    on_event = engine.on_event
+    candles = signals = 0
+    first_signal: int | None = None
+    last: int | None = None
+    for event in events:
+        if isinstance(event, Rejected):
+            raise InvalidInputError(f"candle refused by the feature engine: {event.reason}")
+        on_event(event, out)
+        candles += 1
+        last = event.candle.open_time
+        if event.prediction is not None:
+            signals += 1
+            if first_signal is None:
+                first_signal = last
+    engine.flush(out)
     result.orders.extend(out.orders)
     result.fills.extend(out.fills)
     result.equity.extend(out.equity)
     result.halts.extend(halt_events(out.notices))
     result.refusals.extend(refusals(out.notices))
-    result.candles, result.signals = tally.candles, tally.signals
-    result.first_signal_time, result.last_candle_time = (
-        tally.first_signal_time,
-        tally.last_candle_time,
-    )
+    result.candles, result.signals = candles, signals
+    result.first_signal_time, result.last_candle_time = first_signal, last
 
 
-def _events(pipeline: SignalPipeline, candles: list[Candle]) -> Iterator[MarketEvent]:
+def _events(pipeline: SignalPipeline, candles: list[Candle]) -> Iterator[MarketEvent | Rejected]:
     """The pipeline's events for ``candles``: replayed with each symbol's features computed at
     once when the candles allow it (the same events, see ``SignalPipeline.replay``), else
     candle by candle in batches as the live bridge sees them."""
     replayed = pipeline.replay(candles)
     if replayed is not None:
         return replayed  # handed on as it is: no generator layer per event
-    return _streamed(pipeline, candles)
-
-
-def _streamed(pipeline: SignalPipeline, candles: list[Candle]) -> Iterator[MarketEvent]:
-    """``candles`` through ``pipeline.process`` in the live bridge's batches; a candle the
-    feature engine refuses ends the backtest."""
-    for start in range(0, len(candles), BATCH):
-        for event in pipeline.process(candles[start : start + BATCH]):
-            if isinstance(event, Rejected):
-                raise InvalidInputError(f"candle refused by the feature engine: {event.reason}")
-            yield event
+    return (
+        event
+        for start in range(0, len(candles), BATCH)
+        for event in pipeline.process(candles[start : start + BATCH])
+    )
 
 
 def iso_time(ms: int) -> str:

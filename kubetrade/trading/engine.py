@@ -63,8 +63,8 @@ latest event time. Flattening orders fill at each symbol's next open.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from kubetrade.domain import (
@@ -140,17 +140,6 @@ _ENTRY_REJECTED = NoticeKind.ENTRY_REJECTED
 
 class EventError(InvalidInputError):
     """An event the engine cannot accept (wrong symbol, timeframe or prices)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RunTally:
-    """What ``TradingEngine.run`` saw: candles, those with a prediction, and the open times of
-    the first with a prediction (the first tradable one, after the warm-up) and of the last."""
-
-    candles: int
-    signals: int
-    first_signal_time: int | None
-    last_candle_time: int | None
 
 
 class TradingEngine:
@@ -315,25 +304,6 @@ class TradingEngine:
         if symbol == self._last_symbol and open_time == self._bucket and not self._bucket_emitted:
             self._emit_equity(open_time, out, equity)
         return out
-
-    def run(self, events: Iterable[MarketEvent], into: EngineOutput) -> RunTally:
-        """``on_event`` for each of ``events`` in order, then ``flush``, all into ``into``: a
-        backtest's loop. Here rather than in the caller so that it is compiled with the engine:
-        each event is then a native call, not a Python one (about a tenth of a model bot's
-        candle on the main thread)."""
-        candles = signals = 0
-        first_signal: int | None = None
-        last: int | None = None
-        for event in events:
-            self.on_event(event, into)
-            candles += 1
-            last = event.candle.open_time
-            if event.prediction is not None:
-                signals += 1
-                if first_signal is None:
-                    first_signal = last
-        self.flush(into)
-        return RunTally(candles, signals, first_signal, last)
 
     def flush(self, into: EngineOutput | None = None) -> EngineOutput:
         """Emit the equity point still owed for the latest candle time, if any (end of stream),
