@@ -202,8 +202,18 @@ def test_deployment_service_and_cluster_dns(
 
     client = textwrap.dedent(
         f"""
-        import json, os, socket, ssl, urllib.request
-        get = lambda url: urllib.request.urlopen(url, timeout=10).read().decode().strip()
+        import json, os, socket, ssl, time, urllib.request
+        def get(url):
+            # kube-proxy routes a new Service to its pods a moment after they are Ready (until
+            # then it refuses connections), so a client retries, for at most 30 s.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    return urllib.request.urlopen(url, timeout=10).read().decode().strip()
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
         out = {{"resolv": open("/etc/resolv.conf").read()}}
         out["by_env"] = get("http://" + os.environ["WEB_SERVICE_HOST"] + "/")
         out["fqdn_ip"] = socket.gethostbyname("web.{ns}.svc.cluster.local")
