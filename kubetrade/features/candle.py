@@ -12,9 +12,8 @@ from kubetrade.features.inputs import NAN, Array, Bars, Tick
 from kubetrade.features.series import safe_ratio
 
 _TAU = 2.0 * math.pi
-# The batch path's sines and cosines of every hour and weekday, which the incremental path looks
-# up: numpy's sin and cos may round differently from the C library's (math.sin) where numpy has
-# SIMD code for them, and both paths must give the same bits.
+# The sines and cosines of every hour and weekday, computed once and looked up by both paths, so
+# they give the same bits (numpy's sin may round differently from the C library's math.sin).
 _HOURS = np.arange(24, dtype=np.float64) * (_TAU / 24.0)
 _DAYS = np.arange(7, dtype=np.float64) * (_TAU / 7.0)
 _HOUR_SIN, _HOUR_COS = np.sin(_HOURS).tolist(), np.cos(_HOURS).tolist()
@@ -95,10 +94,15 @@ class Calendar(Indicator):
         return {}
 
     def batch(self, bars: Bars) -> list[Array]:
-        hour = ((bars.open_time // 3_600_000) % 24).astype(np.float64) * (_TAU / 24.0)
+        hour = (bars.open_time // 3_600_000) % 24
         # The epoch was a Thursday: +3 makes Monday 0.
-        weekday = ((bars.open_time // 86_400_000 + 3) % 7).astype(np.float64) * (_TAU / 7.0)
-        return [np.sin(hour), np.cos(hour), np.sin(weekday), np.cos(weekday)]
+        weekday = (bars.open_time // 86_400_000 + 3) % 7
+        return [
+            np.take(_HOUR_SIN, hour),
+            np.take(_HOUR_COS, hour),
+            np.take(_DAY_SIN, weekday),
+            np.take(_DAY_COS, weekday),
+        ]
 
     def start(self, tick: Tick) -> None:
         """Stateless: everything comes from the open time."""
