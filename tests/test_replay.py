@@ -213,7 +213,7 @@ def test_replay_declines_a_pipeline_that_has_seen_candles() -> None:
 def test_a_backtest_counts_the_candles_and_signals_it_traded(
     replayed: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The counts come from the engine's compiled loop, on a replay and on the streamed path.
+    # Counted alike on a replay and on the streamed path (a gap or a refused candle).
     if not replayed:
         monkeypatch.setattr(SignalPipeline, "replay", lambda self, candles: None)
     candles = _candles(600)
